@@ -1,1 +1,26 @@
+"""irforge: fast retrieval engines for Python, with native cores.
 
+The BM25 engine: :class:`BM25Index` (build, search, search_batch, save, load), the Lucene-compatible
+:class:`Analyzer`, evaluation in :mod:`irforge.metrics` and test collections in :mod:`irforge.datasets`.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import datasets, metrics
+from .analysis import LUCENE_STOPWORDS, Analyzer
+from .bm25 import ALGORITHMS, METHODS, BatchHits, BM25Index, Hit, Hits
+
+__all__ = [
+    "ALGORITHMS",
+    "Analyzer",
+    "BatchHits",
+    "BM25Index",
+    "Hit",
+    "Hits",
+    "LUCENE_STOPWORDS",
+    "METHODS",
+    "datasets",
+    "metrics",
+    "__version__",
+]

@@ -1,0 +1,204 @@
+"""The ``irforge`` command: ``demo``, ``index``, ``search``, ``eval``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+from .bm25 import ALGORITHMS, METHODS, BM25Index
+from .datasets import BeirDataset, download_beir, find_beir, iter_jsonl, load_beir, stdlib_corpus
+from .metrics import evaluate, write_trec_run
+
+
+def _scoring_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=METHODS, default="lucene", help="BM25 variant (default: lucene)")
+    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--no-stem", action="store_true", help="no Porter stemming")
+    p.add_argument("--no-stopwords", action="store_true", help="keep stopwords")
+    p.add_argument("--threads", type=int, default=None, help="build threads (default: all cores)")
+
+
+def _build(corpus, args) -> tuple[BM25Index, float]:
+    t0 = time.perf_counter()
+    index = BM25Index.build(
+        corpus, method=args.method, k1=args.k1, b=args.b, stemmer=None if args.no_stem else "porter",
+        stopwords=None if args.no_stopwords else "lucene", threads=args.threads,
+    )
+    return index, time.perf_counter() - t0
+
+
+def _load_dataset(data: str) -> BeirDataset:
+    p = Path(data)
+    if not p.is_dir():
+        found = find_beir(data)
+        if found is None:
+            raise SystemExit(f"irforge: no dataset directory {data!r} (and no BEIR dataset of that name under the data root)")
+        p = found
+    return load_beir(p)
+
+
+def _demo_dataset(args) -> tuple[BeirDataset, str]:
+    if args.data:
+        return _load_dataset(args.data), f"from {args.data}"
+    found = find_beir("scifact")
+    if found is not None:
+        return load_beir(found), f"BEIR SciFact from {found}"
+    if not args.offline:
+        try:
+            path = download_beir("scifact", timeout=15)
+            return load_beir(path), "BEIR SciFact, downloaded"
+        except Exception as e:  # no network: fall back to a corpus built here
+            print(f"(SciFact not found locally and download failed: {type(e).__name__}; using the stdlib corpus)")
+    return stdlib_corpus(), "Python standard library docstrings, built on the spot (known-item queries)"
+
+
+def cmd_demo(args) -> int:
+    ds, source = _demo_dataset(args)
+    print(f"irforge {__version__} demo: {ds.name} ({source})")
+    print(f"  {len(ds.corpus):,} documents, {len(ds.test_queries):,} judged queries")
+    index, build_s = _build(ds.corpus, args)
+    print(f"  built BM25 index in {build_s:.2f} s: {index.vocab_size:,} terms ({index.params['method']}, "
+          f"k1={index.params['k1']:g}, b={index.params['b']:g})")
+    qids = list(ds.test_queries)
+    texts = [ds.queries[q] for q in qids]
+    t0 = time.perf_counter()
+    batch = index.search_batch(texts, k=1000, threads=args.threads)
+    batch_s = time.perf_counter() - t0
+    res = evaluate(batch.to_run(qids), ds.qrels, ["ndcg@10", "recall@100", "mrr@10"])
+    lat = []
+    for t in texts:
+        s = time.perf_counter()
+        index.search(t, k=10)
+        lat.append((time.perf_counter() - s) * 1e3)
+    print(f"  nDCG@10 {res['ndcg@10']:.4f}   Recall@100 {res['recall@100']:.4f}   MRR@10 {res['mrr@10']:.4f}")
+    print(f"  latency top-10, one query at a time: median {np.median(lat):.3f} ms, p99 {np.percentile(lat, 99):.3f} ms;"
+          f" batch top-1000: {len(texts) / batch_s:,.0f} queries/s")
+    titles = {d["id"]: (d["title"] or d["text"]) for d in ds.corpus}
+    for q in qids[:3]:
+        print(f"\n  query {q}: {ds.queries[q][:100]}")
+        for rank, hit in enumerate(index.search(ds.queries[q], k=3), 1):
+            mark = "*" if ds.qrels.get(q, {}).get(hit.id, 0) > 0 else " "
+            print(f"   {mark}{rank}. [{hit.id}] {hit.score:7.3f}  {titles[hit.id][:80]}")
+    print("\n  (* = judged relevant)")
+    return 0
+
+
+def cmd_index(args) -> int:
+    if args.data:
+        corpus = _load_dataset(args.data).corpus
+    else:
+        corpus = list(iter_jsonl(args.corpus))
+    index, build_s = _build(corpus, args)
+    index.save(args.output)
+    print(json.dumps({"documents": index.n_docs, "terms": index.vocab_size, "build_s": round(build_s, 3),
+                      "bytes": Path(args.output).stat().st_size, "path": str(args.output)}))
+    return 0
+
+
+def cmd_search(args) -> int:
+    index = BM25Index.load(args.index)
+    if args.query is not None:
+        for rank, hit in enumerate(index.search(args.query, k=args.k, algorithm=args.algorithm), 1):
+            print(f"{rank}\t{hit.id}\t{hit.score:.4f}")
+        return 0
+    queries = {str(r.get("_id", r.get("id"))): r.get("text", "") for r in iter_jsonl(args.queries)}
+    qids = list(queries)
+    batch = index.search_batch([queries[q] for q in qids], k=args.k, algorithm=args.algorithm, threads=args.threads)
+    run = batch.to_run(qids)
+    if args.output:
+        write_trec_run(run, args.output)
+    else:
+        for q in qids:
+            for rank, (d, s) in enumerate(sorted(run[q].items(), key=lambda x: -x[1]), 1):
+                print(f"{q} Q0 {d} {rank} {s:.6f} irforge")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    if args.retriever != "bm25":
+        raise SystemExit(f"irforge: retriever {args.retriever!r} is not available; choose bm25")
+    ds = _load_dataset(args.data)
+    if args.index:
+        t0 = time.perf_counter()
+        index = BM25Index.load(args.index)
+        build_s = time.perf_counter() - t0
+    else:
+        index, build_s = _build(ds.corpus, args)
+    qids = list(ds.test_queries)
+    texts = [ds.queries[q] for q in qids]
+    t0 = time.perf_counter()
+    batch = index.search_batch(texts, k=args.k, algorithm=args.algorithm, threads=args.search_threads)
+    search_s = time.perf_counter() - t0
+    run = batch.to_run(qids)
+    if args.remove_query:
+        run = {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
+    if args.run:
+        write_trec_run(run, args.run)
+    metrics = ["ndcg@10", "recall@100", "recall@1000", "mrr@10", "map"]
+    out = {"dataset": ds.name, "retriever": "bm25", **{m: round(v, 4) for m, v in evaluate(run, ds.qrels, metrics).items()},
+           "queries": len(qids), "k": args.k, "ms_per_query": round(search_s / max(1, len(qids)) * 1e3, 4),
+           "search_threads": args.search_threads, "build_s": round(build_s, 3), "algorithm": args.algorithm,
+           **index.params}
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="irforge", description="irforge: fast retrieval engines")
+    parser.add_argument("--version", action="version", version=f"irforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="index a real corpus, answer its queries, print quality and speed")
+    p.add_argument("--data", help="a BEIR dataset directory (default: SciFact from IRFORGE_DATA or ../shared/data)")
+    p.add_argument("--offline", action="store_true", help="never try to download")
+    _scoring_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("index", help="build an index and save it")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="a BEIR dataset directory or name")
+    src.add_argument("--corpus", help="a JSONL corpus (records with _id/id, title, text)")
+    p.add_argument("--output", "-o", required=True, help="index file to write")
+    _scoring_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search a saved index")
+    p.add_argument("--index", required=True)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="one query; prints rank, id, score")
+    q.add_argument("--queries", help="a JSONL file of queries (_id, text); prints or writes a TREC run")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="bmw")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", "-o", help="TREC run file to write")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="evaluate a retriever on a BEIR dataset; prints one JSON object")
+    p.add_argument("--data", required=True, help="a BEIR dataset directory or name")
+    p.add_argument("--retriever", default="bm25", help="bm25")
+    p.add_argument("--index", help="use this saved index instead of building one")
+    p.add_argument("--k", type=int, default=1000, help="hits per query (default 1000)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="bmw")
+    p.add_argument("--search-threads", type=int, default=1, help="threads for the queries (default 1)")
+    p.add_argument("--remove-query", action="store_true", help="drop hits whose id equals the query id (Pyserini's --remove-query)")
+    p.add_argument("--run", help="also write the TREC run here")
+    _scoring_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"irforge: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path | None:
+    env = os.environ.get("IRFORGE_DATA")
+    if env:
+        return Path(env)
+    for cand in (Path("..") / "shared" / "data", REPO.parent / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def scifact_dir() -> Path | None:
+    root = data_root()
+    if root is None:
+        return None
+    d = root / "beir" / "scifact"
+    return d if (d / "corpus.jsonl").exists() else None
+
+
+@pytest.fixture(scope="session")
+def scifact():
+    d = scifact_dir()
+    if d is None:
+        pytest.skip("SciFact not found (set IRFORGE_DATA to a directory holding beir/scifact)")
+    from irforge.datasets import load_beir
+
+    return load_beir(d)
+
+
+@pytest.fixture(scope="session")
+def scifact_index(scifact):
+    from irforge import BM25Index
+
+    return BM25Index.build(scifact.corpus)
