@@ -220,7 +220,9 @@ class Bm25sEngine:
     def _tok(self, texts):
         import bm25s
 
-        return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, show_progress=False)
+        toks = bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, show_progress=False, return_ids=False)
+        # bm25s rejects a query without tokens; an unknown token gives the same empty result
+        return [t if t else ["\u2400"] for t in toks]
 
     def build(self, docs, workdir):
         import bm25s
@@ -229,7 +231,9 @@ class Bm25sEngine:
         self.stemmer = Stemmer.Stemmer("english")
         self.ids = [d["id"] for d in docs]
         self.model = bm25s.BM25(method="lucene", k1=0.9, b=0.4, backend="numba")
-        self.model.index(self._tok([f"{d['title']} {d['text']}" for d in docs]), show_progress=False)
+        corpus_tokens = bm25s.tokenize([f"{d['title']} {d['text']}" for d in docs], stopwords="en",
+                                       stemmer=self.stemmer, show_progress=False)
+        self.model.index(corpus_tokens, show_progress=False)
         path = workdir / "bm25s"
         self.model.save(str(path))
         return path

@@ -247,7 +247,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("delta"), py::arg("threads"))
       .def_static("load", [](const std::string& path, bool mmap, bool verify) {
              py::gil_scoped_release nogil;
-             return PyIndex{std::make_shared<Index>(Index::load(path, mmap, verify, 1))};
+             return PyIndex{std::make_shared<Index>(Index::load(path, mmap, verify))};
            }, py::arg("path"), py::arg("mmap"), py::arg("verify"))
       .def("save", [](const PyIndex& self, const std::string& path) {
              py::gil_scoped_release nogil;

@@ -29,10 +29,11 @@ enum class InputMode : uint32_t {
 inline constexpr char kMagic[9] = "IRFBM25\x1a";
 inline constexpr uint32_t kFormatVersion = 1;
 
+// What the file stores. The term hash table, the per-term block ranges and maxima, and the per-block byte
+// offsets are not stored: they follow from what is, and are rebuilt (and so checked) on load.
 enum SectionId : uint32_t {
-  kSecMeta = 1, kSecStopwords, kSecDocLen, kSecTermOffsets, kSecTermBytes, kSecTermDf, kSecTermHash,
-  kSecTermBlockStart, kSecTermMax, kSecBlockLast, kSecBlockOffset, kSecBlockMax, kSecPostings, kSecIdOffsets,
-  kSecIdBytes
+  kSecMeta = 1, kSecStopwords, kSecDocLen, kSecTermOffsets, kSecTermBytes, kSecTermDf, kSecBlockLast,
+  kSecBlockMax, kSecPostings, kSecIdOffsets, kSecIdBytes
 };
 
 struct Meta {
@@ -51,7 +52,7 @@ struct Meta {
 // Everything but the scoring-dependent maxima; immutable once made and shared between index copies.
 struct Storage {
   std::shared_ptr<SectionFile> file;  // set when loaded
-  // Owned arrays (built in memory); the views below point either here or into `file`.
+  // Owned arrays (built in memory, or derived on load); the views below point either here or into `file`.
   std::vector<uint32_t> own_doc_len, own_df, own_hash, own_block_last;
   std::vector<uint64_t> own_term_offsets, own_term_block_start, own_block_offset, own_id_offsets;
   std::string own_term_bytes, own_id_bytes;
@@ -247,7 +248,7 @@ class Index {
     return Index(std::move(st), opt.scoring, threads);
   }
 
-  static Index load(const std::string& path, bool use_mmap, bool verify, size_t threads) {
+  static Index load(const std::string& path, bool use_mmap, bool verify) {
     auto st = std::make_shared<Storage>();
     st->file = std::make_shared<SectionFile>(path, kMagic, kFormatVersion, use_mmap, verify);
     const SectionFile& f = *st->file;
@@ -290,36 +291,47 @@ class Index {
     std::tie(st->term_bytes, n_term_bytes) = f.get<char>(kSecTermBytes, "term_bytes");
     std::tie(st->df, cnt) = f.get<uint32_t>(kSecTermDf, "df");
     expect(cnt, V, "df");
-    std::tie(st->hash, st->n_hash) = f.get<uint32_t>(kSecTermHash, "term_hash");
-    std::tie(st->term_block_start, cnt) = f.get<uint64_t>(kSecTermBlockStart, "term_block_start");
-    expect(cnt, V + 1, "term_block_start");
     std::tie(st->block_last, cnt) = f.get<uint32_t>(kSecBlockLast, "block_last");
     expect(cnt, B, "block_last");
-    std::tie(st->block_offset, cnt) = f.get<uint64_t>(kSecBlockOffset, "block_offset");
-    expect(cnt, B + 1, "block_offset");
     size_t n_post;
     std::tie(st->postings, n_post) = f.get<unsigned char>(kSecPostings, "postings");
-    // Structural checks, linear in the number of terms and blocks (postings are checked per block on decode).
-    if (st->n_hash < 2 * V || (st->n_hash & (st->n_hash - 1)) != 0) throw bad("term hash table has a bad size");
-    for (uint64_t i = 0; i < st->n_hash; ++i)
-      if (st->hash[i] > V) throw bad("term hash table points past the vocabulary");
+    // Structural checks and derived arrays, linear in the number of terms and blocks (the postings
+    // themselves are checked block by block as they are decoded).
     if (st->term_offsets[0] != 0 || st->term_offsets[V] != n_term_bytes) throw bad("term offsets do not cover the term bytes");
     uint64_t total = 0;
     for (uint64_t i = 0; i < N; ++i) total += st->doc_len[i];
     if (total != m.total_len) throw bad("document lengths do not add up");
-    if (st->term_block_start[0] != 0 || st->term_block_start[V] != B) throw bad("term block table does not cover the blocks");
+    st->own_term_block_start.assign(V + 1, 0);
     for (uint64_t t = 0; t < V; ++t) {
       if (st->term_offsets[t + 1] < st->term_offsets[t]) throw bad("term offsets are not increasing");
       const uint32_t df = st->df[t];
       if (df == 0 || df > N) throw bad("document frequency out of range for term " + std::to_string(t));
-      if (st->term_block_start[t + 1] - st->term_block_start[t] != (df + kBlockSize - 1) / kBlockSize)
-        throw bad("block count does not match document frequency for term " + std::to_string(t));
+      st->own_term_block_start[t + 1] = st->own_term_block_start[t] + (df + kBlockSize - 1) / kBlockSize;
     }
-    if (st->block_offset[0] != 0 || st->block_offset[B] + 8 > n_post) throw bad("postings section is too small");
-    for (uint64_t i = 0; i < B; ++i) {
-      if (st->block_offset[i + 1] < st->block_offset[i] + 2) throw bad("block offsets are not increasing");
-      if (st->block_last[i] >= N) throw bad("block refers to a document past the end");
+    if (st->own_term_block_start[V] != B) throw bad("block count does not match the document frequencies");
+    if (!make_slots(st->term_offsets, st->term_bytes, V, st->own_hash)) throw bad("the vocabulary holds a term twice");
+    // Block byte offsets from the block headers: 2 + packed gaps + packed frequencies each.
+    if (n_post < 16) throw bad("postings section is too small");
+    st->own_block_offset.assign(B + 1, 0);
+    uint64_t pos = 0;
+    for (uint64_t t = 0; t < V; ++t) {
+      const uint32_t df = st->df[t];
+      for (uint64_t b = st->own_term_block_start[t], i = 0; b < st->own_term_block_start[t + 1]; ++b, ++i) {
+        const uint64_t n = std::min<uint64_t>(kBlockSize, df - i * kBlockSize);
+        if (pos + 2 + 16 > n_post) throw bad("postings section is too small");
+        const uint32_t wd = st->postings[pos], wt = st->postings[pos + 1];
+        if (wd > 32 || wt > 32) throw bad("corrupt block header");
+        st->own_block_offset[b] = pos;
+        pos += 2 + packed_bytes(n, wd) + packed_bytes(n, wt);
+        if (st->block_last[b] >= N) throw bad("block refers to a document past the end");
+      }
     }
+    st->own_block_offset[B] = pos;
+    if (pos + 16 != n_post) throw bad("postings section size does not match its blocks");
+    st->hash = st->own_hash.data();
+    st->n_hash = st->own_hash.size();
+    st->term_block_start = st->own_term_block_start.data();
+    st->block_offset = st->own_block_offset.data();
     st->n_postings_bytes = st->block_offset[B];
     if (st->has_ids) {
       std::tie(st->id_offsets, cnt) = f.get<uint64_t>(kSecIdOffsets, "id_offsets");
@@ -336,16 +348,17 @@ class Index {
     } catch (const std::invalid_argument& e) {
       throw bad(std::string("bad scoring parameters: ") + e.what());
     }
-    // The stored maxima are used as they are; they are covered by the section checksums.
+    // The stored block maxima are used as they are (covered by the section checksum); term maxima follow.
     Index ix(st, p);
     auto [bm, nbm] = f.get<float>(kSecBlockMax, "block_max");
     expect(nbm, B, "block_max");
-    auto [tm, ntm] = f.get<float>(kSecTermMax, "term_max");
-    expect(ntm, V, "term_max");
     ix.block_max_ = bm;
-    ix.term_max_ = tm;
+    ix.own_term_max_.assign(V, 0.0f);
+    for (uint64_t t = 0; t < V; ++t)
+      for (uint64_t b = st->own_term_block_start[t]; b < st->own_term_block_start[t + 1]; ++b)
+        ix.own_term_max_[t] = std::max(ix.own_term_max_[t], bm[b]);
+    ix.term_max_ = ix.own_term_max_.data();
     ix.finish_view();
-    (void)threads;
     return ix;
   }
 
@@ -387,11 +400,7 @@ class Index {
     w.add(kSecTermOffsets, s.term_offsets, (V + 1) * 8);
     w.add(kSecTermBytes, s.term_bytes, s.term_offsets[V]);
     w.add(kSecTermDf, s.df, V * 4);
-    w.add(kSecTermHash, s.hash, s.n_hash * 4);
-    w.add(kSecTermBlockStart, s.term_block_start, (V + 1) * 8);
-    w.add(kSecTermMax, term_max_, V * 4);
     w.add(kSecBlockLast, s.block_last, B * 4);
-    w.add(kSecBlockOffset, s.block_offset, (B + 1) * 8);
     w.add(kSecBlockMax, block_max_, B * 4);
     w.add(kSecPostings, s.postings, s.n_postings_bytes + 16);
     if (s.has_ids) {

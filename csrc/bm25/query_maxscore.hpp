@@ -24,6 +24,7 @@ inline std::vector<ScoredDoc> search_maxscore(const Index& ix, const std::vector
   std::vector<double> contrib(m, 0.0);
   const Scorer& sc = ix.scorer();
   size_t first_essential = 0;
+  float threshold = top.threshold();
 
   while (first_essential < m) {
     uint32_t doc = kEndDoc;
@@ -51,7 +52,8 @@ inline std::vector<ScoredDoc> search_maxscore(const Index& ix, const std::vector
         partial += c;
       }
     }
-    if (!pruned && top.push(ordered_sum(contrib.data(), m), doc) && top.full()) {
+    if (!pruned && top.push(ordered_sum(contrib.data(), m), doc) && top.full() && top.threshold() != threshold) {
+      threshold = top.threshold();
       while (first_essential < m && !may_enter(prefix[first_essential], top)) ++first_essential;
     }
     std::fill(contrib.begin(), contrib.end(), 0.0);

@@ -32,6 +32,27 @@ inline int64_t table_find(std::string_view key, const uint32_t* slots, uint64_t 
   return -1;
 }
 
+// Builds the slot array for n strings given by offsets/bytes (as TermTable lays them out). Returns false
+// if two strings are equal (a corrupt vocabulary).
+inline bool make_slots(const uint64_t* offsets, const char* bytes, size_t n, std::vector<uint32_t>& slots) {
+  size_t size = 16;
+  while (size < 2 * n) size *= 2;
+  slots.assign(size, 0);
+  const uint64_t mask = size - 1;
+  for (size_t id = 0; id < n; ++id) {
+    const std::string_view key(bytes + offsets[id], offsets[id + 1] - offsets[id]);
+    uint64_t i = fnv1a(key) & mask;
+    while (slots[i] != 0) {
+      const uint32_t s = slots[i];
+      if (offsets[s] - offsets[s - 1] == key.size() && std::memcmp(bytes + offsets[s - 1], key.data(), key.size()) == 0)
+        return false;
+      i = (i + 1) & mask;
+    }
+    slots[i] = static_cast<uint32_t>(id + 1);
+  }
+  return true;
+}
+
 class TermTable {
  public:
   TermTable() : slots_(16, 0), offsets_{0} {}
