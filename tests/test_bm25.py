@@ -73,7 +73,7 @@ def test_pruning_exact_on_multi_block_lists(n_docs, vocab, max_len, seed, k, met
     for _ in range(4):
         q = [f"w{t}" for t in rng.integers(0, vocab + 2, size=q_len)]
         base = index.search(q, k=k, algorithm="exhaustive")
-        for algo in ("maxscore", "bmw"):
+        for algo in ("auto", "maxscore", "bmw"):
             got = index.search(q, k=k, algorithm=algo)
             np.testing.assert_array_equal(got.docnos, base.docnos, err_msg=f"{algo} documents for {q}")
             np.testing.assert_array_equal(got.scores, base.scores, err_msg=f"{algo} scores for {q}")
@@ -103,6 +103,18 @@ def test_pretokenized_strings_are_used_unchanged():
     assert index.search(["the"], k=5).ids.tolist() == []
     with pytest.raises(TypeError):
         index.search("The", k=5)
+
+
+def test_text_index_takes_analysed_terms_as_a_list():
+    index = BM25Index.build(["Running cats", "a dog runs", "cats and dogs"])
+    assert index.query_terms("running cats cats") == [("run", 1), ("cat", 2)]
+    for algo in ALGORITHMS:
+        a = index.search("running cats cats", k=3, algorithm=algo)
+        b = index.search(["run", "cat", "cat"], k=3, algorithm=algo)
+        assert a.ids.tolist() == b.ids.tolist() and a.scores.tolist() == b.scores.tolist()
+    assert len(index.search(["running"], k=3)) == 0  # list items are not analysed
+    batch = index.search_batch([["dog"], "dogs"], k=2)
+    assert batch.docnos[0].tolist() == batch.docnos[1].tolist()
 
 
 def test_postings_codec_roundtrip():
@@ -179,7 +191,7 @@ def test_concurrent_python_threads(scifact, scifact_index):
     def worker(offset: int) -> None:
         for j in range(len(texts)):
             i = (j + offset) % len(texts)
-            algo = ALGORITHMS[(i + offset) % 3]
+            algo = ALGORITHMS[(i + offset) % len(ALGORITHMS)]
             h = scifact_index.search(texts[i], k=50, algorithm=algo)
             if h.docnos.tolist() != serial[i].docnos.tolist() or h.scores.tolist() != serial[i].scores.tolist():
                 errors.append(f"thread {offset} query {i}")
@@ -206,7 +218,7 @@ def test_scifact_algorithms_agree_for_every_method(scifact, scifact_index, metho
     index = scifact_index.with_scoring(method, k1=1.2, b=0.75)
     texts = [scifact.queries[q] for q in scifact.test_queries]
     base = index.search_batch(texts, k=1000, algorithm="exhaustive", threads=2)
-    for algo in ("maxscore", "bmw"):
+    for algo in ("auto", "maxscore", "bmw"):
         got = index.search_batch(texts, k=1000, algorithm=algo, threads=2)
         np.testing.assert_array_equal(got.docnos, base.docnos)
         np.testing.assert_array_equal(got.scores, base.scores)

@@ -21,6 +21,7 @@ struct Item {
   std::string_view text;
   std::vector<std::string_view> tokens;
   std::vector<std::string> id_tokens;
+  bool pretokenized = false;  // tokens holds the terms (always so outside text mode)
 };
 
 std::string_view utf8_of(const py::handle& h, const char* what, size_t i) {
@@ -40,15 +41,18 @@ std::string_view utf8_of(const py::handle& h, const char* what, size_t i) {
 
 // Converts a Python sequence of items for `mode`; the returned views borrow from `seq`, which the
 // caller keeps alive while the GIL is released.
-std::vector<Item> convert(const py::sequence& seq, InputMode mode, const char* what) {
+// With allow_terms, a text-mode item may also be a list of str: terms already analysed (queries only).
+std::vector<Item> convert(const py::sequence& seq, InputMode mode, const char* what, bool allow_terms = false) {
   const size_t n = py::len(seq);
   std::vector<Item> items(n);
   for (size_t i = 0; i < n; ++i) {
     py::handle h = seq[i];
     Item& it = items[i];
-    if (mode == InputMode::kText) {
+    const bool terms_given = allow_terms && mode == InputMode::kText && (PyList_Check(h.ptr()) || PyTuple_Check(h.ptr()));
+    if (mode == InputMode::kText && !terms_given) {
       it.text = utf8_of(h, what, i);
-    } else if (mode == InputMode::kTokens) {
+    } else if (mode == InputMode::kTokens || terms_given) {
+      it.pretokenized = true;
       if (PyUnicode_Check(h.ptr()) || PyBytes_Check(h.ptr()) || !PySequence_Check(h.ptr()))
         throw py::type_error(std::string(what) + " " + std::to_string(i) + " must be a list of str tokens");
       py::sequence toks = py::reinterpret_borrow<py::sequence>(h);
@@ -76,6 +80,7 @@ std::vector<Item> convert(const py::sequence& seq, InputMode mode, const char* w
         it.id_tokens.push_back(id_token(v));
       }
       for (const auto& s : it.id_tokens) it.tokens.emplace_back(s);
+      it.pretokenized = true;
     }
   }
   return items;
@@ -99,8 +104,8 @@ void check_int_dtype(const py::sequence& seq) {
 
 // Calls emit for each term of item `it`, through the analyzer in text mode.
 template <class Emit>
-void terms_of_item(const Analyzer& an, InputMode mode, const Item& it, size_t i, const char* what, Emit&& emit) {
-  if (mode == InputMode::kText) {
+void terms_of_item(const Analyzer& an, const Item& it, size_t i, const char* what, Emit&& emit) {
+  if (!it.pretokenized) {
     try {
       an.analyze(it.text, emit);
     } catch (const Utf8Error& e) {
@@ -144,7 +149,8 @@ Algorithm algorithm_of(const std::string& a) {
   if (a == "exhaustive") return Algorithm::kExhaustive;
   if (a == "maxscore") return Algorithm::kMaxScore;
   if (a == "bmw" || a == "block_max_wand") return Algorithm::kBlockMaxWand;
-  throw py::value_error("unknown algorithm '" + a + "'; choose from bmw, exhaustive, maxscore");
+  if (a == "auto") return Algorithm::kAuto;
+  throw py::value_error("unknown algorithm '" + a + "'; choose from auto, bmw, exhaustive, maxscore");
 }
 InputMode mode_of(const std::string& m) {
   if (m == "text") return InputMode::kText;
@@ -173,7 +179,7 @@ py::tuple hits_to_numpy(const std::vector<ScoredDoc>& hits) {
 }
 
 std::vector<QueryTerm> query_of(const Index& ix, const Item& it, size_t i) {
-  return ix.query_terms([&](auto&& emit) { terms_of_item(ix.analyzer(), ix.mode(), it, i, "query", emit); });
+  return ix.query_terms([&](auto&& emit) { terms_of_item(ix.analyzer(), it, i, "query", emit); });
 }
 
 }  // namespace
@@ -211,7 +217,7 @@ PYBIND11_MODULE(_core, m) {
              {
                py::gil_scoped_release nogil;
                for (size_t i = 0; i < items.size(); ++i)
-                 terms_of_item(a, InputMode::kText, items[i], i, "text", [&](std::string_view t) { out[i].emplace_back(t); });
+                 terms_of_item(a, items[i], i, "text", [&](std::string_view t) { out[i].emplace_back(t); });
              }
              return out;
            }, py::arg("texts"));
@@ -238,7 +244,7 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              const Analyzer an(opt.analyzer);
              auto ix = Index::build(items.size(), [&](size_t i, auto&& emit) {
-               terms_of_item(an, md, items[i], i, "document", emit);
+               terms_of_item(an, items[i], i, "document", emit);
              }, idv, opt);
              return PyIndex{std::make_shared<Index>(std::move(ix))};
            },
@@ -263,7 +269,7 @@ PYBIND11_MODULE(_core, m) {
              const Algorithm a = algorithm_of(algorithm);
              py::list one;
              one.append(query);
-             auto items = convert(one, self.ix->mode(), "query");
+             auto items = convert(one, self.ix->mode(), "query", true);
              std::vector<ScoredDoc> hits;
              {
                py::gil_scoped_release nogil;
@@ -275,7 +281,7 @@ PYBIND11_MODULE(_core, m) {
              if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
              const Algorithm a = algorithm_of(algorithm);
              if (self.ix->mode() == InputMode::kIds) check_int_dtype(queries);
-             auto items = convert(queries, self.ix->mode(), "query");
+             auto items = convert(queries, self.ix->mode(), "query", true);
              const size_t n = items.size(), kk = static_cast<size_t>(k);
              py::array_t<int64_t> docs({n, kk});
              py::array_t<float> scores({n, kk});
@@ -293,7 +299,7 @@ PYBIND11_MODULE(_core, m) {
       .def("query_terms", [](const PyIndex& self, py::object query) {
              py::list one;
              one.append(query);
-             auto items = convert(one, self.ix->mode(), "query");
+             auto items = convert(one, self.ix->mode(), "query", true);
              std::vector<std::pair<std::string, uint32_t>> out;
              for (const auto& qt : query_of(*self.ix, items[0], 0)) out.emplace_back(std::string(self.ix->term(qt.term)), qt.qtf);
              return out;

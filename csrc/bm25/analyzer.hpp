@@ -129,10 +129,11 @@ class Analyzer {
   // Calls emit(std::string_view term) for each term of `text`, in order. Throws Utf8Error on bad UTF-8.
   template <class Emit>
   void analyze(std::string_view text, Emit&& emit) const {
-    thread_local std::vector<char32_t> cps;
-    thread_local std::vector<char32_t> tok;
-    thread_local std::string term;
-    thread_local porter::Stemmer stemmer;
+    Scratch& s = *scratch();
+    std::vector<char32_t>& cps = s.cps;
+    std::vector<char32_t>& tok = s.tok;
+    std::string& term = s.term;
+    porter::Stemmer& stemmer = s.stemmer;
     decode_utf8(text, cps);
     const size_t n = cps.size();
     size_t i = 0;
@@ -208,6 +209,17 @@ class Analyzer {
   }
 
  private:
+  struct Scratch {
+    std::vector<char32_t> cps, tok;
+    std::string term;
+    porter::Stemmer stemmer;
+  };
+  // Per-thread buffers, reached through a call the compiler cannot inline: in a shared library each use
+  // of a thread_local costs a __tls_get_addr call, and GCC repeats it inside loops even via references.
+  __attribute__((noinline)) static Scratch* scratch() {
+    thread_local Scratch s;
+    return &s;
+  }
   AnalyzerConfig cfg_;
   std::unordered_set<std::string> stop_;
 

@@ -64,6 +64,25 @@ class Cursor {
   }
 
   uint32_t doc() const { return doc_; }
+
+  // Block-at-a-time access for exhaustive scoring: the current block's documents and frequencies
+  // (from the cursor's position to the block end), then advance() to the next block.
+  uint32_t block_count() const { return n_ - pos_; }
+  const uint32_t* block_docs() const { return docs_ + pos_; }
+  const uint32_t* block_tfs() {
+    if (!tf_ready_) decode_tfs();
+    return tfs_ + pos_;
+  }
+  // Moves to the next block; returns false at the end of the list.
+  bool advance_block() {
+    if (blk_ + 1 < b_end_) {
+      decode(blk_ + 1);
+      return true;
+    }
+    doc_ = kEndDoc;
+    pos_ = n_;
+    return false;
+  }
   uint32_t tf() {
     if (!tf_ready_) decode_tfs();
     return tfs_[pos_];

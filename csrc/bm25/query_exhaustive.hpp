@@ -7,10 +7,24 @@
 
 namespace irforge::bm25 {
 
+struct ExhaustiveScratch {
+  std::vector<double> acc;
+  std::vector<uint8_t> seen;
+  std::vector<uint32_t> touched;
+};
+
+// Per-thread scratch, reached through a call the compiler cannot inline: in a shared library each use
+// of a thread_local costs a __tls_get_addr call, and GCC repeats it inside loops even via references.
+__attribute__((noinline)) inline ExhaustiveScratch* exhaustive_scratch() {
+  thread_local ExhaustiveScratch scratch;
+  return &scratch;
+}
+
 inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vector<QueryTerm>& q, size_t k) {
-  thread_local std::vector<double> acc;
-  thread_local std::vector<uint8_t> seen;
-  thread_local std::vector<uint32_t> touched;
+  ExhaustiveScratch& s = *exhaustive_scratch();
+  std::vector<double>& acc = s.acc;
+  std::vector<uint8_t>& seen = s.seen;
+  std::vector<uint32_t>& touched = s.touched;
   const uint32_t N = ix.n_docs();
   if (acc.size() < N) {
     acc.assign(N, 0.0);
@@ -20,13 +34,19 @@ inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vect
   const Scorer& sc = ix.scorer();
   for (const PreparedTerm& t : prepare(ix, q)) {  // query order: the same summation order as ordered_sum
     Cursor c(&ix.view(), t.term);
-    for (uint32_t d = c.doc(); d != kEndDoc; c.next(), d = c.doc()) {
-      if (!seen[d]) {
-        seen[d] = 1;
-        touched.push_back(d);
+    do {
+      const uint32_t n = c.block_count();
+      const uint32_t* docs = c.block_docs();
+      const uint32_t* tfs = c.block_tfs();
+      for (uint32_t i = 0; i < n; ++i) {
+        const uint32_t d = docs[i];
+        if (!seen[d]) {
+          seen[d] = 1;
+          touched.push_back(d);
+        }
+        acc[d] += sc.combine(t.w, sc.x(tfs[i], d));
       }
-      acc[d] += sc.combine(t.w, sc.x(c.tf(), d));
-    }
+    } while (c.advance_block());
   }
   TopK top(k);
   for (uint32_t d : touched) {

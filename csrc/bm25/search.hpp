@@ -10,11 +10,25 @@
 
 namespace irforge::bm25 {
 
-enum class Algorithm : uint32_t { kExhaustive = 0, kMaxScore = 1, kBlockMaxWand = 2 };
+enum class Algorithm : uint32_t { kExhaustive = 0, kMaxScore = 1, kBlockMaxWand = 2, kAuto = 3 };
+
+// All algorithms return the same top k; kAuto picks the one expected to be fastest for this query.
+// Measured (bench notes in bench/RESULTS.md): exhaustive term-at-a-time scoring costs 5-11 ns per
+// posting and wins below ~50k postings; above that MaxScore wins for several terms; one term with a
+// long list is best served by block-max WAND, which skips whole blocks.
+inline Algorithm choose_algorithm(const Index& ix, const std::vector<QueryTerm>& q) {
+  uint64_t postings = 0;
+  for (const auto& t : q) postings += ix.storage().df[t.term];
+  if (q.size() == 1 && postings > 4096) return Algorithm::kBlockMaxWand;
+  if (postings > 50000) return Algorithm::kMaxScore;
+  return Algorithm::kExhaustive;
+}
 
 inline std::vector<ScoredDoc> search(const Index& ix, const std::vector<QueryTerm>& q, size_t k, Algorithm a) {
   if (k == 0) throw std::invalid_argument("k must be positive");
+  if (a == Algorithm::kAuto) a = choose_algorithm(ix, q);
   switch (a) {
+    case Algorithm::kAuto: break;
     case Algorithm::kExhaustive: return search_exhaustive(ix, q, k);
     case Algorithm::kMaxScore: return search_maxscore(ix, q, k);
     case Algorithm::kBlockMaxWand: return search_block_max_wand(ix, q, k);

@@ -16,8 +16,9 @@ __all__ = ["BM25Index", "Hit", "Hits", "BatchHits", "METHODS", "ALGORITHMS"]
 
 #: BM25 variants, named as in Kamphuis et al. (ECIR 2020).
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
-#: Query processing algorithms; all return exactly the same top-k.
-ALGORITHMS = ("bmw", "maxscore", "exhaustive")
+#: Query processing algorithms; all return exactly the same top-k. ``auto`` picks per query: exhaustive
+#: scoring for short posting lists, MaxScore for long multi-term queries, block-max WAND for one long list.
+ALGORITHMS = ("auto", "bmw", "maxscore", "exhaustive")
 _DEFAULT_DELTA = {"bm25l": 0.5, "bm25+": 1.0}
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -358,13 +359,14 @@ class BM25Index:
         return BM25Index(self._core.rescored(m, float(k1v), float(bv), d, _check_threads(threads)), _BUILD_TOKEN)
 
     # ---- search ----------------------------------------------------------------------------------
-    def search(self, query: Query, k: int = 10, *, algorithm: str = "bmw") -> Hits:
+    def search(self, query: Query, k: int = 10, *, algorithm: str = "auto") -> Hits:
         """Top ``k`` documents for ``query``.
 
-        ``query`` is a string for text indexes, a list of str tokens for token indexes, a list or array of
-        int ids for id indexes. An empty query, or one whose terms are all stopwords or unknown, returns
+        ``query`` is a string for text indexes (or a list of str: terms already analysed, used unchanged), a
+        list of str tokens for token indexes, a list or array of int ids for id indexes. An empty query, or one whose terms are all stopwords or unknown, returns
         no hits. Fewer than ``k`` hits come back when fewer documents contain a query term.
-        The algorithms (``bmw``: block-max WAND, ``maxscore``, ``exhaustive``) return identical results.
+        The algorithms (``auto``, ``bmw``: block-max WAND, ``maxscore``, ``exhaustive``) return identical
+        results; ``auto`` (default) picks the fastest for the query's posting lists.
         """
         k = _check_k(k)
         _check_algorithm(algorithm)
@@ -377,7 +379,7 @@ class BM25Index:
         k: int = 10,
         *,
         threads: Optional[int] = None,
-        algorithm: str = "bmw",
+        algorithm: str = "auto",
     ) -> BatchHits:
         """Top ``k`` for each query, on ``threads`` threads (default: all cores) with the GIL released.
 
