@@ -184,8 +184,11 @@ std::vector<QueryTerm> query_of(const Index& ix, const Item& it, size_t i) {
 
 }  // namespace
 
+void bind_fmindex(py::module_& m);  // fmindex.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "irforge native core (C++ engines); use the irforge package, not this module.";
+  bind_fmindex(m);
 
   py::register_exception<FormatError>(m, "IndexFormatError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr p) {

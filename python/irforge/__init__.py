@@ -10,16 +10,19 @@ __version__ = "0.1.0"
 from . import datasets, metrics
 from .analysis import LUCENE_STOPWORDS, Analyzer
 from .bm25 import ALGORITHMS, METHODS, BatchHits, BM25Index, Hit, Hits
+from .fmindex import FMIndex, SuffixRange
 
 __all__ = [
     "ALGORITHMS",
     "Analyzer",
     "BatchHits",
     "BM25Index",
+    "FMIndex",
     "Hit",
     "Hits",
     "LUCENE_STOPWORDS",
     "METHODS",
+    "SuffixRange",
     "datasets",
     "metrics",
     "__version__",

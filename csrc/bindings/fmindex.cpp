@@ -1,0 +1,202 @@
+// pybind11 bindings of the FM-index: numpy in/out, GIL release, threads for batches.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include "../common/parallel.hpp"
+#include "../fmindex/fm_index.hpp"
+
+namespace py = pybind11;
+using namespace irforge;
+using namespace irforge::fm;
+
+namespace {
+
+using Pattern = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+struct PyFM {
+  std::shared_ptr<FMIndex> ix;
+};
+
+// Flat batch of patterns: tokens[offsets[i] .. offsets[i+1]).
+struct Batch {
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> tokens;
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets;
+  size_t size() const { return offsets.size() - 1; }
+  const uint64_t* pattern(size_t i, size_t* m) const {
+    const int64_t* o = offsets.data();
+    *m = static_cast<size_t>(o[i + 1] - o[i]);
+    return reinterpret_cast<const uint64_t*>(tokens.data()) + o[i];
+  }
+};
+
+Batch make_batch(const Pattern& tokens, const Pattern& offsets) {
+  Batch b{tokens, offsets};
+  const int64_t* o = offsets.data();
+  const size_t n = offsets.size();
+  if (n == 0 || o[0] != 0 || o[n - 1] != tokens.size()) throw py::value_error("pattern offsets do not cover the tokens");
+  for (size_t i = 1; i < n; ++i)
+    if (o[i] < o[i - 1]) throw py::value_error("pattern offsets must be non-decreasing");
+  return b;
+}
+
+void doc_freqs(const FMIndex& ix, Range r, uint64_t m, uint64_t limit, std::vector<uint64_t>& docs,
+               std::vector<uint64_t>& counts) {
+  std::vector<uint64_t> all;
+  const uint64_t end = std::min<uint64_t>(r.ep, r.sp + limit);
+  all.reserve(end > r.sp ? end - r.sp : 0);
+  for (uint64_t row = r.sp; row < end; ++row) all.push_back(ix.occurrence(row, m).doc);
+  std::sort(all.begin(), all.end());
+  docs.clear();
+  counts.clear();
+  for (size_t i = 0; i < all.size();) {
+    size_t j = i;
+    while (j < all.size() && all[j] == all[i]) ++j;
+    docs.push_back(all[i]);
+    counts.push_back(j - i);
+    i = j;
+  }
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  py::array_t<T> a(v.size());
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+}  // namespace
+
+void bind_fmindex(py::module_& m) {
+  py::class_<PyFM>(m, "FMIndex")
+      .def_static("build", [](py::array_t<uint32_t, py::array::c_style | py::array::forcecast> tokens,
+                              py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets,
+                              uint32_t sample_rate, bool byte_mode) {
+             const uint64_t n_docs = offsets.size() - 1;
+             const uint32_t* t = tokens.data();
+             const uint64_t* o = offsets.data();
+             py::gil_scoped_release nogil;
+             return PyFM{std::make_shared<FMIndex>(FMIndex::build(t, o, n_docs, sample_rate, byte_mode))};
+           }, py::arg("tokens"), py::arg("offsets"), py::arg("sample_rate"), py::arg("byte_mode"))
+      .def_static("load", [](const std::string& path, bool mmap, bool verify) {
+             py::gil_scoped_release nogil;
+             return PyFM{std::make_shared<FMIndex>(FMIndex::load(path, mmap, verify))};
+           }, py::arg("path"), py::arg("mmap"), py::arg("verify"))
+      .def("save", [](const PyFM& s, const std::string& path) {
+             py::gil_scoped_release nogil;
+             s.ix->save(path);
+           }, py::arg("path"))
+      .def("range", [](const PyFM& s, const Pattern& p) {
+             Range r;
+             {
+               py::gil_scoped_release nogil;
+               r = s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size());
+             }
+             return py::make_tuple(r.sp, r.ep);
+           }, py::arg("pattern"))
+      .def("extend", [](const PyFM& s, uint64_t sp, uint64_t ep, uint64_t token) {
+             if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
+             const Range r = s.ix->extend({sp, ep}, token);
+             return py::make_tuple(r.sp, r.ep);
+           }, py::arg("sp"), py::arg("ep"), py::arg("token"))
+      .def("count_batch", [](const PyFM& s, const Pattern& tokens, const Pattern& offsets, long threads) {
+             Batch b = make_batch(tokens, offsets);
+             py::array_t<int64_t> out(b.size());
+             int64_t* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               parallel_ranges(resolve_threads(threads), b.size(), [&](size_t, size_t lo, size_t hi) {
+                 for (size_t i = lo; i < hi; ++i) {
+                   size_t mlen;
+                   const uint64_t* p = b.pattern(i, &mlen);
+                   o[i] = static_cast<int64_t>(s.ix->find(p, mlen).size());
+                 }
+               });
+             }
+             return out;
+           }, py::arg("tokens"), py::arg("offsets"), py::arg("threads"))
+      .def("locate", [](const PyFM& s, const Pattern& p, uint64_t limit) {
+             std::vector<uint64_t> docs, offs;
+             {
+               py::gil_scoped_release nogil;
+               const Range r = s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size());
+               std::vector<Occurrence> occ;
+               for (uint64_t row = r.sp; row < std::min<uint64_t>(r.ep, r.sp + limit); ++row)
+                 occ.push_back(s.ix->occurrence(row, p.size()));
+               std::sort(occ.begin(), occ.end(), [](const Occurrence& a, const Occurrence& b) {
+                 return a.doc < b.doc || (a.doc == b.doc && a.offset < b.offset);
+               });
+               for (const auto& o : occ) {
+                 docs.push_back(o.doc);
+                 offs.push_back(o.offset);
+               }
+             }
+             return py::make_tuple(to_numpy(docs), to_numpy(offs));
+           }, py::arg("pattern"), py::arg("limit"))
+      .def("doc_frequencies_batch", [](const PyFM& s, const Pattern& tokens, const Pattern& offsets, uint64_t limit, long threads) {
+             Batch b = make_batch(tokens, offsets);
+             std::vector<std::vector<uint64_t>> docs(b.size()), counts(b.size());
+             {
+               py::gil_scoped_release nogil;
+               parallel_items(resolve_threads(threads), b.size(), [&](size_t, size_t i) {
+                 size_t mlen;
+                 const uint64_t* p = b.pattern(i, &mlen);
+                 doc_freqs(*s.ix, s.ix->find(p, mlen), mlen, limit, docs[i], counts[i]);
+               });
+             }
+             py::list out;
+             for (size_t i = 0; i < b.size(); ++i) out.append(py::make_tuple(to_numpy(docs[i]), to_numpy(counts[i])));
+             return out;
+           }, py::arg("tokens"), py::arg("offsets"), py::arg("limit"), py::arg("threads"))
+      .def("next_tokens_range", [](const PyFM& s, uint64_t sp, uint64_t ep) {
+             if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
+             std::vector<uint32_t> toks;
+             std::vector<uint64_t> counts;
+             {
+               py::gil_scoped_release nogil;
+               s.ix->next_tokens({sp, ep}, toks, counts);
+             }
+             return py::make_tuple(to_numpy(toks), to_numpy(counts));
+           }, py::arg("sp"), py::arg("ep"))
+      .def("next_tokens_batch", [](const PyFM& s, const Pattern& tokens, const Pattern& offsets, long threads) {
+             Batch b = make_batch(tokens, offsets);
+             std::vector<std::vector<uint32_t>> toks(b.size());
+             std::vector<std::vector<uint64_t>> counts(b.size());
+             {
+               py::gil_scoped_release nogil;
+               parallel_items(resolve_threads(threads), b.size(), [&](size_t, size_t i) {
+                 size_t mlen;
+                 const uint64_t* p = b.pattern(i, &mlen);
+                 s.ix->next_tokens(s.ix->find(p, mlen), toks[i], counts[i]);
+               });
+             }
+             py::list out;
+             for (size_t i = 0; i < b.size(); ++i) out.append(py::make_tuple(to_numpy(toks[i]), to_numpy(counts[i])));
+             return out;
+           }, py::arg("tokens"), py::arg("offsets"), py::arg("threads"))
+      .def("extract", [](const PyFM& s, uint64_t d) {
+             if (d >= s.ix->meta().n_docs) throw py::index_error("document " + std::to_string(d) + " out of range");
+             std::vector<uint32_t> out;
+             {
+               py::gil_scoped_release nogil;
+               s.ix->extract(d, out);
+             }
+             return to_numpy(out);
+           }, py::arg("doc"))
+      .def("doc_lengths", [](const PyFM& s) {
+             std::vector<uint64_t> v(s.ix->meta().n_docs);
+             for (uint64_t d = 0; d < v.size(); ++d) v[d] = s.ix->doc_length(d);
+             return to_numpy(v);
+           })
+      .def_property_readonly("n_docs", [](const PyFM& s) { return s.ix->meta().n_docs; })
+      .def_property_readonly("n_tokens", [](const PyFM& s) { return s.ix->meta().n_tokens; })
+      .def_property_readonly("n", [](const PyFM& s) { return s.ix->meta().n; })
+      .def_property_readonly("sigma", [](const PyFM& s) { return s.ix->meta().sigma - 2; })
+      .def_property_readonly("sample_rate", [](const PyFM& s) { return s.ix->meta().sample_rate; })
+      .def_property_readonly("byte_mode", [](const PyFM& s) { return s.ix->meta().byte_mode != 0; })
+      .def_property_readonly("size_bytes", [](const PyFM& s) { return s.ix->size_bytes(); });
+}

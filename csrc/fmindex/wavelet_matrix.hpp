@@ -1,0 +1,104 @@
+// Wavelet matrix (Claude, Navarro & Ordóñez 2015) over symbols [0, sigma): one rank bitvector per bit of the
+// symbol, most significant first; each level stably moves the zeros before the ones. rank(c, i) and
+// access(i) cost one cache line per level.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "bitvector.hpp"
+
+namespace irforge::fm {
+
+struct WaveletView {
+  const RankBits* levels = nullptr;  // [n_levels]
+  const uint64_t* zeros = nullptr;   // [n_levels]: zeros at each level
+  const uint64_t* bottom = nullptr;  // [sigma]: where symbol c's run starts at the bottom
+  uint32_t n_levels = 0;
+  uint64_t n = 0;
+
+  // Symbol at i, and the number of its occurrences in [0, i).
+  uint32_t access_rank(uint64_t i, uint64_t* rank) const {
+    uint32_t c = 0;
+    for (uint32_t l = 0; l < n_levels; ++l) {
+      uint64_t r1;
+      const bool b = levels[l].bit_rank1(i, &r1);
+      c = (c << 1) | static_cast<uint32_t>(b);
+      i = b ? zeros[l] + r1 : i - r1;
+    }
+    *rank = i - bottom[c];
+    return c;
+  }
+  // Occurrences of c in [0, i) and in [0, j), in one walk.
+  void rank2(uint32_t c, uint64_t i, uint64_t j, uint64_t* ri, uint64_t* rj) const {
+    for (uint32_t l = 0; l < n_levels; ++l) {
+      const bool b = (c >> (n_levels - 1 - l)) & 1;
+      const uint64_t ri1 = levels[l].rank1(i), rj1 = (j == i) ? ri1 : levels[l].rank1(j);
+      if (b) {
+        i = zeros[l] + ri1;
+        j = zeros[l] + rj1;
+      } else {
+        i -= ri1;
+        j -= rj1;
+      }
+    }
+    *ri = i - bottom[c];
+    *rj = j - bottom[c];
+  }
+  // Calls f(c, count) for every distinct symbol of [i, j), in increasing symbol order.
+  template <class F>
+  void distinct(uint64_t i, uint64_t j, F&& f) const {
+    walk(0, 0, i, j, f);
+  }
+
+ private:
+  template <class F>
+  void walk(uint32_t l, uint32_t prefix, uint64_t i, uint64_t j, F& f) const {
+    if (i >= j) return;
+    if (l == n_levels) {
+      f(prefix, j - i);
+      return;
+    }
+    const uint64_t ri = levels[l].rank1(i), rj = levels[l].rank1(j);
+    walk(l + 1, prefix << 1, i - ri, j - rj, f);
+    walk(l + 1, (prefix << 1) | 1, zeros[l] + ri, zeros[l] + rj, f);
+  }
+};
+
+struct WaveletBuild {
+  std::vector<std::vector<RankLine>> lines;
+  std::vector<uint64_t> zeros;
+  std::vector<uint64_t> bottom;
+  uint32_t n_levels = 0;
+};
+
+// Builds the matrix for seq[0..n) with symbols < sigma.
+template <class Sym>
+WaveletBuild build_wavelet(std::vector<Sym> seq, uint32_t sigma) {
+  WaveletBuild w;
+  uint32_t levels = 1;
+  while ((1ULL << levels) < sigma) ++levels;
+  w.n_levels = levels;
+  const uint64_t n = seq.size();
+  std::vector<Sym> next(n);
+  for (uint32_t l = 0; l < levels; ++l) {
+    const uint32_t shift = levels - 1 - l;
+    w.lines.push_back(make_rank_lines(n, [&](uint64_t i) { return (seq[i] >> shift) & 1; }));
+    uint64_t z = 0;
+    for (uint64_t i = 0; i < n; ++i) z += !((seq[i] >> shift) & 1);
+    w.zeros.push_back(z);
+    uint64_t a = 0, b = z;
+    for (uint64_t i = 0; i < n; ++i) {
+      if ((seq[i] >> shift) & 1) next[b++] = seq[i];
+      else next[a++] = seq[i];
+    }
+    seq.swap(next);
+  }
+  // At the bottom equal symbols are contiguous: record where each run starts.
+  w.bottom.assign(sigma, 0);
+  for (uint64_t i = n; i-- > 0;) w.bottom[seq[i]] = i;
+  return w;
+}
+
+}  // namespace irforge::fm

@@ -1,0 +1,284 @@
+"""FM-index over token-id sequences (or UTF-8 strings), in C++: count, locate, document frequencies,
+extract and exact next-token distributions, for n-gram retrieval and constrained decoding."""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, Optional, Union
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["FMIndex", "MAX_TOKEN_ID", "SuffixRange"]
+
+#: Largest token id the index stores (ids are kept as 32-bit values after a shift of 2).
+MAX_TOKEN_ID = 2**32 - 3
+
+PathLike = Union[str, "os.PathLike[str]"]
+Tokens = Union[Sequence[int], np.ndarray, str, bytes]
+
+
+class SuffixRange(NamedTuple):
+    """Rows ``[sp, ep)`` of the suffix array whose suffixes start with a pattern; ``ep - sp`` is its count."""
+
+    sp: int
+    ep: int
+
+    @property
+    def count(self) -> int:
+        return self.ep - self.sp
+
+    def __bool__(self) -> bool:
+        return self.ep > self.sp
+
+
+def _as_tokens(x: Any, what: str, byte_mode: Optional[bool]) -> np.ndarray:
+    """Validate one document or pattern and return it as int64 ids."""
+    if isinstance(x, str):
+        if byte_mode is False:
+            raise TypeError(f"{what} is a str, but this index holds token ids")
+        return np.frombuffer(x.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        if byte_mode is False:
+            raise TypeError(f"{what} is bytes, but this index holds token ids")
+        return np.frombuffer(bytes(x), dtype=np.uint8).astype(np.int64)
+    if byte_mode is True:
+        raise TypeError(f"{what} must be str or bytes for an index built from strings")
+    if isinstance(x, np.ndarray):
+        if x.ndim != 1:
+            raise ValueError(f"{what} must be 1-D, got shape {x.shape}")
+        if x.dtype.kind not in "iu" and x.size:
+            raise TypeError(f"{what} has dtype {x.dtype}; token ids must be integers")
+        arr = x.astype(np.int64, copy=False) if x.dtype != np.uint64 else x
+    else:
+        try:
+            seq = list(x)
+        except TypeError:
+            raise TypeError(f"{what} must be a sequence of int token ids, got {type(x).__name__}") from None
+        for i, t in enumerate(seq):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"{what}: token {i} must be an int, got {type(t).__name__}")
+        arr = np.array(seq, dtype=np.int64) if seq else np.zeros(0, dtype=np.int64)
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0:
+            raise ValueError(f"{what} holds a negative token id ({lo})")
+        if hi > MAX_TOKEN_ID:
+            raise ValueError(f"{what} holds token id {hi}, above the largest supported id {MAX_TOKEN_ID}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _pattern(p: Any, byte_mode: bool) -> np.ndarray:
+    arr = _as_tokens(p, "pattern", byte_mode)
+    if arr.size == 0:
+        raise ValueError("pattern is empty")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _flatten(patterns: Iterable[Any], byte_mode: bool, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(patterns, (str, bytes)):
+        raise TypeError("expected a sequence of patterns, not a single pattern")
+    arrs = []
+    for i, p in enumerate(patterns):
+        a = _as_tokens(p, f"pattern {i}", byte_mode)
+        if a.size == 0 and not allow_empty:
+            raise ValueError(f"pattern {i} is empty")
+        arrs.append(a)
+    offsets = np.zeros(len(arrs) + 1, dtype=np.int64)
+    if arrs:
+        offsets[1:] = np.cumsum([a.size for a in arrs])
+    flat = np.concatenate(arrs).astype(np.int64) if arrs else np.zeros(0, dtype=np.int64)
+    return flat, offsets
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads <= 0:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return int(threads)
+
+
+class FMIndex:
+    """A compressed full-text index over documents of token ids (or of UTF-8 bytes, from strings).
+
+    Counting and next-token queries never look at the text: they run on the Burrows-Wheeler transform in a
+    wavelet matrix. The index is built over the reversed documents, so a pattern's suffix range can be
+    extended one token at a time (:meth:`extend`), the way a decoder produces tokens.
+
+    Examples
+    --------
+    >>> fm = FMIndex.build([[5, 6, 7, 2], [6, 7, 8, 2], [5, 6, 2]])
+    >>> fm.count([6])
+    3
+    >>> fm.next_tokens([6])
+    (array([2, 7]), array([1, 2]))
+    """
+
+    def __init__(self, core: Any, _token: object = None) -> None:
+        if _token is not _TOKEN:
+            raise TypeError("use FMIndex.build(...) or FMIndex.load(...)")
+        self._core = core
+        self._byte_mode = bool(core.byte_mode)
+
+    @classmethod
+    def build(cls, docs: Iterable[Tokens], *, sample_rate: int = 32) -> "FMIndex":
+        """Index documents: sequences or 1-D arrays of non-negative integer token ids (up to
+        :data:`MAX_TOKEN_ID`), or strings (indexed as their UTF-8 bytes), all of one kind.
+
+        ``sample_rate``: one suffix-array sample per that many text positions; smaller is faster to locate
+        and larger.
+        """
+        if isinstance(docs, (str, bytes, np.ndarray)) and not (isinstance(docs, np.ndarray) and docs.ndim == 2):
+            raise TypeError("docs must be an iterable of documents, not a single document")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or not 1 <= sample_rate <= 2**20:
+            raise ValueError(f"sample_rate must be an int in [1, 2**20], got {sample_rate!r}")
+        items = list(docs)
+        if not items:
+            raise ValueError("cannot build an FM-index over an empty corpus")
+        byte_mode = isinstance(items[0], (str, bytes, bytearray))
+        arrs = [_as_tokens(d, f"document {i}", byte_mode) for i, d in enumerate(items)]
+        offsets = np.zeros(len(arrs) + 1, dtype=np.uint64)
+        offsets[1:] = np.cumsum([a.size for a in arrs])
+        flat = np.concatenate(arrs).astype(np.uint32) if offsets[-1] else np.zeros(0, dtype=np.uint32)
+        return cls(_core.FMIndex.build(flat, offsets, int(sample_rate), byte_mode), _TOKEN)
+
+    @classmethod
+    def load(cls, path: PathLike, *, mmap: bool = True, verify: bool = True) -> "FMIndex":
+        """Open an index written by :meth:`save`; magic, version, sizes and (with ``verify``) checksums are
+        checked first. A damaged file raises ValueError."""
+        p = os.fspath(path)
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"no index at {p}")
+        if os.path.isdir(p):
+            raise IsADirectoryError(f"{p} is a directory, not an index file")
+        return cls(_core.FMIndex.load(p, bool(mmap), bool(verify)), _TOKEN)
+
+    def save(self, path: PathLike) -> None:
+        """Write atomically: a temporary file in the same directory, fsynced, renamed over ``path``."""
+        p = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"directory {directory} does not exist")
+        tmp = os.path.join(directory, f".{os.path.basename(p)}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            self._core.save(tmp)
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # ---- queries ---------------------------------------------------------------------------------
+    def range(self, pattern: Tokens) -> SuffixRange:
+        """The suffix-array range of ``pattern`` (empty when it does not occur)."""
+        return SuffixRange(*self._core.range(_pattern(pattern, self._byte_mode)))
+
+    def full_range(self) -> SuffixRange:
+        """The range of the empty pattern: every suffix."""
+        return SuffixRange(0, int(self._core.n))
+
+    def extend(self, r: SuffixRange, token: int) -> SuffixRange:
+        """The range of pattern + [token] from the range of pattern, in one backward-search step."""
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise TypeError(f"token must be an int, got {type(token).__name__}")
+        if token < 0:
+            raise ValueError(f"token id {token} is negative")
+        sp, ep = r
+        return SuffixRange(*self._core.extend(int(sp), int(ep), int(token)))
+
+    def count(self, pattern: Tokens) -> int:
+        """Occurrences of ``pattern`` in the corpus (never across a document boundary)."""
+        return self.range(pattern).count
+
+    def count_batch(self, patterns: Iterable[Tokens], *, threads: Optional[int] = None) -> np.ndarray:
+        """Counts of many patterns, on ``threads`` threads without the GIL."""
+        flat, offsets = _flatten(patterns, self._byte_mode)
+        return self._core.count_batch(flat, offsets, _threads(threads))
+
+    def locate(self, pattern: Tokens, limit: Optional[int] = None) -> np.ndarray:
+        """Occurrences as an array of ``(document, offset)`` rows, sorted. With ``limit``, at most that many
+        (which ones is unspecified)."""
+        lim = self._limit(limit)
+        docs, offs = self._core.locate(_pattern(pattern, self._byte_mode), lim)
+        return np.stack([docs.astype(np.int64), offs.astype(np.int64)], axis=1) if len(docs) else np.zeros((0, 2), np.int64)
+
+    def doc_frequencies(self, pattern: Tokens, limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Documents holding ``pattern`` (increasing) and the number of occurrences in each."""
+        return self.doc_frequencies_batch([pattern], limit=limit, threads=1)[0]
+
+    def doc_frequencies_batch(
+        self, patterns: Iterable[Tokens], *, limit: Optional[int] = None, threads: Optional[int] = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        flat, offsets = _flatten(patterns, self._byte_mode)
+        out = self._core.doc_frequencies_batch(flat, offsets, self._limit(limit), _threads(threads))
+        return [(d.astype(np.int64), c.astype(np.int64)) for d, c in out]
+
+    def next_tokens(self, prefix: Union[Tokens, SuffixRange]) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct token that follows ``prefix`` somewhere in the corpus, with how often (exact),
+        in increasing token order. ``prefix`` may also be a :class:`SuffixRange`; an empty prefix gives the
+        unigram distribution."""
+        if isinstance(prefix, SuffixRange):
+            sp, ep = prefix
+        elif len(prefix) == 0:
+            sp, ep = self.full_range()
+        else:
+            sp, ep = self.range(prefix)
+        toks, counts = self._core.next_tokens_range(int(sp), int(ep))
+        return toks.astype(np.int64), counts.astype(np.int64)
+
+    def next_tokens_batch(self, prefixes: Iterable[Tokens], *, threads: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        flat, offsets = _flatten(prefixes, self._byte_mode, allow_empty=True)
+        return [(t.astype(np.int64), c.astype(np.int64)) for t, c in self._core.next_tokens_batch(flat, offsets, _threads(threads))]
+
+    def extract(self, doc: int) -> Union[np.ndarray, str]:
+        """The tokens of document ``doc`` (a str for indexes built from strings)."""
+        if isinstance(doc, bool) or not isinstance(doc, (int, np.integer)):
+            raise TypeError(f"doc must be an int, got {type(doc).__name__}")
+        if not 0 <= doc < self.n_docs:
+            raise IndexError(f"document {doc} out of range [0, {self.n_docs})")
+        toks = self._core.extract(int(doc))
+        if self._byte_mode:
+            return toks.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+        return toks.astype(np.int64)
+
+    @staticmethod
+    def _limit(limit: Optional[int]) -> int:
+        if limit is None:
+            return 2**63 - 1
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+        return int(limit)
+
+    # ---- properties ------------------------------------------------------------------------------
+    @property
+    def n_docs(self) -> int:
+        return int(self._core.n_docs)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self._core.n_tokens)
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    @property
+    def alphabet_size(self) -> int:
+        """Number of distinct token ids."""
+        return int(self._core.sigma)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the index structures (what :meth:`save` writes, less headers and padding)."""
+        return int(self._core.size_bytes)
+
+    def doc_lengths(self) -> np.ndarray:
+        return self._core.doc_lengths().astype(np.int64)
+
+    def __repr__(self) -> str:
+        kind = "bytes" if self._byte_mode else "token ids"
+        return f"FMIndex(n_docs={self.n_docs}, n_tokens={self.n_tokens}, alphabet={self.alphabet_size}, {kind})"
+
+
+_TOKEN = object()

@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from irforge import FMIndex, SuffixRange
+
+
+def naive_occurrences(docs, pattern):
+    m = len(pattern)
+    return sorted((d, i) for d, doc in enumerate(docs) for i in range(len(doc) - m + 1) if list(doc[i:i + m]) == list(pattern))
+
+
+def naive_next(docs, prefix):
+    m = len(prefix)
+    c = Counter(doc[i + m] for doc in docs for i in range(len(doc) - m) if list(doc[i:i + m]) == list(prefix))
+    return sorted(c.items())
+
+
+def check_pattern(fm, docs, p):
+    occ = naive_occurrences(docs, p)
+    assert fm.count(p) == len(occ)
+    assert [tuple(x) for x in fm.locate(p).tolist()] == occ
+    d, c = fm.doc_frequencies(p)
+    assert list(zip(d.tolist(), c.tolist())) == sorted(Counter(x for x, _ in occ).items())
+    t, c = fm.next_tokens(p)
+    assert list(zip(t.tolist(), c.tolist())) == naive_next(docs, p)
+
+
+docs_strategy = st.lists(st.lists(st.integers(0, 6), max_size=25), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=docs_strategy, patterns=st.lists(st.lists(st.integers(0, 7), min_size=1, max_size=4), min_size=1, max_size=6),
+       sample_rate=st.sampled_from([1, 2, 3, 32]))
+def test_operations_equal_naive_scan(docs, patterns, sample_rate):
+    fm = FMIndex.build(docs, sample_rate=sample_rate)
+    assert fm.n_docs == len(docs) and fm.n_tokens == sum(map(len, docs))
+    for p in patterns:
+        check_pattern(fm, docs, p)
+    for d, doc in enumerate(docs):
+        assert fm.extract(d).tolist() == doc
+    assert fm.count_batch(patterns).tolist() == [len(naive_occurrences(docs, p)) for p in patterns]
+    t, c = fm.next_tokens([])
+    assert list(zip(t.tolist(), c.tolist())) == sorted(Counter(x for doc in docs for x in doc).items())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n_docs=st.integers(1, 400), vocab=st.sampled_from([2, 5, 300, 70000, 2**32 - 3]))
+def test_larger_random_corpora(seed, n_docs, vocab):
+    """Alphabets on both sides of the 16-bit symbol path, ids up to the largest supported."""
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, vocab, size=min(vocab, 50), dtype=np.int64) if vocab > 50 else np.arange(vocab)
+    docs = [pool[rng.integers(0, len(pool), size=rng.integers(0, 60))].tolist() for _ in range(n_docs)]
+    fm = FMIndex.build(docs, sample_rate=int(rng.choice([1, 4, 32])))
+    for _ in range(10):
+        d = int(rng.integers(0, n_docs))
+        if len(docs[d]) >= 1:
+            i = int(rng.integers(0, len(docs[d])))
+            p = docs[d][i:i + int(rng.integers(1, 5))]
+            check_pattern(fm, docs, p)
+        check_pattern(fm, docs, [int(x) for x in rng.choice(pool, size=2)])
+    for d in rng.integers(0, n_docs, size=5):
+        assert fm.extract(int(d)).tolist() == docs[int(d)]
+
+
+def test_seal_off_by_one_case():
+    """SEAL's range code counts [6] four times here and offers 8 after [6]."""
+    fm = FMIndex.build([[5, 6, 7, 2], [6, 7, 8, 2], [5, 6, 2]])
+    assert fm.count([6]) == 3
+    assert fm.next_tokens([6])[0].tolist() == [2, 7]
+    assert fm.next_tokens([6])[1].tolist() == [1, 2]
+    assert fm.count([2, 6]) == 0 and fm.count([2, 5]) == 0  # never across documents
+    assert fm.next_tokens([8, 2])[0].tolist() == []  # end of a document: no continuation
+    assert fm.count([9]) == 0 and fm.next_tokens([9])[0].tolist() == []
+
+
+def test_extend_carries_the_range():
+    docs = [[1, 2, 3, 1, 2, 4], [2, 3, 5], [1, 2, 3]]
+    fm = FMIndex.build(docs)
+    r = fm.full_range()
+    assert r.count == fm.n_tokens + fm.n_docs + 1
+    for i, tok in enumerate([1, 2, 3]):
+        r = fm.extend(r, tok)
+        assert r == fm.range([1, 2, 3][: i + 1])
+    assert r.count == 2
+    assert fm.next_tokens(r)[0].tolist() == [1]
+    assert not fm.extend(r, 7)
+    assert isinstance(r, SuffixRange) and r.count == 2
+
+
+def test_strings_as_utf8_bytes():
+    docs = ["banana bandana", "abracadabra", "naïve café", ""]
+    fm = FMIndex.build(docs)
+    assert fm.count("an") == 4
+    assert fm.locate("ana").tolist() == [[0, 1], [0, 3], [0, 11]]
+    assert fm.count("é") == 1 and fm.count("ï") == 1
+    assert [fm.extract(i) for i in range(4)] == docs
+    t, c = fm.next_tokens("ab")
+    assert t.tolist() == [ord("r")] and c.tolist() == [2]
+    with pytest.raises(TypeError):
+        fm.count([97, 98])
+
+
+def test_real_text(scifact):
+    """Whitespace tokens of SciFact abstracts, checked against a scan for sampled n-grams."""
+    vocab: dict[str, int] = {}
+    docs = [[vocab.setdefault(w, len(vocab)) for w in (d["title"] + " " + d["text"]).lower().split()] for d in scifact.corpus[:800]]
+    fm = FMIndex.build(docs)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        d = int(rng.integers(0, len(docs)))
+        if len(docs[d]) < 4:
+            continue
+        i = int(rng.integers(0, len(docs[d]) - 3))
+        check_pattern(fm, docs, docs[d][i:i + int(rng.integers(1, 4))])
+    for d in range(0, 800, 97):
+        assert fm.extract(d).tolist() == docs[d]
+
+
+def test_save_load(tmp_path):
+    docs = [[1, 2, 3, 2, 3], [3, 2, 1], [], [7]]
+    fm = FMIndex.build(docs, sample_rate=2)
+    fm.save(tmp_path / "fm.irx")
+    assert [p.name for p in tmp_path.iterdir()] == ["fm.irx"]
+    for mmap in (True, False):
+        g = FMIndex.load(tmp_path / "fm.irx", mmap=mmap)
+        for p in ([2, 3], [3], [1, 2, 3], [7]):
+            assert g.count(p) == fm.count(p)
+            assert g.locate(p).tolist() == fm.locate(p).tolist()
+            assert [x.tolist() for x in g.next_tokens(p)] == [x.tolist() for x in fm.next_tokens(p)]
+        assert [g.extract(d).tolist() for d in range(4)] == docs
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("docs,exc,match", [
+    ([], ValueError, "empty corpus"),
+    ([[1, -2]], ValueError, "negative"),
+    ([[1, 2**32 - 2]], ValueError, "above the largest"),
+    ([np.array([1.5, 2.0])], TypeError, "dtype"),
+    ([[1, "a"]], TypeError, "token 1"),
+    ([[1, 2], "text"], TypeError, "str"),
+    (["text", [1, 2]], TypeError, "str or bytes"),
+    ("just a string", TypeError, "not a single document"),
+    ([[1, 2], 5], TypeError, "sequence of int"),
+    ([np.zeros((2, 2), dtype=np.int64)], ValueError, "1-D"),
+])
+def test_bad_documents(docs, exc, match):
+    with pytest.raises(exc, match=match):
+        FMIndex.build(docs)
+
+
+def test_bad_patterns_and_arguments():
+    fm = FMIndex.build([[1, 2, 3]])
+    with pytest.raises(ValueError, match="empty"):
+        fm.count([])
+    with pytest.raises(ValueError, match="negative"):
+        fm.count([-1])
+    with pytest.raises(TypeError):
+        fm.count(np.array([1.0]))
+    with pytest.raises(TypeError):
+        fm.count("abc")
+    with pytest.raises(ValueError, match="pattern 1 is empty"):
+        fm.count_batch([[1], []])
+    with pytest.raises(IndexError):
+        fm.extract(1)
+    with pytest.raises(ValueError):
+        fm.locate([1], limit=-1)
+    with pytest.raises(ValueError):
+        FMIndex.build([[1]], sample_rate=0)
+    with pytest.raises(ValueError, match="invalid suffix range"):
+        fm._core.next_tokens_range(5, 2)
+    with pytest.raises(ValueError, match="above the largest"):
+        fm.count([2**32 + 5])
+    assert fm.count([2**32 - 3]) == 0  # the largest id is valid; it does not occur
+    assert fm.locate([1, 2], limit=0).shape == (0, 2)
+
+
+def test_one_token_and_empty_documents():
+    fm = FMIndex.build([[42]])
+    assert fm.count([42]) == 1 and fm.locate([42]).tolist() == [[0, 0]] and fm.next_tokens([42])[0].tolist() == []
+    fm = FMIndex.build([[], [], [3]])
+    assert fm.extract(0).tolist() == [] and fm.count([3]) == 1 and fm.locate([3]).tolist() == [[2, 0]]
+    fm = FMIndex.build([[], []])
+    assert fm.n_tokens == 0 and fm.next_tokens([])[0].tolist() == []
+
+
+def test_damaged_files(tmp_path):
+    rng = np.random.default_rng(1)
+    fm = FMIndex.build([rng.integers(0, 500, size=200).tolist() for _ in range(30)])
+    path = tmp_path / "fm.irx"
+    fm.save(path)
+    data = path.read_bytes()
+    for cut in (0, 10, 100, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.irx").write_bytes(data[:cut])
+        with pytest.raises(ValueError):
+            FMIndex.load(tmp_path / "cut.irx")
+    for pos in rng.integers(0, len(data), size=40):
+        bad = bytearray(data)
+        bad[int(pos)] ^= 0x5A
+        (tmp_path / "flip.irx").write_bytes(bytes(bad))
+        try:
+            g = FMIndex.load(tmp_path / "flip.irx")
+        except ValueError:
+            continue
+        assert g.count([int(fm.extract(0)[0])]) == fm.count([int(fm.extract(0)[0])])  # the flip hit padding
+    from irforge import BM25Index
+
+    BM25Index.build(["x"]).save(tmp_path / "bm25.irf")
+    with pytest.raises(ValueError, match="magic"):
+        FMIndex.load(tmp_path / "bm25.irf")
