@@ -80,6 +80,15 @@ def _pattern(p: Any, byte_mode: bool) -> np.ndarray:
 def _flatten(patterns: Iterable[Any], byte_mode: bool, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(patterns, (str, bytes)):
         raise TypeError("expected a sequence of patterns, not a single pattern")
+    if not byte_mode:  # equal-length patterns: validate and flatten in one vectorised step
+        try:
+            grid = np.asarray(patterns)
+        except (ValueError, TypeError):
+            grid = None
+        if grid is not None and grid.ndim == 2 and grid.dtype.kind in "iu" and (grid.shape[1] > 0 or allow_empty):
+            flat = _as_tokens(grid.ravel(), "patterns", False)
+            offsets = np.arange(grid.shape[0] + 1, dtype=np.int64) * grid.shape[1]
+            return np.ascontiguousarray(flat, dtype=np.int64), offsets
     arrs = []
     for i, p in enumerate(patterns):
         a = _as_tokens(p, f"pattern {i}", byte_mode)
@@ -193,7 +202,8 @@ class FMIndex:
         return self.range(pattern).count
 
     def count_batch(self, patterns: Iterable[Tokens], *, threads: Optional[int] = None) -> np.ndarray:
-        """Counts of many patterns, on ``threads`` threads without the GIL."""
+        """Counts of many patterns, on ``threads`` threads without the GIL. A 2-D integer array (or a list of
+        equal-length lists) of patterns is validated in one vectorised step."""
         flat, offsets = _flatten(patterns, self._byte_mode)
         return self._core.count_batch(flat, offsets, _threads(threads))
 
