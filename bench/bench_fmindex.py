@@ -10,7 +10,8 @@ under $IRFORGE_CACHE, default ~/.cache/irforge). Each engine runs in its own sub
 
 Patterns: n-grams of length 1..8 cut at random positions of random documents (fixed seed), so every pattern
 occurs at least once. Figures:
-  build         wall time and peak RSS of the subprocess while building; bytes per token of the index
+  build         wall time, and peak RSS above the RSS before building (peak reset through /proc/self/clear_refs);
+                bytes per token of the saved index
   count         µs per pattern by length, one call each, and batched (irforge count_batch, 1 thread)
   locate/docid  µs per occurrence to turn suffix-array rows into document ids, on patterns with 20-2,000 hits
   next tokens   µs per exact next-token distribution by prefix length 1..4 (irforge next_tokens; infini-gram
@@ -93,16 +94,27 @@ def patterns(tokens, offsets, n_per_len: int, seed: int = 7):
     return out
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """Current RSS; also resets the peak (VmHWM) so that peak_rss_mb() covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the last rss_mb() call (Linux clear_refs), else since the process started."""
+    return _status_mb("VmHWM")
 
 
 def timed(f, items, reps=1):

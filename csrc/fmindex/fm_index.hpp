@@ -61,10 +61,20 @@ class FMIndex {
     auto& o = ix.own_;
     const uint64_t L = offsets[n_docs] - offsets[0];
     const uint64_t n = L + n_docs + 1;
-    // Dense alphabet.
-    o.alphabet.assign(tokens + offsets[0], tokens + offsets[n_docs]);
-    std::sort(o.alphabet.begin(), o.alphabet.end());
-    o.alphabet.erase(std::unique(o.alphabet.begin(), o.alphabet.end()), o.alphabet.end());
+    // Dense alphabet: a presence table when ids are small (the common case: a tokenizer's vocabulary),
+    // else sort a copy.
+    uint32_t max_id = 0;
+    for (uint64_t i = offsets[0]; i < offsets[n_docs]; ++i) max_id = std::max(max_id, tokens[i]);
+    if (max_id < (1u << 26)) {
+      std::vector<uint8_t> seen(static_cast<size_t>(max_id) + 1, 0);
+      for (uint64_t i = offsets[0]; i < offsets[n_docs]; ++i) seen[tokens[i]] = 1;
+      for (uint32_t t = 0; t <= max_id && L > 0; ++t)
+        if (seen[t]) o.alphabet.push_back(t);
+    } else {
+      o.alphabet.assign(tokens + offsets[0], tokens + offsets[n_docs]);
+      std::sort(o.alphabet.begin(), o.alphabet.end());
+      o.alphabet.erase(std::unique(o.alphabet.begin(), o.alphabet.end()), o.alphabet.end());
+    }
     if (!o.alphabet.empty() && o.alphabet.back() > kMaxTokenId)
       throw std::invalid_argument("token id " + std::to_string(o.alphabet.back()) + " is above the largest supported id " +
                                   std::to_string(kMaxTokenId));
@@ -286,15 +296,25 @@ class FMIndex {
   void build_with(const uint32_t* tokens, const uint64_t* offsets) {
     const uint64_t n = meta_.n, D = meta_.n_docs;
     const auto& alpha = own_.alphabet;
+    // id -> dense symbol: a direct table for small ids, binary search otherwise.
+    std::vector<Sym> table;
+    if (!alpha.empty() && alpha.back() < (1u << 26)) {
+      table.assign(static_cast<size_t>(alpha.back()) + 1, 0);
+      for (size_t j = 0; j < alpha.size(); ++j) table[alpha[j]] = static_cast<Sym>(j + 2);
+    }
+    auto sym = [&](uint32_t id) -> Sym {
+      if (!table.empty()) return table[id];
+      return static_cast<Sym>(std::lower_bound(alpha.begin(), alpha.end(), id) - alpha.begin() + 2);
+    };
     std::vector<Sym> R(n);
     own_.doc_start.resize(D + 1);
     uint64_t pos = 0;
     for (uint64_t d = 0; d < D; ++d) {
       own_.doc_start[d] = pos;
-      for (uint64_t i = offsets[d + 1]; i-- > offsets[d];)
-        R[pos++] = static_cast<Sym>(std::lower_bound(alpha.begin(), alpha.end(), tokens[i]) - alpha.begin() + 2);
+      for (uint64_t i = offsets[d + 1]; i-- > offsets[d];) R[pos++] = sym(tokens[i]);
       R[pos++] = 1;
     }
+    std::vector<Sym>().swap(table);
     own_.doc_start[D] = pos;  // = n - 1, the sentinel
     R[pos] = 0;
     own_.C.assign(meta_.sigma + 1ull, 0);

@@ -70,6 +70,15 @@ def _as_tokens(x: Any, what: str, byte_mode: Optional[bool]) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _doc_tokens(x: Any, what: str, byte_mode: bool) -> np.ndarray:
+    """A document's ids, validated without widening arrays of a small unsigned dtype."""
+    if isinstance(x, np.ndarray) and not byte_mode and x.ndim == 1 and x.dtype in (np.uint8, np.uint16, np.uint32):
+        if x.size and int(x.max()) > MAX_TOKEN_ID:
+            raise ValueError(f"{what} holds token id {int(x.max())}, above the largest supported id {MAX_TOKEN_ID}")
+        return x
+    return _as_tokens(x, what, byte_mode)
+
+
 def _pattern(p: Any, byte_mode: bool) -> np.ndarray:
     arr = _as_tokens(p, "pattern", byte_mode)
     if arr.size == 0:
@@ -148,10 +157,12 @@ class FMIndex:
         if not items:
             raise ValueError("cannot build an FM-index over an empty corpus")
         byte_mode = isinstance(items[0], (str, bytes, bytearray))
-        arrs = [_as_tokens(d, f"document {i}", byte_mode) for i, d in enumerate(items)]
+        arrs = [_doc_tokens(d, f"document {i}", byte_mode) for i, d in enumerate(items)]
         offsets = np.zeros(len(arrs) + 1, dtype=np.uint64)
         offsets[1:] = np.cumsum([a.size for a in arrs])
-        flat = np.concatenate(arrs).astype(np.uint32) if offsets[-1] else np.zeros(0, dtype=np.uint32)
+        flat = np.zeros(int(offsets[-1]), dtype=np.uint32)  # filled in place: no int64 copy of the corpus
+        for a, lo, hi in zip(arrs, offsets[:-1], offsets[1:]):
+            flat[int(lo):int(hi)] = a
         return cls(_core.FMIndex.build(flat, offsets, int(sample_rate), byte_mode), _TOKEN)
 
     @classmethod
