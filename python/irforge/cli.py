@@ -121,10 +121,31 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _eval_ngram(args, ds) -> int:
+    from .seal import NGramIndex, NGramRetriever
+
+    t0 = time.perf_counter()
+    retriever = NGramRetriever(NGramIndex.build(ds.corpus))
+    build_s = time.perf_counter() - t0
+    qids = list(ds.test_queries)
+    t0 = time.perf_counter()
+    run = {q: retriever.search(ds.queries[q], k=args.k).to_dict() for q in qids}
+    search_s = time.perf_counter() - t0
+    if args.run:
+        write_trec_run(run, args.run)
+    metrics = ["ndcg@10", "recall@100", "recall@1000", "mrr@10", "map"]
+    print(json.dumps({"dataset": ds.name, "retriever": "ngram (SEAL scoring, model-free: the query's n-grams)",
+                      **{m: round(v, 4) for m, v in evaluate(run, ds.qrels, metrics).items()}, "queries": len(qids),
+                      "k": args.k, "ms_per_query": round(search_s / max(1, len(qids)) * 1e3, 4), "build_s": round(build_s, 3)}))
+    return 0
+
+
 def cmd_eval(args) -> int:
-    if args.retriever != "bm25":
-        raise SystemExit(f"irforge: retriever {args.retriever!r} is not available; choose bm25")
+    if args.retriever not in ("bm25", "ngram"):
+        raise SystemExit(f"irforge: retriever {args.retriever!r} is not available; choose bm25 or ngram")
     ds = _load_dataset(args.data)
+    if args.retriever == "ngram":
+        return _eval_ngram(args, ds)
     if args.index:
         t0 = time.perf_counter()
         index = BM25Index.load(args.index)
@@ -134,9 +155,17 @@ def cmd_eval(args) -> int:
     qids = list(ds.test_queries)
     texts = [ds.queries[q] for q in qids]
     t0 = time.perf_counter()
-    batch = index.search_batch(texts, k=args.k, algorithm=args.algorithm, threads=args.search_threads)
+    if args.phrases:  # quoted phrases constrain the BM25 ranking (queries without quotes are plain BM25)
+        from .seal import NGramIndex, PhraseSearcher
+
+        searcher = PhraseSearcher(index, NGramIndex.build(ds.corpus))
+        t0 = time.perf_counter()
+        run = {q: searcher.search(t, k=args.k).to_dict() for q, t in zip(qids, texts)}
+        n_quoted = sum('"' in t for t in texts)
+    else:
+        batch = index.search_batch(texts, k=args.k, algorithm=args.algorithm, threads=args.search_threads)
+        run = batch.to_run(qids)
     search_s = time.perf_counter() - t0
-    run = batch.to_run(qids)
     if args.remove_query:
         run = {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
     if args.run:
@@ -146,6 +175,9 @@ def cmd_eval(args) -> int:
            "queries": len(qids), "k": args.k, "ms_per_query": round(search_s / max(1, len(qids)) * 1e3, 4),
            "search_threads": args.search_threads, "build_s": round(build_s, 3), "algorithm": args.algorithm,
            **index.params}
+    if args.phrases:
+        out["phrases"] = True
+        out["queries_with_quoted_phrases"] = n_quoted
     print(json.dumps(out))
     return 0
 
@@ -182,7 +214,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     p = sub.add_parser("eval", help="evaluate a retriever on a BEIR dataset; prints one JSON object")
     p.add_argument("--data", required=True, help="a BEIR dataset directory or name")
-    p.add_argument("--retriever", default="bm25", help="bm25")
+    p.add_argument("--retriever", default="bm25", choices=["bm25", "ngram"],
+                   help="bm25, or ngram: SEAL n-gram scoring on the FM-index, model-free (the query's own n-grams)")
+    p.add_argument("--phrases", action="store_true", help="with bm25: \"quoted phrases\" in queries must occur exactly")
     p.add_argument("--index", help="use this saved index instead of building one")
     p.add_argument("--k", type=int, default=1000, help="hits per query (default 1000)")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="auto")
