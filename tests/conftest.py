@@ -41,3 +41,14 @@ def scifact_index(scifact):
     from irforge import BM25Index
 
     return BM25Index.build(scifact.corpus)
+
+
+# Triton kernels run in the interpreter when there is no GPU. The variable must be set before the kernels'
+# modules are imported (triton.jit reads it when it decorates them).
+try:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # torch is only needed by the kernel and decoding tests, which skip without it
+    pass

@@ -1,0 +1,74 @@
+"""Attention-mass aggregation (ICR and BlockRank scores) with a reference, a CPU path and a Triton kernel.
+
+>>> mass = attention_mass(q_rows, rows, k, layout, lse=lse_rows)            # [T, Hq]
+>>> per_doc = attention_mass(q_rows, rows, k, layout, reduce="segment", sum_heads=True)   # [S]
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._checks import DTYPES, pick_backend
+from ..layout import SegmentLayout
+
+__all__ = ["attention_mass"]
+MODES = ("causal", "documents")
+
+
+def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
+                   lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
+                   scale: Optional[float] = None, reduce: str = "key", sum_heads: bool = False,
+                   backend: str = "auto") -> torch.Tensor:
+    """Weighted sum over selected rows of their softmax attention probabilities, per key token or per segment.
+
+    Parameters
+    ----------
+    q_rows : [R, Hq, D] query vectors of the selected rows (e.g. the query segment's tokens).
+    rows : [R] integer token positions of those rows in the packed sequence.
+    k : [T, Hkv, D] all keys (Hq a multiple of Hkv).
+    layout : the segments of the packed prompts.
+    lse : [R, Hq] the rows' log-sum-exp over the keys their softmax covers (natural log), e.g. from
+        block_sparse_attention for mode "causal"; computed when None.
+    weights : [R] per-row weights (default 1/R: the mean over rows).
+    mode : "causal" (ICR: a row's softmax covers every earlier key of its prompt) or "documents" (BlockRank:
+        a softmax over the prompt's document keys before the row only).
+    reduce : "key" -> [T, Hq] (or [T]); "segment" -> [S, Hq] (or [S]), summed over each segment's keys.
+    sum_heads : sum over query heads.
+    backend : "auto" (Triton on CUDA, PyTorch otherwise), "triton", "torch" or "naive" (float64, O(R*T) memory).
+    """
+    for name, x in (("q_rows", q_rows), ("k", k)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"{name} must be a 3-D tensor [n, heads, D]")
+        if x.dtype not in DTYPES:
+            raise TypeError(f"{name} has dtype {x.dtype}; use float16, bfloat16 or float32")
+    if not isinstance(layout, SegmentLayout):
+        raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
+    R, Hq, D = q_rows.shape
+    if k.shape[2] != D or Hq % k.shape[1] != 0:
+        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple of Hkv")
+    if k.shape[0] != layout.total_tokens:
+        raise ValueError(f"k has {k.shape[0]} tokens but the layout covers {layout.total_tokens}")
+    if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.shape[0] != R or rows.dtype.is_floating_point:
+        raise ValueError(f"rows must be an integer tensor of shape [{R}]")
+    if lse is not None and (lse.shape != (R, Hq)):
+        raise ValueError(f"lse must have shape [{R}, {Hq}], got {tuple(lse.shape)}")
+    if weights is not None and (weights.shape != (R,)):
+        raise ValueError(f"weights must have shape [{R}], got {tuple(weights.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    if reduce not in ("key", "segment"):
+        raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
+    which = pick_backend(backend, q_rows.device)
+    if which == "naive":
+        from .naive import attention_mass as impl
+    elif which == "torch":
+        from .cpu import attention_mass as impl
+    else:
+        from .kernel import attention_mass as impl
+    mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale)
+    if reduce == "segment":
+        seg = torch.as_tensor(layout.segment_ids(), device=mass.device)
+        out = torch.zeros(len(layout.kinds), Hq, dtype=mass.dtype, device=mass.device)
+        mass = out.index_add_(0, seg, mass)
+    return mass.sum(-1) if sum_heads else mass

@@ -1,0 +1,63 @@
+"""CPU path for attention mass in PyTorch: keys in chunks, so memory is O(R * Hq * chunk), never R x T x Hq.
+Same signature as naive.attention_mass."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..layout import DOCUMENT, SegmentLayout
+from .common import row_meta
+
+KEY_CHUNK = 2048
+
+
+def _chunks(layout, rows, mode, device):
+    pos, p0 = row_meta(layout, rows)
+    pos_t, p0_t = torch.as_tensor(pos, device=device), torch.as_tensor(p0, device=device)
+    doc = torch.as_tensor(layout.key_kinds() == DOCUMENT, device=device) if mode == "documents" else None
+    lo = int(p0.min()) if len(p0) else 0
+    hi = int(pos.max()) + 1 if len(pos) else 0
+    for c0 in range(lo, hi, KEY_CHUNK):
+        c1 = min(hi, c0 + KEY_CHUNK)
+        j = torch.arange(c0, c1, device=device)[None, :]
+        ok = (j >= p0_t[:, None]) & (j <= pos_t[:, None])
+        if doc is not None:
+            ok &= doc[c0:c1][None, :]
+        yield c0, c1, ok
+
+
+def _scores(q_rows, k, c0, c1, scale):
+    R, Hq, D = q_rows.shape
+    Hkv = k.shape[1]
+    qs = q_rows.float().reshape(R, Hkv, Hq // Hkv, D)
+    return torch.einsum("rkgd,tkd->kgrt", qs, k[c0:c1].float()).reshape(Hq, R, c1 - c0) * scale
+
+
+def row_lse(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout, mode: str,
+            scale: float) -> torch.Tensor:
+    """Each selected row's log-sum-exp over the keys its softmax covers, [R, Hq] float32, key chunk by chunk."""
+    norm = torch.full((q_rows.shape[1], q_rows.shape[0]), float("-inf"), device=q_rows.device)
+    for c0, c1, ok in _chunks(layout, rows, mode, q_rows.device):
+        s = _scores(q_rows, k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
+        norm = torch.logaddexp(norm, torch.logsumexp(s, dim=-1))
+    return norm.transpose(0, 1).contiguous()
+
+
+def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
+                   lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
+                   scale: Optional[float] = None) -> torch.Tensor:
+    R, Hq, D = q_rows.shape
+    T = k.shape[0]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    dev = q_rows.device
+    norm = (row_lse(q_rows, rows, k, layout, mode, scale) if lse is None else lse.float()).transpose(0, 1)
+    w = torch.full((R,), 1.0 / max(R, 1), device=dev) if weights is None else weights.float()
+    mass = torch.zeros(T, Hq, dtype=torch.float32, device=dev)
+    for c0, c1, ok in _chunks(layout, rows, mode, dev):
+        s = _scores(q_rows, k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
+        p = torch.exp(s - norm[..., None])
+        p = torch.nan_to_num(p, nan=0.0)
+        mass[c0:c1] = torch.einsum("hrt,r->th", p, w)
+    return mass

@@ -1,0 +1,91 @@
+"""Triton kernel for attention mass: per key token and head, the weighted sum over selected rows of their softmax
+probabilities, without materialising the attention matrix.
+
+Grid: (key blocks of BLOCK_N, query heads). Each program loops over the selected rows in blocks of BLOCK_M,
+recomputes their scores against its keys, masks them (causal within the row's prompt; in "documents" mode, also
+document keys only), turns them into probabilities with the rows' log-sum-exp, and accumulates weight *
+probability. Memory: O(T * Hq) output, nothing of size R x T. Needs each row's log-sum-exp (the forward pass
+gives it for "causal"; the dispatcher computes it for "documents").
+
+Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
+Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import DOCUMENT, SegmentLayout
+from .common import row_meta
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, MASS, R, T, stride_qr, stride_qh, stride_kt, stride_kh,
+                 stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
+                 GROUP: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    nb = tl.program_id(0)
+    h = tl.program_id(1)
+    kvh = h // GROUP
+    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < T
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    key_ok = n_mask
+    if DOCS_ONLY:
+        kind = tl.load(KIND + offs_n, mask=n_mask, other=0)
+        key_ok = key_ok & (kind == 1)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_M):
+        offs_m = r0 + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < R
+        q = tl.load(Q + offs_m[:, None] * stride_qr + h * stride_qh + offs_d[None, :],
+                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        pos = tl.load(POS + offs_m, mask=m_mask, other=-1)
+        p0 = tl.load(P0 + offs_m, mask=m_mask, other=0)
+        lse = tl.load(LSE + offs_m * stride_lr + h * stride_lh, mask=m_mask, other=0.0)
+        w = tl.load(W + offs_m, mask=m_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
+        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
+        acc += tl.sum(p * w[:, None], 0)
+    tl.store(MASS + offs_n * stride_mt + h * stride_mh, acc, mask=n_mask)
+
+
+def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
+                   lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
+                   scale: Optional[float] = None, block_m: int = 16, block_n: int = 64,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``out`` [T, Hq] float32 may be given (contiguous) to be written in place."""
+    R, Hq, D = q_rows.shape
+    T, Hkv = k.shape[0], k.shape[1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    dev = q_rows.device
+    if lse is None:  # the normaliser over the covered keys, computed key chunk by key chunk
+        from .cpu import row_lse
+
+        lse = row_lse(q_rows, rows, k, layout, mode, scale)
+    pos, p0 = row_meta(layout, rows)
+    pos_t = torch.as_tensor(pos, dtype=torch.int64, device=dev)
+    p0_t = torch.as_tensor(p0, dtype=torch.int64, device=dev)
+    kinds = torch.as_tensor(layout.key_kinds(), dtype=torch.int32, device=dev)
+    w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev) if weights is None else weights.float().contiguous()
+    q_rows, k, lse = q_rows.contiguous(), k.contiguous(), lse.float().contiguous()
+    mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
+    if T == 0:
+        return mass
+    block_d = max(16, triton.next_power_of_2(D))
+    grid = (triton.cdiv(T, block_n), Hq)
+    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, mass, R, T, q_rows.stride(0), q_rows.stride(1),
+                       k.stride(0), k.stride(1), lse.stride(0), lse.stride(1), mass.stride(0), mass.stride(1),
+                       scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
+                       BLOCK_M=block_m, BLOCK_N=block_n)
+    return mass

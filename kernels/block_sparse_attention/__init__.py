@@ -1,0 +1,43 @@
+"""Block-sparse in-context attention (BlockRank's layout) with a reference, a CPU path and a Triton kernel.
+
+>>> out, lse = block_sparse_attention(q, k, v, layout)   # q [T, Hq, D], k/v [T, Hkv, D]
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._checks import check_qkv, pick_backend
+from ..layout import SegmentLayout
+
+__all__ = ["block_sparse_attention"]
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
+                           scale: Optional[float] = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over packed prompts with the instruction / documents / query rules of :class:`SegmentLayout`.
+
+    Parameters
+    ----------
+    q : [T, Hq, D]; k, v : [T, Hkv, D] with Hq a multiple of Hkv; float16, bfloat16 or float32.
+    layout : the segments of the packed prompts.
+    scale : softmax scale (default 1/sqrt(D)).
+    backend : "auto" (Triton on CUDA tensors, the PyTorch path otherwise), "triton", "torch" or "naive"
+        (dense float64 reference, O(T^2) memory).
+
+    Returns
+    -------
+    out : [T, Hq, D] in q's dtype; lse : [T, Hq] float32, each row's log-sum-exp (natural log) of its scaled scores.
+    """
+    check_qkv(q, k, v, layout)
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    which = pick_backend(backend, q.device)
+    if which == "naive":
+        from .naive import block_sparse_attention as impl
+    elif which == "torch":
+        from .cpu import block_sparse_attention as impl
+    else:
+        from .kernel import block_sparse_attention as impl
+    return impl(q, k, v, layout, scale)

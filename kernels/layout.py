@@ -1,0 +1,129 @@
+"""Prompt layout for in-context ranking: packed prompts, each an instruction segment, any number of document
+segments and a final query segment, given by segment boundaries (cu_seqlens style), never by a dense mask.
+
+Attention rules (BlockRank's layout):
+  instruction tokens   attend causally among themselves;
+  document tokens      attend to the whole instruction of their prompt and causally within their document;
+  query tokens         attend causally to everything before them in their prompt.
+So every row attends at most two contiguous key ranges: an unmasked "prefix" range (the instruction, for
+document rows) and a causal range [start, row] (own segment for instruction and document rows, the whole
+prompt so far for query rows).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SegmentLayout", "INSTRUCTION", "DOCUMENT", "QUERY"]
+
+INSTRUCTION, DOCUMENT, QUERY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Segments of packed prompts.
+
+    cu_seqlens : int64 [S + 1], increasing from 0 to T: segment s covers tokens [cu_seqlens[s], cu_seqlens[s+1]).
+    kinds      : int64 [S], per segment INSTRUCTION (0), DOCUMENT (1) or QUERY (2); each prompt is one instruction
+                 segment, zero or more document segments, one query segment. Any segment may be empty.
+    """
+
+    cu_seqlens: np.ndarray
+    kinds: np.ndarray
+
+    def __post_init__(self) -> None:
+        cu = np.asarray(self.cu_seqlens, dtype=np.int64)
+        kinds = np.asarray(self.kinds, dtype=np.int64)
+        if cu.ndim != 1 or kinds.ndim != 1 or len(cu) != len(kinds) + 1:
+            raise ValueError(f"cu_seqlens must have one more entry than kinds, got {cu.shape} and {kinds.shape}")
+        if len(kinds) == 0:
+            raise ValueError("a layout needs at least one prompt (instruction and query segments)")
+        if cu[0] != 0 or np.any(np.diff(cu) < 0):
+            raise ValueError("cu_seqlens must start at 0 and never decrease")
+        expect_instruction = True
+        for s, k in enumerate(kinds.tolist()):
+            if k not in (INSTRUCTION, DOCUMENT, QUERY):
+                raise ValueError(f"segment {s} has kind {k}; kinds are 0 (instruction), 1 (document), 2 (query)")
+            if expect_instruction != (k == INSTRUCTION):
+                raise ValueError(f"segment {s}: each prompt is an instruction, documents, then a query")
+            expect_instruction = k == QUERY
+        if not expect_instruction:
+            raise ValueError("the last prompt has no query segment")
+        object.__setattr__(self, "cu_seqlens", cu)
+        object.__setattr__(self, "kinds", kinds)
+
+    @classmethod
+    def from_lengths(cls, prompts: Sequence[tuple[int, Sequence[int], int]]) -> "SegmentLayout":
+        """From (instruction length, [document lengths], query length) per prompt."""
+        lens, kinds = [], []
+        for inst, docs, query in prompts:
+            lens += [inst, *docs, query]
+            kinds += [INSTRUCTION] + [DOCUMENT] * len(docs) + [QUERY]
+        if any(x < 0 for x in lens):
+            raise ValueError("segment lengths must be non-negative")
+        return cls(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.asarray(kinds, dtype=np.int64))
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.cu_seqlens[-1])
+
+    def segments(self):
+        """(start, end, kind, prompt start, instruction end) per segment."""
+        p0 = i1 = 0
+        for s, k in enumerate(self.kinds.tolist()):
+            a, b = int(self.cu_seqlens[s]), int(self.cu_seqlens[s + 1])
+            if k == INSTRUCTION:
+                p0, i1 = a, b
+            yield a, b, k, p0, i1
+
+    def row_ranges(self) -> np.ndarray:
+        """Per token: [prefix start, prefix end, causal start], int64 [T, 3]; the row attends
+        [prefix start, prefix end) and [causal start, row]."""
+        out = np.zeros((self.total_tokens, 3), dtype=np.int64)
+        for a, b, k, p0, i1 in self.segments():
+            if k == DOCUMENT:
+                out[a:b] = (p0, i1, a)
+            elif k == INSTRUCTION:
+                out[a:b] = (0, 0, p0)
+            else:
+                out[a:b] = (0, 0, p0)
+        return out
+
+    def tiles(self, block_m: int) -> np.ndarray:
+        """Query tiles that never straddle a segment: int32 [n_tiles, 5] of
+        (row start, row end, prefix start, prefix end, causal start)."""
+        rows = []
+        for a, b, k, p0, i1 in self.segments():
+            pre = (p0, i1) if k == DOCUMENT else (0, 0)
+            causal = a if k != QUERY else p0
+            for s in range(a, b, block_m):
+                rows.append((s, min(s + block_m, b), pre[0], pre[1], causal))
+        return np.asarray(rows, dtype=np.int32).reshape(-1, 5)
+
+    def allowed_pairs(self) -> int:
+        """Number of (query, key) pairs the layout allows."""
+        r = self.row_ranges()
+        t = np.arange(self.total_tokens)
+        return int(((r[:, 1] - r[:, 0]) + (t - r[:, 2] + 1)).sum())
+
+    def dense_mask(self, device=None) -> torch.Tensor:
+        """Boolean [T, T] mask (True = allowed), for references and tests only: O(T^2) memory."""
+        T = self.total_tokens
+        r = torch.as_tensor(self.row_ranges(), device=device)
+        j = torch.arange(T, device=device)[None, :]
+        i = torch.arange(T, device=device)[:, None]
+        return ((j >= r[:, :1]) & (j < r[:, 1:2])) | ((j >= r[:, 2:3]) & (j <= i))
+
+    def key_kinds(self) -> np.ndarray:
+        """Segment kind of every token, int64 [T]."""
+        out = np.zeros(self.total_tokens, dtype=np.int64)
+        for a, b, k, _, _ in self.segments():
+            out[a:b] = k
+        return out
+
+    def segment_ids(self) -> np.ndarray:
+        """Segment index of every token, int64 [T]."""
+        return np.repeat(np.arange(len(self.kinds)), np.diff(self.cu_seqlens))

@@ -1,0 +1,149 @@
+"""Kernels against their float64 references: the Triton kernels (in the interpreter without a GPU) and the
+PyTorch CPU paths, on odd sizes. Outputs are pre-filled with NaN so that an unwritten tile fails."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attention  # noqa: E402
+from irforge.kernels.attention_mass import kernel as mass_kernel  # noqa: E402
+from irforge.kernels.block_sparse_attention import kernel as bsa_kernel  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.gpu
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def close(got, ref, atol, rtol, what):
+    """Assert closeness; report the first bad indices and any NaN/inf."""
+    got, ref = got.double().cpu(), ref.double().cpu()
+    bad = ~torch.isfinite(got)
+    assert not bad.any(), f"{what}: non-finite values at {bad.nonzero()[:5].tolist()}"
+    err = (got - ref).abs() - (atol + rtol * ref.abs())
+    if (err > 0).any():
+        idx = (err > 0).nonzero()[:5].tolist()
+        raise AssertionError(f"{what}: {int((err > 0).sum())} values off, first at {idx}: "
+                             f"got {[got[tuple(i)].item() for i in idx]}, want {[ref[tuple(i)].item() for i in idx]}")
+
+
+LAYOUTS = {
+    "odd": [(5, [1, 63, 97], 7)],
+    "long_doc": [(3, [257], 4)],
+    "empty_query": [(6, [9, 2], 0)],
+    "many_tiny_docs": [(4, [1] * 20 + [2] * 5, 3)],
+    "two_prompts": [(2, [5, 1], 3), (0, [4], 2)],
+    "no_docs": [(7, [], 5)],
+}
+# (dtype, atol, rtol): tolerances per dtype; bfloat16 only on a GPU (the interpreter's bf16 dot is wrong)
+DTYPES = [(torch.float32, 2e-5, 1e-4), (torch.float16, 2e-2, 2e-2)]
+
+
+def make(layout_name, D, hq, hkv, dtype, seed=0):
+    layout = SegmentLayout.from_lengths(LAYOUTS[layout_name])
+    g = torch.Generator().manual_seed(seed)
+    T = layout.total_tokens
+    q, k, v = (torch.randn(T, h, D, generator=g).to(dtype).to(DEVICE) for h in (hq, hkv, hkv))
+    return layout, q, k, v
+
+
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize("D,hq,hkv", [(64, 4, 1), (80, 3, 3), (128, 4, 2)])
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_block_sparse_attention_triton_and_cpu_match_reference(layout_name, D, hq, hkv, dtype, atol, rtol):
+    layout, q, k, v = make(layout_name, D, hq, hkv, dtype)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((q.shape[0], hq), float("nan"), device=q.device)
+    bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=32)
+    close(out, ref_o, atol, rtol, "triton out")
+    close(lse, ref_l, atol, rtol, "triton lse")
+    o, l = block_sparse_attention(q, k, v, layout, backend="torch")
+    close(o, ref_o, atol, rtol, "cpu out")
+    close(l, ref_l, atol, rtol, "cpu lse")
+
+
+def test_tiles_never_straddle_segments_and_skip_masked_blocks():
+    layout = SegmentLayout.from_lengths([(64, [160] * 10, 50)])
+    tiles = layout.tiles(64)
+    seg = layout.segment_ids()
+    for r0, r1, *_ in tiles:
+        assert seg[r0] == seg[r1 - 1]
+    # keys visited per tile (block granularity) stay within a small factor of the allowed pairs
+    visited = sum((r1 - r0) * ((p1 - p0) + (r1 - c0)) for r0, r1, p0, p1, c0 in tiles)
+    allowed = layout.allowed_pairs()
+    dense_causal = layout.total_tokens * (layout.total_tokens + 1) // 2
+    assert allowed < visited < 1.3 * allowed < 0.4 * dense_causal
+
+
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+@pytest.mark.parametrize("layout_name", ["odd", "two_prompts", "many_tiny_docs", "empty_query"])
+@pytest.mark.parametrize("D,hq,hkv", [(64, 4, 2), (80, 3, 1)])
+def test_attention_mass_matches_reference(mode, layout_name, D, hq, hkv):
+    layout, q, k, _ = make(layout_name, D, hq, hkv, torch.float32, seed=1)
+    T = layout.total_tokens
+    rows = torch.tensor(sorted(set(np.random.default_rng(0).integers(0, T, size=9).tolist())), device=DEVICE)
+    w = torch.rand(len(rows), device=DEVICE)
+    ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="naive")
+    out = torch.full((T, hq), float("nan"), device=DEVICE)
+    mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, out=out, block_m=16, block_n=32)
+    close(out, ref, 1e-6, 1e-4, f"triton mass ({mode})")
+    close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="torch"), ref, 1e-6, 1e-4, "cpu mass")
+
+
+def test_attention_mass_with_forward_lse_and_reductions():
+    layout, q, k, v = make("two_prompts", 64, 4, 2, torch.float32)
+    out, lse = block_sparse_attention(q, k, v, layout, backend="torch")
+    rows = torch.arange(layout.total_tokens - 2, layout.total_tokens, device=DEVICE)  # the last query segment
+    m = attention_mass(q[rows], rows, k, layout, lse=lse[rows], backend="torch")
+    # each row's causal probabilities sum to one; the mean over rows too, per head
+    torch.testing.assert_close(m.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
+    seg = attention_mass(q[rows], rows, k, layout, lse=lse[rows], reduce="segment", sum_heads=True, backend="torch")
+    assert seg.shape == (len(layout.kinds),)
+    assert seg[:4].abs().sum() == 0  # the first prompt's segments get nothing from the second prompt's rows
+    torch.testing.assert_close(seg.sum(), torch.tensor(4.0, device=DEVICE), atol=1e-4, rtol=1e-5)
+    docs = attention_mass(q[rows], rows, k, layout, mode="documents", reduce="segment", backend="torch")
+    torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs():
+    layout, q, k, v = make("odd", 64, 4, 2, torch.float32)
+    with pytest.raises(ValueError, match="multiple"):
+        block_sparse_attention(q, k[:, :1].expand(-1, 3, -1), v[:, :1].expand(-1, 3, -1), layout)
+    with pytest.raises(ValueError, match="layout covers"):
+        block_sparse_attention(q[:-1], k[:-1], v[:-1], layout)
+    with pytest.raises(TypeError, match="dtype"):
+        block_sparse_attention(q.double(), k.double(), v.double(), layout)
+    with pytest.raises(ValueError, match="backend"):
+        block_sparse_attention(q, k, v, layout, backend="cuda")
+    with pytest.raises(ValueError, match=r"\[T, heads, D\]"):
+        block_sparse_attention(q[0], k, v, layout)
+    with pytest.raises(ValueError, match="each prompt"):
+        SegmentLayout(np.array([0, 2, 4]), np.array([1, 2]))
+    with pytest.raises(ValueError, match="no query"):
+        SegmentLayout.from_lengths([(2, [3], 1)]).__class__(np.array([0, 2, 5]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="non-negative"):
+        SegmentLayout.from_lengths([(2, [-1], 1)])
+    rows = torch.tensor([0, 3])
+    with pytest.raises(IndexError):
+        attention_mass(q[rows], torch.tensor([0, 10_000]), k, layout)
+    with pytest.raises(ValueError, match="mode"):
+        attention_mass(q[rows], rows, k, layout, mode="full")
+    with pytest.raises(ValueError, match="rows"):
+        attention_mass(q[rows], rows.float(), k, layout)
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.bfloat16, 3e-2, 3e-2), (torch.float16, 1e-2, 1e-2)])
+def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
+    layout = SegmentLayout.from_lengths([(64, [160] * 12, 50), (30, [97, 1, 63], 7)])
+    g = torch.Generator().manual_seed(0)
+    T = layout.total_tokens
+    q, k, v = (torch.randn(T, h, 128, generator=g).to(dtype).cuda() for h in (8, 2, 2))
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = block_sparse_attention(q, k, v, layout, backend="triton")
+    close(o, ref_o, atol, rtol, "gpu out")
+    close(l, ref_l, 1e-2, 1e-2, "gpu lse")
