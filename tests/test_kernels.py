@@ -147,3 +147,14 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "gpu out")
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
+
+
+def test_cpu_path_fallback_without_the_flash_op(monkeypatch):
+    from irforge.kernels.block_sparse_attention import cpu
+
+    monkeypatch.setattr(cpu, "_flash", cpu._explicit)
+    layout, q, k, v = make("two_prompts", 80, 4, 2, torch.float32)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = block_sparse_attention(q, k, v, layout, backend="torch")
+    close(o, ref_o, 2e-5, 1e-4, "fallback out")
+    close(l, ref_l, 2e-5, 1e-4, "fallback lse")
