@@ -1,0 +1,50 @@
+"""Prompt layouts for in-context reranking, built token span by token span so that every document's tokens are
+known exactly. Chat tags follow the model family (ChatML for Qwen/SmolLM2, Llama-3 headers, Mistral [INST])."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CHAT_TAGS = {
+    "chatml": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"),
+    "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "mistral": ("[INST] ", " [/INST]"),
+    "none": ("", ""),
+}
+
+
+def chat_family(tokenizer: Any) -> str:
+    """Guess the chat tags from the tokenizer's chat template."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(template, str):
+        template = str(template)
+    if "<|im_start|>" in template:
+        return "chatml"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    if "[INST]" in template:
+        return "mistral"
+    return "none"
+
+
+@dataclass
+class Prompt:
+    """Token ids of a prompt, with the span of each document (in the order given) and where the query part starts."""
+
+    ids: list[int] = field(default_factory=list)
+    doc_spans: list[tuple[int, int]] = field(default_factory=list)
+    truncated: list[int] = field(default_factory=list)  # documents cut to the token budget
+
+    def add(self, ids: list[int]) -> tuple[int, int]:
+        start = len(self.ids)
+        self.ids.extend(ids)
+        return start, len(self.ids)
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def truncate(tokenizer: Any, text: str, budget: int) -> tuple[list[int], bool]:
+    ids = encode(tokenizer, text)
+    return (ids[:budget], True) if len(ids) > budget else (ids, False)

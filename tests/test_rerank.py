@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("triton")
+
+from irforge.rerank import ICRReranker  # noqa: E402
+from irforge.rerank.icr import icr_token_mass_eager  # noqa: E402
+
+WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + "here are some paragraphs : [ ] 1 2 3 4 5 6 7 8 9 query please find " \
+    "information that is relevant to the following in above . n/a cats dogs sleep bark fish swim birds fly " \
+    "quantum physics energy the a of".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                                eos_token="</s>", unk_token="<unk>")
+
+
+def tiny(kind: str):
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(WORDS), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=0)
+    cfg = transformers.LlamaConfig(**common) if kind == "llama" else transformers.Qwen2Config(**common)
+    cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM
+    return cls(cfg).eval()
+
+
+DOCS = ["cats sleep", "dogs bark and bark", "fish swim", "quantum physics of energy", "birds"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_mass_from_the_attention_hook_equals_eager_output_attentions(tokenizer, kind):
+    model = tiny(kind)
+    r = ICRReranker(model, tokenizer, chat="none")
+    prompt, _ = r.build_prompt(DOCS)
+    got = r.token_mass(prompt, ["cats sleep", "N/A"])
+    eager = tiny(kind)
+    eager.load_state_dict(model.state_dict())
+    eager.set_attn_implementation("eager")
+    for q, m in zip(["cats sleep", "N/A"], got):
+        ref = icr_token_mass_eager(eager, prompt.ids, r.query_ids(q))
+        np.testing.assert_allclose(m, ref, rtol=1e-4, atol=1e-7)
+    # scores and ranking equal those from the eager masses
+    ref_scores = r.doc_scores(prompt, icr_token_mass_eager(eager, prompt.ids, r.query_ids("cats sleep")),
+                              icr_token_mass_eager(eager, prompt.ids, r.query_ids("N/A")))
+    scores, _ = r.score("cats sleep", DOCS)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-7)
+    assert r.rerank("cats sleep", DOCS).indices.tolist() == np.lexsort((np.arange(5), -ref_scores)).tolist()
+
+
+def test_prompt_layout_and_truncation(tokenizer):
+    r = ICRReranker(tiny("llama"), tokenizer, chat="none", max_doc_tokens=2)
+    prompt, order = r.build_prompt(DOCS)
+    assert order == [4, 3, 2, 1, 0]  # first-stage top document last, next to the query
+    starts = [a for a, _ in prompt.doc_spans]
+    assert starts == sorted(starts, reverse=True)
+    assert prompt.truncated == [1, 3]
+    with pytest.warns(UserWarning, match="2 of 5 documents cut to 2 tokens"):
+        res = r.rerank("cats", DOCS, k=3)
+    assert res.truncated == [1, 3] and len(res.indices) == 3
+    r2 = ICRReranker(tiny("llama"), tokenizer, chat="none", reverse_order=False)
+    assert r2.build_prompt(DOCS)[1] == [0, 1, 2, 3, 4]
+
+
+def test_one_token_documents_and_bad_input(tokenizer):
+    r = ICRReranker(tiny("llama"), tokenizer, chat="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = r.rerank("birds fly", ["birds", "a", "fish", "dogs"])
+    assert sorted(res.indices.tolist()) == [0, 1, 2, 3] and np.all(np.isfinite(res.scores))
+    assert r.rerank("x", []).indices.tolist() == []
+    with pytest.raises(TypeError):
+        r.rerank("x", ["ok", 3])
+    with pytest.raises(ValueError):
+        r.rerank("x", ["a"], k=0)
+    with pytest.raises(ValueError):
+        ICRReranker(tiny("llama"), tokenizer, max_doc_tokens=0)
+    with pytest.raises(ValueError, match="chat"):
+        ICRReranker(tiny("llama"), tokenizer, chat="alpaca")
+
+
+def test_nan_scores_rank_last():
+    from irforge.rerank.icr import _rank
+
+    assert _rank(np.array([0.5, np.nan, 2.0, 0.5]), 4).tolist() == [2, 0, 3, 1]
