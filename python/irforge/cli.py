@@ -140,6 +140,50 @@ def _eval_ngram(args, ds) -> int:
     return 0
 
 
+def _load_lm(path: str):
+    """A causal LM and tokenizer from a directory, a .gguf file, or a hub name already in the local cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    return model.eval(), tok
+
+
+def _rerank_run(args, ds, qids, texts, run):
+    """Rerank each query's first-stage top --rerank-depth; reports nDCG@10 before and after."""
+    from .rerank import ICRReranker
+
+    if args.reranker != "icr":
+        raise SystemExit(f"irforge: reranker {args.reranker!r} is not available; choose icr")
+    if not args.model:
+        raise SystemExit("irforge: --reranker needs --model (a model directory or a .gguf file)")
+    model, tok = _load_lm(args.model)
+    reranker = ICRReranker(model, tok, max_doc_tokens=args.max_doc_tokens, progress=True)
+    doc_text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
+    before = evaluate(run, ds.qrels, ["ndcg@10"])["ndcg@10"]
+    t0 = time.perf_counter()
+    reranked, n_trunc = {}, 0
+    for q, text in zip(qids, texts):
+        top = sorted(run[q].items(), key=lambda x: (-x[1], x[0]))[: args.rerank_depth]
+        ids = [d for d, _ in top]
+        res = reranker.rerank(text, [doc_text[d] for d in ids])
+        n_trunc += len(res.truncated)
+        # reranked documents first (scores above every first-stage score), the rest in first-stage order
+        new = {ids[i]: float(len(ids) - r) + 1e6 for r, i in enumerate(res.indices)}
+        new.update({d: s for d, s in run[q].items() if d not in new})
+        reranked[q] = new
+    seconds = (time.perf_counter() - t0) / max(1, len(qids))
+    after = evaluate(reranked, ds.qrels, ["ndcg@10"])["ndcg@10"]
+    return {"reranker": "icr", "model": args.model, "rerank_depth": args.rerank_depth,
+            "ndcg@10_before_rerank": round(before, 4), "ndcg@10_after_rerank": round(after, 4),
+            "rerank_s_per_query": round(seconds, 3), "documents_truncated": n_trunc}, reranked
+
+
 def cmd_eval(args) -> int:
     if args.retriever not in ("bm25", "ngram"):
         raise SystemExit(f"irforge: retriever {args.retriever!r} is not available; choose bm25 or ngram")
@@ -152,8 +196,10 @@ def cmd_eval(args) -> int:
         build_s = time.perf_counter() - t0
     else:
         index, build_s = _build(ds.corpus, args)
-    qids = list(ds.test_queries)
+    qids = list(ds.test_queries)[: args.max_queries]
     texts = [ds.queries[q] for q in qids]
+    if args.max_queries:  # evaluate on the subset only
+        ds.qrels = {q: ds.qrels[q] for q in qids}
     t0 = time.perf_counter()
     if args.phrases:  # quoted phrases constrain the BM25 ranking (queries without quotes are plain BM25)
         from .seal import NGramIndex, PhraseSearcher
@@ -166,6 +212,9 @@ def cmd_eval(args) -> int:
         batch = index.search_batch(texts, k=args.k, algorithm=args.algorithm, threads=args.search_threads)
         run = batch.to_run(qids)
     search_s = time.perf_counter() - t0
+    rerank_info = {}
+    if args.reranker:
+        rerank_info, run = _rerank_run(args, ds, qids, texts, run)
     if args.remove_query:
         run = {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
     if args.run:
@@ -175,6 +224,8 @@ def cmd_eval(args) -> int:
            "queries": len(qids), "k": args.k, "ms_per_query": round(search_s / max(1, len(qids)) * 1e3, 4),
            "search_threads": args.search_threads, "build_s": round(build_s, 3), "algorithm": args.algorithm,
            **index.params}
+    if rerank_info:
+        out.update(rerank_info)
     if args.phrases:
         out["phrases"] = True
         out["queries_with_quoted_phrases"] = n_quoted
@@ -217,6 +268,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--retriever", default="bm25", choices=["bm25", "ngram"],
                    help="bm25, or ngram: SEAL n-gram scoring on the FM-index, model-free (the query's own n-grams)")
     p.add_argument("--phrases", action="store_true", help="with bm25: \"quoted phrases\" in queries must occur exactly")
+    p.add_argument("--reranker", choices=["icr"], help="rerank the first stage with an LLM (needs torch, transformers)")
+    p.add_argument("--model", help="the reranker's causal LM: a model directory or a .gguf file")
+    p.add_argument("--rerank-depth", type=int, default=20, help="first-stage hits to rerank (default 20)")
+    p.add_argument("--max-doc-tokens", type=int, default=300, help="token budget per document in the prompt")
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate the first N judged queries only")
     p.add_argument("--index", help="use this saved index instead of building one")
     p.add_argument("--k", type=int, default=1000, help="hits per query (default 1000)")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="auto")

@@ -75,9 +75,10 @@ class ICRReranker:
         """The shared prefix (everything before the query span) and the order in which documents appear."""
         tok = self.tokenizer
         p = Prompt()
-        if tok.bos_token_id is not None:
-            p.add([tok.bos_token_id])
-        p.add(encode(tok, CHAT_TAGS[self.chat][0] + INSTRUCTION))
+        prefix_tag = CHAT_TAGS[self.chat][0]
+        if tok.bos_token_id is not None and not (tok.bos_token and prefix_tag.startswith(tok.bos_token)):
+            p.add([tok.bos_token_id])  # (ChatML models whose BOS is <|im_start|> get it from the chat tag)
+        p.add(encode(tok, prefix_tag + INSTRUCTION))
         order = list(range(len(docs)))[::-1] if self.reverse_order else list(range(len(docs)))
         spans: dict[int, tuple[int, int]] = {}
         for pos, i in enumerate(order):
