@@ -95,3 +95,53 @@ def test_nan_scores_rank_last():
     from irforge.rerank.icr import _rank
 
     assert _rank(np.array([0.5, np.nan, 2.0, 0.5]), 4).tolist() == [2, 0, 3, 1]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_blockrank_scores_equal_the_masked_dense_reference(tokenizer, kind):
+    from irforge.rerank import BlockRankReranker
+    from irforge.rerank.blockrank import blockrank_scores_eager
+
+    model = tiny(kind)
+    r = BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=300)
+    got, _ = r.scores("cats sleep", DOCS)
+    eager = tiny(kind)
+    eager.load_state_dict(model.state_dict())
+    eager.set_attn_implementation("eager")
+    ref = blockrank_scores_eager(eager, r, "cats sleep", DOCS)
+    np.testing.assert_allclose(got.detach().double().numpy(), ref.numpy(), rtol=1e-4, atol=1e-7)
+    assert abs(float(got.detach().sum()) - 1.0) < 1e-5  # a softmax over document tokens
+    res = r.rerank("cats sleep", DOCS, k=3)
+    assert res.indices.tolist() == np.lexsort((np.arange(5), -ref.numpy()))[:3].tolist()
+
+
+def test_blockrank_positions_and_bad_input(tokenizer):
+    from irforge.rerank import BlockRankReranker
+
+    r = BlockRankReranker(tiny("llama"), tokenizer, chat="none", query_offset=400, max_doc_tokens=3)
+    ids, pos, layout, doc_segments, rows, truncated = r.build("cats", DOCS)
+    segs = list(layout.segments())
+    inst_len = segs[0][1]
+    for a, b, kind, _, _ in segs[1:-1]:
+        assert pos[0, a].item() == inst_len  # every document restarts right after the instruction
+    assert pos[0, segs[-1][0]].item() == 400 and truncated == [1, 3]
+    assert r.layer == int(3 * 5 / 8)
+    with pytest.raises(ValueError):
+        BlockRankReranker(tiny("llama"), tokenizer, layer=3)
+    with pytest.raises(IndexError):
+        r.loss("cats", DOCS, positive=9)
+
+
+def test_blockrank_training_step_lowers_the_contrastive_loss(tokenizer):
+    from irforge.rerank import BlockRankReranker
+
+    model = tiny("llama").train()
+    r = BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=200, backend="torch")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = r.loss("fish swim", DOCS, positive=2)
+    before.backward()
+    opt.step()
+    opt.zero_grad()
+    with torch.no_grad():
+        after = r.loss("fish swim", DOCS, positive=2)
+    assert after.item() < before.item()

@@ -1,0 +1,157 @@
+"""Rerankers on SciFact: BM25 top-20, then ICR and BlockRank with SmolLM2-135M-Instruct on the CPU, each against an eager
+output_attentions implementation of the same scores as the baseline for speed and memory.
+
+    python bench/bench_rerank.py [--queries 20] [--max-doc-tokens 100] [--write bench/RESULTS.md]
+
+Each method runs in its own subprocess; peak RSS is measured after the model is loaded (Linux clear_refs).
+The eager baseline materialises every layer's attention weights (30 x 9 x T^2 floats), so documents are cut
+to --max-doc-tokens (100 by default: ~2,100-token prompts) for both methods.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker(method: str, n_queries: int, max_doc_tokens: int, out: str) -> None:
+    import numpy as np
+    import torch
+    import transformers
+    import warnings
+
+    import irforge
+    from irforge.datasets import load_beir
+    from irforge.metrics import evaluate
+    from irforge.rerank import BlockRankReranker, ICRReranker
+    from irforge.rerank.blockrank import blockrank_scores_eager
+    from irforge.rerank.icr import icr_token_mass_eager
+    from smollm2_path import smollm2_path
+
+    warnings.simplefilter("ignore")
+    root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ds = load_beir(root / "beir" / "scifact")
+    index = irforge.BM25Index.build(ds.corpus)
+    text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
+    qids = list(ds.test_queries)[:n_queries]
+    path = smollm2_path()
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+    r = ICRReranker(model, tok, max_doc_tokens=max_doc_tokens)
+    br = BlockRankReranker(model, tok, max_doc_tokens=max_doc_tokens)
+    if method.endswith("eager"):
+        model.set_attn_implementation("eager")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_mb("VmRSS")
+    torch.set_num_threads(2)
+    before, after, times, prompt_tokens = {}, {}, [], []
+    for q in qids:
+        hits = index.search(ds.queries[q], k=20)
+        docs = [text[i] for i in hits.ids]
+        before[q] = hits.to_dict()
+        t = time.perf_counter()
+        if method == "icr":
+            scores, _ = r.score(ds.queries[q], docs)
+        elif method == "blockrank":
+            scores = _blockrank_scores(br, ds.queries[q], docs)
+        elif method == "blockrank_eager":
+            scores = blockrank_scores_eager(model, br, ds.queries[q], docs).numpy()
+        else:
+            prompt, _ = r.build_prompt(docs)
+            s = icr_token_mass_eager(model, prompt.ids, r.query_ids(ds.queries[q]))
+            s_na = icr_token_mass_eager(model, prompt.ids, r.query_ids("N/A"))
+            scores = r.doc_scores(prompt, s, s_na)
+        times.append(time.perf_counter() - t)
+        prompt_tokens.append(len(r.build_prompt(docs)[0].ids) if not method.startswith("blockrank")
+                             else int(br.build(ds.queries[q], docs)[0].shape[1]))
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        after[q] = {str(hits.ids[i]): float(len(order) - rank) for rank, i in enumerate(order)}
+    qrels = {q: ds.qrels[q] for q in qids}
+    res = {"method": method, "queries": len(qids), "max_doc_tokens": max_doc_tokens,
+           "mean_prompt_tokens": float(np.mean(prompt_tokens)),
+           "ndcg10_bm25": evaluate(before, qrels, ["ndcg@10"])["ndcg@10"],
+           "ndcg10_reranked": evaluate(after, qrels, ["ndcg@10"])["ndcg@10"],
+           "s_per_query": float(np.mean(times)), "peak_rss_mb_above_model": _status_mb("VmHWM") - base,
+           "torch": torch.__version__, "transformers": transformers.__version__}
+    Path(out).write_text(json.dumps(res))
+
+
+def _blockrank_scores(br, query, docs):
+    import torch
+
+    with torch.inference_mode():
+        return br.scores(query, docs)[0].double().numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--max-doc-tokens", type=int, default=100)
+    ap.add_argument("--write")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker[0], args.queries, args.max_doc_tokens, args.worker[1])
+        return
+    from bench_bm25 import machine, write_section
+
+    results = []
+    for method in ("icr", "eager", "blockrank", "blockrank_eager"):
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            p = subprocess.run([sys.executable, __file__, "--queries", str(args.queries), "--max-doc-tokens",
+                                str(args.max_doc_tokens), "--worker", method, f.name], capture_output=True, text=True)
+            if p.returncode != 0:
+                results.append({"method": method, "error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+                continue
+            results.append(json.loads(Path(f.name).read_text()))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    meta = machine()
+    ok = [r for r in results if "error" not in r]
+    lines = ["## Rerankers (bench/bench_rerank.py)", "",
+             f"Machine: {meta['cpu']}, {meta['cores']} cores (CPU only), {meta['mem_gib']} GiB. Date: {meta['date']}; "
+             f"irforge git {meta['git']}; torch {ok[0]['torch'] if ok else '?'}, transformers {ok[0]['transformers'] if ok else '?'}. "
+             f"Command: `python bench/bench_rerank.py {' '.join(sys.argv[1:])}`.", "",
+             f"SciFact, first {args.queries} judged queries, BM25 top-20 reranked by ICR with SmolLM2-135M-Instruct "
+             f"(GGUF, de-quantised to fp32), documents cut to {args.max_doc_tokens} tokens.", "",
+             "| method | mean prompt tokens | nDCG@10 BM25 | nDCG@10 reranked | s/query | peak RSS above the model MB |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'][:100]} | | | | |")
+            continue
+        name = {"icr": "ICR, irforge (SDPA + attention-mass hook)", "eager": "ICR, eager output_attentions (baseline)",
+                "blockrank": "BlockRank, irforge (block-sparse kernel, stops at layer 18)",
+                "blockrank_eager": "BlockRank, eager dense mask + output_attentions (baseline)"}[r["method"]]
+        lines.append(f"| {name} | {r['mean_prompt_tokens']:.0f} | {r['ndcg10_bm25']:.4f} | {r['ndcg10_reranked']:.4f} | "
+                     f"{r['s_per_query']:.2f} | {r['peak_rss_mb_above_model']:.0f} |")
+    by = {r["method"]: r for r in ok}
+    for ours, base in (("icr", "eager"), ("blockrank", "blockrank_eager")):
+        if ours in by and base in by:
+            a, b = by[ours], by[base]
+            lines += ["", f"{ours} vs its eager baseline: {b['s_per_query'] / a['s_per_query']:.2f}x faster, "
+                          f"{b['peak_rss_mb_above_model'] / max(a['peak_rss_mb_above_model'], 1):.1f}x less peak memory."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        write_section(Path(args.write), text, marker="## Rerankers")
+
+
+if __name__ == "__main__":
+    main()

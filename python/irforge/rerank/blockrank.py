@@ -1,0 +1,205 @@
+"""BlockRank ("Scalable In-context Ranking with Generative Models", 2025), zero-shot on Llama, Mistral or Qwen-style
+causal LMs, on irforge's block-sparse attention kernel.
+
+Prompt: an instruction that includes the query; each document its own segment "ID: i | CONTENT: text | END ID: i";
+a final query segment ending in "Final Answer: [". Positions: instruction 0..L0-1, every document restarting at L0,
+the query segment at a large offset (``query_offset``, BlockRank uses 8192 or 16384). Attention follows BlockRank's
+layout (documents see the instruction and themselves; the query sees everything) through
+irforge.kernels.block_sparse_attention, installed as a transformers attention function. The forward pass stops
+after a middle layer (default: the layer at 5/8 of the depth; BlockRank: 20 of 32), where
+S(q, d) = softmax over document tokens only, from the last two query tokens, averaged over heads, summed over
+each document's tokens. The auxiliary contrastive loss (InfoNCE over S(q, d), temperature 0.05) is exposed for
+fine-tuning (:meth:`BlockRankReranker.loss`).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+
+from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
+from .icr import RerankResult, _rank
+from .prompts import CHAT_TAGS, chat_family, encode, truncate
+
+__all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
+
+BLOCKRANK_ATTENTION = "irforge_blockrank"
+_state = threading.local()
+
+
+class _StopForward(Exception):
+    """Raised by the attention function after the scoring layer: the remaining layers never run."""
+
+
+def _blockrank_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: Optional[torch.Tensor], **kwargs: Any):
+    ctx = getattr(_state, "ctx", None)
+    if ctx is None:
+        raise RuntimeError("the BlockRank attention function runs only inside BlockRankReranker")
+    if query.shape[0] != 1:
+        raise ValueError("BlockRank runs one prompt at a time (batch size 1)")
+    layout: SegmentLayout = ctx["layout"]
+    scaling = float(kwargs.get("scaling") or module.scaling)
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+    backend = ctx["backend"]
+    out, _ = block_sparse_attention(q, k, v, layout, scale=scaling, backend=backend)
+    if module.layer_idx == ctx["layer"]:
+        rows = ctx["rows"]
+        seg = attention_mass(q[rows], rows, k, layout, weights=torch.full((len(rows),), 1.0 / len(rows), device=q.device),
+                             mode="documents", scale=scaling, reduce="segment", sum_heads=True, backend=backend)
+        ctx["scores"] = seg[ctx["doc_segments"]] / q.shape[1]  # averaged over heads
+        raise _StopForward()
+    return out[None], None
+
+
+def _no_mask(*args: Any, **kwargs: Any):  # the layout, not a T x T mask, says who attends to whom
+    return None
+
+
+AttentionInterface.register(BLOCKRANK_ATTENTION, _blockrank_attention)
+try:
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionMaskInterface.register(BLOCKRANK_ATTENTION, _no_mask)
+except ImportError:
+    pass
+
+
+class BlockRankReranker:
+    """BlockRank scoring with any Hugging Face Llama, Mistral or Qwen-style causal LM.
+
+    Parameters
+    ----------
+    layer : the layer whose attention scores documents (default: int(5/8 * depth)); later layers do not run.
+    query_offset : position id of the query segment's first token (default 8192).
+    max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
+    backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU; "torch" for fine-tuning).
+    """
+
+    INSTRUCTION = ("You will be given a query and a list of documents, each between 'ID: i | CONTENT:' and "
+                   "'| END ID: i'. Find the document that best answers the query.\nQuery: {query}\n")
+
+    def __init__(self, model: Any, tokenizer: Any, *, layer: Optional[int] = None, query_offset: int = 8192,
+                 max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto") -> None:
+        depth = model.config.num_hidden_layers
+        self.layer = int(depth * 5 / 8) if layer is None else layer
+        if not 0 <= self.layer < depth:
+            raise ValueError(f"layer must lie in [0, {depth}), got {layer}")
+        if not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0:
+            raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
+        if not isinstance(query_offset, int) or query_offset < 0:
+            raise ValueError(f"query_offset must be a non-negative int, got {query_offset!r}")
+        chat = chat or chat_family(tokenizer)
+        if chat not in CHAT_TAGS:
+            raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS)}")
+        self.model, self.tokenizer = model, tokenizer
+        self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
+
+    def build(self, query: str, docs: Sequence[str]):
+        """(input ids [1, T], position ids [1, T], layout, document segment indices, query rows, truncated)."""
+        tok = self.tokenizer
+        head, tail = CHAT_TAGS[self.chat]
+        inst = encode(tok, head + self.INSTRUCTION.format(query=query))
+        if tok.bos_token_id is not None and not (tok.bos_token and head.startswith(tok.bos_token)):
+            inst = [tok.bos_token_id] + inst
+        ids, pos, lens, truncated = list(inst), list(range(len(inst))), [], []
+        for i, d in enumerate(docs):
+            body, cut = truncate(tok, d, self.max_doc_tokens)
+            if cut:
+                truncated.append(i)
+            seg = encode(tok, f"ID: {i + 1} | CONTENT: ") + body + encode(tok, f" | END ID: {i + 1}\n")
+            ids += seg
+            pos += list(range(len(inst), len(inst) + len(seg)))
+            lens.append(len(seg))
+        qseg = encode(tok, f"Query: {query}" + tail + "Final Answer: [")
+        ids += qseg
+        pos += list(range(self.query_offset, self.query_offset + len(qseg)))
+        layout = SegmentLayout.from_lengths([(len(inst), lens, len(qseg))])
+        dev = next(self.model.parameters()).device
+        rows = torch.arange(len(ids) - min(2, len(qseg)), len(ids), device=dev)
+        return (torch.tensor([ids], device=dev), torch.tensor([pos], device=dev), layout,
+                torch.arange(1, 1 + len(docs), device=dev), rows, truncated)
+
+    @contextlib.contextmanager
+    def _active(self, ctx):
+        prev_impl = self.model.config._attn_implementation
+        self.model.set_attn_implementation(BLOCKRANK_ATTENTION)
+        prev_ctx = getattr(_state, "ctx", None)
+        _state.ctx = ctx
+        try:
+            yield
+        finally:
+            _state.ctx = prev_ctx
+            self.model.set_attn_implementation(prev_impl)
+
+    def scores(self, query: str, docs: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        """S(q, d) for each document (in the order given), differentiable when gradients are enabled."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        docs = list(docs)
+        for i, d in enumerate(docs):
+            if not isinstance(d, str):
+                raise TypeError(f"document {i} must be str, got {type(d).__name__}")
+        ids, pos, layout, doc_segments, rows, truncated = self.build(query, docs)
+        ctx = {"layout": layout, "layer": self.layer, "rows": rows, "doc_segments": doc_segments,
+               "backend": self.backend, "scores": None}
+        with self._active(ctx):
+            try:
+                self.model.model(input_ids=ids, position_ids=pos, use_cache=False)
+            except _StopForward:
+                pass
+        if ctx["scores"] is None:
+            raise RuntimeError(f"layer {self.layer} never ran")
+        if truncated:
+            warnings.warn(f"BlockRank: {len(truncated)} of {len(docs)} documents cut to {self.max_doc_tokens} tokens",
+                          stacklevel=2)
+        return ctx["scores"], truncated
+
+    def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if not docs:
+            return RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+        with torch.inference_mode():
+            s, truncated = self.scores(query, docs)
+        s = s.double().cpu().numpy()
+        idx = _rank(s, len(s) if k is None else k)
+        return RerankResult(idx, s[idx], truncated)
+
+    def loss(self, query: str, docs: Sequence[str], positive: int, temperature: float = 0.05) -> torch.Tensor:
+        """BlockRank's auxiliary contrastive loss: InfoNCE over S(q, d) / temperature with document ``positive``
+        as the target. Differentiable with the "torch" backend."""
+        if not 0 <= positive < len(docs):
+            raise IndexError(f"positive {positive} out of range for {len(docs)} documents")
+        s, _ = self.scores(query, docs)
+        logits = (s / temperature)[None]
+        return torch.nn.functional.cross_entropy(logits, torch.tensor([positive], device=logits.device))
+
+
+
+
+def blockrank_scores_eager(model: Any, reranker: BlockRankReranker, query: str, docs: Sequence[str]) -> torch.Tensor:
+    """Reference S(q, d): the masked dense computation. ``model`` (same weights, attn_implementation="eager")
+    runs the whole prompt with an additive float [T, T] mask built from the layout and the same position ids;
+    the last two query rows' probabilities at the scoring layer, renormalised over document keys (which equals
+    the softmax over document keys only), averaged over rows and heads, summed per document. O(layers * heads *
+    T^2) memory."""
+    ids, pos, layout, _, rows, _ = reranker.build(query, docs)
+    allowed = layout.dense_mask(device=ids.device)
+    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)  # additive: a boolean 4D mask leaks mass
+    with torch.inference_mode():
+        out = model.model(input_ids=ids, position_ids=pos, attention_mask=mask[None, None], output_attentions=True)
+    p = out.attentions[reranker.layer][0].double()  # [H, T, T]
+    doc = torch.as_tensor(layout.key_kinds() == DOCUMENT, device=p.device)
+    pr = p[:, rows][:, :, doc]
+    pr = pr / pr.sum(-1, keepdim=True)
+    per_key = torch.zeros(p.shape[-1], dtype=torch.float64, device=p.device)
+    per_key[doc] = pr.mean(1).mean(0)
+    seg = torch.as_tensor(layout.segment_ids(), device=p.device)
+    return torch.zeros(len(layout.kinds), dtype=torch.float64, device=p.device).index_add_(0, seg, per_key)[1:1 + len(docs)]
