@@ -145,3 +145,21 @@ def test_blockrank_training_step_lowers_the_contrastive_loss(tokenizer):
     with torch.no_grad():
         after = r.loss("fish swim", DOCS, positive=2)
     assert after.item() < before.item()
+
+
+@pytest.mark.parametrize("reranker", ["icr", "blockrank"])
+def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker):
+    import json
+
+    from irforge.cli import main
+
+    from .conftest import scifact_dir
+
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    assert main(["eval", "--data", str(scifact_dir()), "--reranker", reranker, "--model", str(tmp_path / "m"),
+                 "--rerank-depth", "4", "--max-queries", "3", "--max-doc-tokens", "16", "--k", "10"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["queries"] == 3 and res["reranker"] == reranker and res["rerank_depth"] == 4
+    assert {"ndcg@10_before_rerank", "ndcg@10_after_rerank", "rerank_s_per_query"} <= res.keys()

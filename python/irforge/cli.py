@@ -156,14 +156,15 @@ def _load_lm(path: str):
 
 def _rerank_run(args, ds, qids, texts, run):
     """Rerank each query's first-stage top --rerank-depth; reports nDCG@10 before and after."""
-    from .rerank import ICRReranker
+    from .rerank import BlockRankReranker, ICRReranker
 
-    if args.reranker != "icr":
-        raise SystemExit(f"irforge: reranker {args.reranker!r} is not available; choose icr")
     if not args.model:
         raise SystemExit("irforge: --reranker needs --model (a model directory or a .gguf file)")
     model, tok = _load_lm(args.model)
-    reranker = ICRReranker(model, tok, max_doc_tokens=args.max_doc_tokens, progress=True)
+    if args.reranker == "icr":
+        reranker = ICRReranker(model, tok, max_doc_tokens=args.max_doc_tokens)
+    else:
+        reranker = BlockRankReranker(model, tok, max_doc_tokens=args.max_doc_tokens)
     doc_text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
     before = evaluate(run, ds.qrels, ["ndcg@10"])["ndcg@10"]
     t0 = time.perf_counter()
@@ -179,7 +180,7 @@ def _rerank_run(args, ds, qids, texts, run):
         reranked[q] = new
     seconds = (time.perf_counter() - t0) / max(1, len(qids))
     after = evaluate(reranked, ds.qrels, ["ndcg@10"])["ndcg@10"]
-    return {"reranker": "icr", "model": args.model, "rerank_depth": args.rerank_depth,
+    return {"reranker": args.reranker, "model": args.model, "rerank_depth": args.rerank_depth,
             "ndcg@10_before_rerank": round(before, 4), "ndcg@10_after_rerank": round(after, 4),
             "rerank_s_per_query": round(seconds, 3), "documents_truncated": n_trunc}, reranked
 
@@ -268,7 +269,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--retriever", default="bm25", choices=["bm25", "ngram"],
                    help="bm25, or ngram: SEAL n-gram scoring on the FM-index, model-free (the query's own n-grams)")
     p.add_argument("--phrases", action="store_true", help="with bm25: \"quoted phrases\" in queries must occur exactly")
-    p.add_argument("--reranker", choices=["icr"], help="rerank the first stage with an LLM (needs torch, transformers)")
+    p.add_argument("--reranker", choices=["icr", "blockrank"],
+                   help="rerank the first stage with an LLM (needs torch, transformers)")
     p.add_argument("--model", help="the reranker's causal LM: a model directory or a .gguf file")
     p.add_argument("--rerank-depth", type=int, default=20, help="first-stage hits to rerank (default 20)")
     p.add_argument("--max-doc-tokens", type=int, default=300, help="token budget per document in the prompt")
