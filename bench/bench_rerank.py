@@ -128,7 +128,7 @@ def main() -> None:
              f"Machine: {meta['cpu']}, {meta['cores']} cores (CPU only), {meta['mem_gib']} GiB. Date: {meta['date']}; "
              f"irforge git {meta['git']}; torch {ok[0]['torch'] if ok else '?'}, transformers {ok[0]['transformers'] if ok else '?'}. "
              f"Command: `python bench/bench_rerank.py {' '.join(sys.argv[1:])}`.", "",
-             f"SciFact, first {args.queries} judged queries, BM25 top-20 reranked by ICR with SmolLM2-135M-Instruct "
+             f"SciFact, first {args.queries} judged queries, BM25 top-20 reranked by ICR and BlockRank with SmolLM2-135M-Instruct "
              f"(GGUF, de-quantised to fp32), documents cut to {args.max_doc_tokens} tokens.", "",
              "| method | mean prompt tokens | nDCG@10 BM25 | nDCG@10 reranked | s/query | peak RSS above the model MB |",
              "|---|---|---|---|---|---|"]

@@ -27,13 +27,8 @@ struct RankBits {
 
   // Ones in [0, i).
   uint64_t rank1(uint64_t i) const {
-    const RankLine& l = lines[i / kBitsPerLine];
-    const uint64_t off = i % kBitsPerLine;
-    uint64_t r = l.before;
-    const uint64_t w = off / 64;
-    for (uint64_t k = 0; k < w; ++k) r += popcount64(l.words[k]);
-    const uint64_t rem = off % 64;
-    if (rem) r += popcount64(l.words[w] & ((1ULL << rem) - 1));
+    uint64_t r;
+    bit_rank1(i, &r);
     return r;
   }
   uint64_t rank0(uint64_t i) const { return i - rank1(i); }

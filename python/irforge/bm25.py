@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
+from ._io import atomic_save, check_threads, existing_file
 from .analysis import Analyzer, StopwordsArg, resolve_stemmer, resolve_stopwords
 
 __all__ = ["BM25Index", "Hit", "Hits", "BatchHits", "METHODS", "ALGORITHMS"]
@@ -101,14 +102,6 @@ def _check_k(k: Any) -> int:
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     return int(k)
-
-
-def _check_threads(threads: Optional[int]) -> int:
-    if threads is None:
-        return 0  # all cores
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads <= 0:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    return int(threads)
 
 
 def _check_algorithm(algorithm: str) -> str:
@@ -286,7 +279,7 @@ class BM25Index:
             Build threads (default: all cores).
         """
         delta_v = _check_scoring(method, k1, b, delta)
-        n_threads = _check_threads(threads)
+        n_threads = check_threads(threads)
         stem = resolve_stemmer(stemmer)
         stop = resolve_stopwords(stopwords)
         if not isinstance(max_token_length, int) or max_token_length <= 0:
@@ -308,35 +301,12 @@ class BM25Index:
         (default) every section's checksum is checked too, which reads the whole file once. A truncated
         or corrupted file raises ``ValueError``; a missing or unreadable one ``OSError``.
         """
-        p = os.fspath(path)
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"no index at {p}")
-        if os.path.isdir(p):
-            raise IsADirectoryError(f"{p} is a directory, not an index file")
-        return cls(_core.Index.load(p, bool(mmap), bool(verify)), _BUILD_TOKEN)
+        return cls(_core.Index.load(existing_file(path), bool(mmap), bool(verify)), _BUILD_TOKEN)
 
     def save(self, path: PathLike) -> None:
         """Write the index to ``path`` atomically: a temporary file in the same directory is written,
         fsynced and renamed over ``path``, so a crash never leaves a partial index under that name."""
-        p = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(p))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"directory {directory} does not exist")
-        tmp = os.path.join(directory, f".{os.path.basename(p)}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            self._core.save(tmp)
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        try:  # make the rename durable
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        atomic_save(path, self._core.save)
 
     def with_scoring(
         self,
@@ -356,7 +326,7 @@ class BM25Index:
         if delta is None and m == cur["method"]:
             delta = cur["delta"]
         d = _check_scoring(m, k1v, bv, delta)
-        return BM25Index(self._core.rescored(m, float(k1v), float(bv), d, _check_threads(threads)), _BUILD_TOKEN)
+        return BM25Index(self._core.rescored(m, float(k1v), float(bv), d, check_threads(threads)), _BUILD_TOKEN)
 
     # ---- search ----------------------------------------------------------------------------------
     def search(self, query: Query, k: int = 10, *, algorithm: str = "auto") -> Hits:
@@ -387,7 +357,7 @@ class BM25Index:
         """
         k = _check_k(k)
         _check_algorithm(algorithm)
-        n_threads = _check_threads(threads)
+        n_threads = check_threads(threads)
         if isinstance(queries, (str, bytes)):
             raise TypeError("queries must be a sequence of queries, not a single string")
         qs = list(queries)

@@ -3,13 +3,13 @@ extract and exact next-token distributions, for n-gram retrieval and constrained
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
 from . import _core
+from ._io import atomic_save, check_threads, existing_file
 
 __all__ = ["FMIndex", "MAX_TOKEN_ID", "SuffixRange"]
 
@@ -111,14 +111,6 @@ def _flatten(patterns: Iterable[Any], byte_mode: bool, allow_empty: bool = False
     return flat, offsets
 
 
-def _threads(threads: Optional[int]) -> int:
-    if threads is None:
-        return 0
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads <= 0:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    return int(threads)
-
-
 class FMIndex:
     """A compressed full-text index over documents of token ids (or of UTF-8 bytes, from strings).
 
@@ -169,26 +161,11 @@ class FMIndex:
     def load(cls, path: PathLike, *, mmap: bool = True, verify: bool = True) -> "FMIndex":
         """Open an index written by :meth:`save`; magic, version, sizes and (with ``verify``) checksums are
         checked first. A damaged file raises ValueError."""
-        p = os.fspath(path)
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"no index at {p}")
-        if os.path.isdir(p):
-            raise IsADirectoryError(f"{p} is a directory, not an index file")
-        return cls(_core.FMIndex.load(p, bool(mmap), bool(verify)), _TOKEN)
+        return cls(_core.FMIndex.load(existing_file(path), bool(mmap), bool(verify)), _TOKEN)
 
     def save(self, path: PathLike) -> None:
         """Write atomically: a temporary file in the same directory, fsynced, renamed over ``path``."""
-        p = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(p))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"directory {directory} does not exist")
-        tmp = os.path.join(directory, f".{os.path.basename(p)}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            self._core.save(tmp)
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save(path, self._core.save)
 
     # ---- queries ---------------------------------------------------------------------------------
     def range(self, pattern: Tokens) -> SuffixRange:
@@ -216,7 +193,7 @@ class FMIndex:
         """Counts of many patterns, on ``threads`` threads without the GIL. A 2-D integer array (or a list of
         equal-length lists) of patterns is validated in one vectorised step."""
         flat, offsets = _flatten(patterns, self._byte_mode)
-        return self._core.count_batch(flat, offsets, _threads(threads))
+        return self._core.count_batch(flat, offsets, check_threads(threads))
 
     def locate(self, pattern: Tokens, limit: Optional[int] = None) -> np.ndarray:
         """Occurrences as an array of ``(document, offset)`` rows, sorted. With ``limit``, at most that many
@@ -233,7 +210,7 @@ class FMIndex:
         self, patterns: Iterable[Tokens], *, limit: Optional[int] = None, threads: Optional[int] = None
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         flat, offsets = _flatten(patterns, self._byte_mode)
-        out = self._core.doc_frequencies_batch(flat, offsets, self._limit(limit), _threads(threads))
+        out = self._core.doc_frequencies_batch(flat, offsets, self._limit(limit), check_threads(threads))
         return [(d.astype(np.int64), c.astype(np.int64)) for d, c in out]
 
     def next_tokens(self, prefix: Union[Tokens, SuffixRange]) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +228,7 @@ class FMIndex:
 
     def next_tokens_batch(self, prefixes: Iterable[Tokens], *, threads: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
         flat, offsets = _flatten(prefixes, self._byte_mode, allow_empty=True)
-        return [(t.astype(np.int64), c.astype(np.int64)) for t, c in self._core.next_tokens_batch(flat, offsets, _threads(threads))]
+        return [(t.astype(np.int64), c.astype(np.int64)) for t, c in self._core.next_tokens_batch(flat, offsets, check_threads(threads))]
 
     def extract(self, doc: int) -> Union[np.ndarray, str]:
         """The tokens of document ``doc`` (a str for indexes built from strings)."""

@@ -1,6 +1,6 @@
 """SEAL-style retrieval on the FM-index ("Autoregressive Search Engines: Generating Substrings as Document
-Identifiers", Bevilacqua et al., 2022), an exact-phrase filter for BM25, and a constrained-decoding logits
-processor for Hugging Face generation.
+Identifiers", Bevilacqua et al., 2022) and an exact-phrase filter for BM25. Constrained decoding with Hugging Face
+models (FMIndexLogitsProcessor, SEALRetriever) is in :mod:`irforge.seal_decoding` (needs torch, transformers).
 
 N-gram weights follow SEAL: with P(n) = (F(n) + smoothing) / (T + smoothing), F(n) the n-gram's corpus count and
 T the corpus length in tokens, and P(n|q) the n-gram's probability given the query,
@@ -27,8 +27,7 @@ from .analysis import Analyzer
 from .bm25 import BM25Index, Hits
 from .fmindex import FMIndex
 
-__all__ = ["NGramIndex", "NGramRetriever", "PhraseSearcher", "ngram_weight", "seal_aggregate", "parse_phrases",
-           "FMIndexLogitsProcessor"]
+__all__ = ["NGramIndex", "NGramRetriever", "PhraseSearcher", "ngram_weight", "seal_aggregate", "parse_phrases"]
 
 
 def ngram_weight(log_p_given_q: float, count: int, n_tokens: int, alpha: float = 2.0, smoothing: float = 5.0) -> float:
@@ -202,7 +201,9 @@ def parse_phrases(query: str) -> tuple[list[str], str]:
 class PhraseSearcher:
     """BM25 ranking constrained by exact phrases: a query with "quoted phrases" returns only documents that
     contain every phrase (found with the FM-index over the same analysed terms), ranked by BM25 over the
-    whole query. Queries without quotes are plain BM25."""
+    whole query. Queries without quotes are plain BM25. Phrase queries score every document that matches a
+    query term and then filter, so their cost grows with the corpus (a filtered top-k in the C++ engine is
+    the next step)."""
 
     def __init__(self, bm25: BM25Index, ngrams: NGramIndex) -> None:
         if bm25.n_docs != ngrams.fm.n_docs:
@@ -223,11 +224,3 @@ class PhraseSearcher:
         keep = np.isin(hits.docnos, allowed)
         sel = np.flatnonzero(keep)[:k]
         return Hits(hits.ids[sel], hits.scores[sel], hits.docnos[sel])
-
-
-def FMIndexLogitsProcessor(*args: Any, **kwargs: Any):  # noqa: N802 - a factory that looks like the class
-    """Constrained decoding for Hugging Face ``generate`` (needs torch and transformers; see
-    :mod:`irforge.seal_decoding`)."""
-    from .seal_decoding import FMIndexLogitsProcessor as _Impl
-
-    return _Impl(*args, **kwargs)

@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .icr import RerankResult, _rank
-from .prompts import CHAT_TAGS, chat_family, encode, truncate
+from .prompts import CHAT_TAGS, check_query_docs, chat_family, encode, truncate
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -139,12 +139,7 @@ class BlockRankReranker:
 
     def scores(self, query: str, docs: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
         """S(q, d) for each document (in the order given), differentiable when gradients are enabled."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be str, got {type(query).__name__}")
-        docs = list(docs)
-        for i, d in enumerate(docs):
-            if not isinstance(d, str):
-                raise TypeError(f"document {i} must be str, got {type(d).__name__}")
+        docs = check_query_docs(query, docs)
         ids, pos, layout, doc_segments, rows, truncated = self.build(query, docs)
         ctx = {"layout": layout, "layer": self.layer, "rows": rows, "doc_segments": doc_segments,
                "backend": self.backend, "scores": None}

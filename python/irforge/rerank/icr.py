@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import CHAT_TAGS, Prompt, chat_family, encode, truncate
+from .prompts import CHAT_TAGS, check_query_docs, Prompt, chat_family, encode, truncate
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -128,12 +128,7 @@ class ICRReranker:
 
     def score(self, query: str, docs: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """ICR scores of ``docs`` (in the order given) for ``query``, and the indices of truncated documents."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be str, got {type(query).__name__}")
-        docs = list(docs)
-        for i, d in enumerate(docs):
-            if not isinstance(d, str):
-                raise TypeError(f"document {i} must be str, got {type(d).__name__}")
+        docs = check_query_docs(query, docs)
         if not docs:
             return np.zeros(0), []
         prompt, _ = self.build_prompt(docs)

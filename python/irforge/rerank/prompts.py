@@ -48,3 +48,14 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 def truncate(tokenizer: Any, text: str, budget: int) -> tuple[list[int], bool]:
     ids = encode(tokenizer, text)
     return (ids[:budget], True) if len(ids) > budget else (ids, False)
+
+
+def check_query_docs(query: Any, docs: Any) -> list:
+    """TypeError unless ``query`` is a str and ``docs`` a sequence of str; returns the documents as a list."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be str, got {type(query).__name__}")
+    docs = list(docs)
+    for i, d in enumerate(docs):
+        if not isinstance(d, str):
+            raise TypeError(f"document {i} must be str, got {type(d).__name__}")
+    return docs
