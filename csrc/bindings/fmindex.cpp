@@ -46,10 +46,10 @@ Batch make_batch(const Pattern& tokens, const Pattern& offsets) {
 
 void doc_freqs(const FMIndex& ix, Range r, uint64_t m, uint64_t limit, std::vector<uint64_t>& docs,
                std::vector<uint64_t>& counts) {
-  std::vector<uint64_t> all;
-  const uint64_t end = std::min<uint64_t>(r.ep, r.sp + limit);
-  all.reserve(end > r.sp ? end - r.sp : 0);
-  for (uint64_t row = r.sp; row < end; ++row) all.push_back(ix.occurrence(row, m).doc);
+  std::vector<Occurrence> occ;
+  ix.occurrences({r.sp, std::min<uint64_t>(r.ep, r.sp + limit)}, m, occ);
+  std::vector<uint64_t> all(occ.size());
+  for (size_t k = 0; k < occ.size(); ++k) all[k] = occ[k].doc;
   std::sort(all.begin(), all.end());
   docs.clear();
   counts.clear();
@@ -109,12 +109,10 @@ void bind_fmindex(py::module_& m) {
              int64_t* o = out.mutable_data();
              {
                py::gil_scoped_release nogil;
+               const uint64_t* toks = reinterpret_cast<const uint64_t*>(b.tokens.data());
+               const int64_t* offs = b.offsets.data();
                parallel_ranges(resolve_threads(threads), b.size(), [&](size_t, size_t lo, size_t hi) {
-                 for (size_t i = lo; i < hi; ++i) {
-                   size_t mlen;
-                   const uint64_t* p = b.pattern(i, &mlen);
-                   o[i] = static_cast<int64_t>(s.ix->find(p, mlen).size());
-                 }
+                 s.ix->count_many(toks, offs + lo, hi - lo, o + lo);
                });
              }
              return out;
@@ -125,8 +123,7 @@ void bind_fmindex(py::module_& m) {
                py::gil_scoped_release nogil;
                const Range r = s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size());
                std::vector<Occurrence> occ;
-               for (uint64_t row = r.sp; row < std::min<uint64_t>(r.ep, r.sp + limit); ++row)
-                 occ.push_back(s.ix->occurrence(row, p.size()));
+               s.ix->occurrences({r.sp, std::min<uint64_t>(r.ep, r.sp + limit)}, p.size(), occ);
                std::sort(occ.begin(), occ.end(), [](const Occurrence& a, const Occurrence& b) {
                  return a.doc < b.doc || (a.doc == b.doc && a.offset < b.offset);
                });

@@ -200,6 +200,114 @@ class FMIndex {
     return r;
   }
 
+  // Counts of many patterns: patterns[i] = tokens[off[i] .. off[i+1]). Patterns advance in groups, level by
+  // level, prefetching every member's next cache lines before using any: the misses of one backward-search
+  // step overlap across patterns instead of running one after another.
+  void count_many(const uint64_t* tokens, const int64_t* off, size_t n, int64_t* out) const {
+    constexpr size_t G = 16;
+    for (size_t g0 = 0; g0 < n; g0 += G) {
+      const size_t g = std::min(G, n - g0);
+      Range r[G];
+      size_t pos[G];
+      uint32_t c[G];
+      bool live[G];
+      for (size_t t = 0; t < g; ++t) {
+        r[t] = full();
+        pos[t] = static_cast<size_t>(off[g0 + t]);
+        live[t] = pos[t] < static_cast<size_t>(off[g0 + t + 1]);
+        if (!live[t]) r[t] = {0, 0};  // empty patterns are rejected above; count 0 here
+      }
+      while (true) {
+        size_t active = 0;
+        for (size_t t = 0; t < g; ++t) {
+          if (!live[t]) continue;
+          c[t] = dense(tokens[pos[t]]);
+          if (c[t] == 0 || r[t].sp >= r[t].ep) {
+            r[t] = {0, 0};
+            live[t] = false;
+          } else {
+            ++active;
+          }
+        }
+        if (active == 0) break;
+        for (uint32_t l = 0; l < meta_.n_levels; ++l) {
+          for (size_t t = 0; t < g; ++t)
+            if (live[t]) {
+              wm_.prefetch(l, r[t].sp);
+              wm_.prefetch(l, r[t].ep);
+            }
+          const uint32_t shift = meta_.n_levels - 1 - l;
+          for (size_t t = 0; t < g; ++t)
+            if (live[t]) wm_.step2(l, (c[t] >> shift) & 1, &r[t].sp, &r[t].ep);
+        }
+        for (size_t t = 0; t < g; ++t) {
+          if (!live[t]) continue;
+          r[t] = {C_[c[t]] + (r[t].sp - bottom_[c[t]]), C_[c[t]] + (r[t].ep - bottom_[c[t]])};
+          if (++pos[t] == static_cast<size_t>(off[g0 + t + 1])) live[t] = false;
+        }
+      }
+      for (size_t t = 0; t < g; ++t) out[g0 + t] = static_cast<int64_t>(r[t].size());
+    }
+  }
+
+  // Text positions (in R) of many suffix-array rows, walked to their samples in interleaved groups.
+  void text_positions(const uint64_t* rows, size_t n, uint64_t* out) const {
+    constexpr size_t G = 16;
+    for (size_t g0 = 0; g0 < n; g0 += G) {
+      const size_t g = std::min(G, n - g0);
+      uint64_t row[G], steps[G];
+      bool live[G];
+      for (size_t t = 0; t < g; ++t) {
+        row[t] = rows[g0 + t];
+        steps[t] = 0;
+        live[t] = true;
+      }
+      while (true) {
+        for (size_t t = 0; t < g; ++t)
+          if (live[t]) __builtin_prefetch(&sampled_.lines[row[t] / kBitsPerLine]);
+        size_t active = 0;
+        for (size_t t = 0; t < g; ++t) {
+          if (!live[t]) continue;
+          if (sampled_.bit(row[t])) {
+            out[g0 + t] = samples_[sampled_.rank1(row[t])] + steps[t];
+            live[t] = false;
+          } else {
+            ++active;
+          }
+        }
+        if (active == 0) break;
+        uint32_t c[G] = {};
+        uint64_t i[G];
+        for (size_t t = 0; t < g; ++t) i[t] = row[t];
+        for (uint32_t l = 0; l < meta_.n_levels; ++l) {
+          for (size_t t = 0; t < g; ++t)
+            if (live[t]) wm_.prefetch(l, i[t]);
+          for (size_t t = 0; t < g; ++t)
+            if (live[t]) wm_.step1(l, &i[t], &c[t]);
+        }
+        for (size_t t = 0; t < g; ++t)
+          if (live[t]) {
+            row[t] = C_[c[t]] + (i[t] - bottom_[c[t]]);
+            ++steps[t];
+          }
+      }
+    }
+  }
+  // (document, offset) of the occurrences of a length-m pattern at rows [sp, ep).
+  void occurrences(Range r, uint64_t m, std::vector<Occurrence>& out) const {
+    std::vector<uint64_t> rows(r.size()), pos(r.size());
+    for (uint64_t k = 0; k < rows.size(); ++k) rows[k] = r.sp + k;
+    text_positions(rows.data(), rows.size(), pos.data());
+    out.resize(rows.size());
+    for (uint64_t k = 0; k < rows.size(); ++k) out[k] = position_to_occurrence(pos[k], m);
+  }
+  Occurrence position_to_occurrence(uint64_t p, uint64_t m) const {
+    const uint64_t* it = std::upper_bound(doc_start_, doc_start_ + meta_.n_docs + 1, p);
+    const uint64_t d = static_cast<uint64_t>(it - doc_start_) - 1;
+    const uint64_t len = doc_start_[d + 1] - doc_start_[d] - 1;
+    return {d, len - (p - doc_start_[d]) - m};
+  }
+
   // Distinct tokens following the pattern whose range is r, with counts, increasing token id.
   void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
     tokens.clear();
@@ -224,13 +332,7 @@ class FMIndex {
     return samples_[sampled_.rank1(row)] + steps;
   }
   // (document, offset in the original document) of an occurrence of a length-m pattern at row `row`.
-  Occurrence occurrence(uint64_t row, uint64_t m) const {
-    const uint64_t p = text_position(row);
-    const uint64_t* it = std::upper_bound(doc_start_, doc_start_ + meta_.n_docs + 1, p);
-    const uint64_t d = static_cast<uint64_t>(it - doc_start_) - 1;
-    const uint64_t len = doc_start_[d + 1] - doc_start_[d] - 1;
-    return {d, len - (p - doc_start_[d]) - m};
-  }
+  Occurrence occurrence(uint64_t row, uint64_t m) const { return position_to_occurrence(text_position(row), m); }
 
   uint64_t doc_length(uint64_t d) const { return doc_start_[d + 1] - doc_start_[d] - 1; }
   void extract(uint64_t d, std::vector<uint32_t>& out) const {

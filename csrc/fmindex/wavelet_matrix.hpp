@@ -46,6 +46,29 @@ struct WaveletView {
     *ri = i - bottom[c];
     *rj = j - bottom[c];
   }
+  // Prefetch the cache line holding bit i of level l.
+  void prefetch(uint32_t l, uint64_t i) const {
+    __builtin_prefetch(&levels[l].lines[i / kBitsPerLine]);
+  }
+  // One level of rank2 for symbol bit b: maps (i, j) to the next level.
+  void step2(uint32_t l, bool b, uint64_t* i, uint64_t* j) const {
+    const uint64_t ri1 = levels[l].rank1(*i), rj1 = (*j == *i) ? ri1 : levels[l].rank1(*j);
+    if (b) {
+      *i = zeros[l] + ri1;
+      *j = zeros[l] + rj1;
+    } else {
+      *i -= ri1;
+      *j -= rj1;
+    }
+  }
+  // One level of access_rank: reads bit i, appends it to c, maps i to the next level.
+  void step1(uint32_t l, uint64_t* i, uint32_t* c) const {
+    uint64_t r1;
+    const bool b = levels[l].bit_rank1(*i, &r1);
+    *c = (*c << 1) | static_cast<uint32_t>(b);
+    *i = b ? zeros[l] + r1 : *i - r1;
+  }
+
   // Calls f(c, count) for every distinct symbol of [i, j), in increasing symbol order.
   template <class F>
   void distinct(uint64_t i, uint64_t j, F&& f) const {
