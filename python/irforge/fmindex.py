@@ -46,6 +46,12 @@ def _as_tokens(x: Any, what: str, byte_mode: Optional[bool]) -> np.ndarray:
         return np.frombuffer(bytes(x), dtype=np.uint8).astype(np.int64)
     if byte_mode is True:
         raise TypeError(f"{what} must be str or bytes for an index built from strings")
+    if isinstance(x, (list, tuple)) and all(type(t) is int for t in x):  # fast path: plain Python ints
+        if x and min(x) < 0:
+            raise ValueError(f"{what} holds a negative token id ({min(x)})")
+        if x and max(x) > MAX_TOKEN_ID:
+            raise ValueError(f"{what} holds token id {max(x)}, above the largest supported id {MAX_TOKEN_ID}")
+        return np.array(x, dtype=np.int64)
     if isinstance(x, np.ndarray):
         if x.ndim != 1:
             raise ValueError(f"{what} must be 1-D, got shape {x.shape}")
@@ -79,7 +85,15 @@ def _doc_tokens(x: Any, what: str, byte_mode: bool) -> np.ndarray:
     return _as_tokens(x, what, byte_mode)
 
 
-def _pattern(p: Any, byte_mode: bool) -> np.ndarray:
+def _pattern(p: Any, byte_mode: bool):
+    """A validated pattern: the list itself when it is a plain list of ints (the binding converts it), else an
+    int64 array."""
+    if type(p) is list and p and not byte_mode and all(type(t) is int for t in p):
+        if min(p) < 0:
+            raise ValueError(f"pattern holds a negative token id ({min(p)})")
+        if max(p) > MAX_TOKEN_ID:
+            raise ValueError(f"pattern holds token id {max(p)}, above the largest supported id {MAX_TOKEN_ID}")
+        return p
     arr = _as_tokens(p, "pattern", byte_mode)
     if arr.size == 0:
         raise ValueError("pattern is empty")
