@@ -163,3 +163,15 @@ def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker
     res = json.loads(capsys.readouterr().out)
     assert res["queries"] == 3 and res["reranker"] == reranker and res["rerank_depth"] == 4
     assert {"ndcg@10_before_rerank", "ndcg@10_after_rerank", "rerank_s_per_query"} <= res.keys()
+
+
+def test_rerank_batch_for_both_rerankers(tokenizer):
+    from irforge.rerank import BlockRankReranker
+
+    for r in (ICRReranker(tiny("llama"), tokenizer, chat="none", progress=True),
+              BlockRankReranker(tiny("llama"), tokenizer, chat="none", query_offset=300, progress=True)):
+        out = r.rerank_batch(["cats", "fish swim"], [DOCS, DOCS[:2]], k=2)
+        assert [len(x.indices) for x in out] == [2, 2]
+        assert out[1].indices.tolist() == r.rerank("fish swim", DOCS[:2], k=2).indices.tolist()
+        with pytest.raises(ValueError, match="2 queries but 1"):
+            r.rerank_batch(["a", "b"], [DOCS])

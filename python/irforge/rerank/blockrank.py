@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .icr import RerankResult, _rank
-from .prompts import CHAT_TAGS, check_query_docs, chat_family, encode, truncate
+from .prompts import CHAT_TAGS, BatchMixin, chat_family, check_query_docs, encode, truncate
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -70,7 +70,7 @@ except ImportError:
     pass
 
 
-class BlockRankReranker:
+class BlockRankReranker(BatchMixin):
     """BlockRank scoring with any Hugging Face Llama, Mistral or Qwen-style causal LM.
 
     Parameters
@@ -85,7 +85,8 @@ class BlockRankReranker:
                    "'| END ID: i'. Find the document that best answers the query.\nQuery: {query}\n")
 
     def __init__(self, model: Any, tokenizer: Any, *, layer: Optional[int] = None, query_offset: int = 8192,
-                 max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto") -> None:
+                 max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto",
+                 progress: bool = False) -> None:
         depth = model.config.num_hidden_layers
         self.layer = int(depth * 5 / 8) if layer is None else layer
         if not 0 <= self.layer < depth:
@@ -99,6 +100,7 @@ class BlockRankReranker:
             raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS)}")
         self.model, self.tokenizer = model, tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
+        self.progress = progress
 
     def build(self, query: str, docs: Sequence[str]):
         """(input ids [1, T], position ids [1, T], layout, document segment indices, query rows, truncated)."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import CHAT_TAGS, check_query_docs, Prompt, chat_family, encode, truncate
+from .prompts import CHAT_TAGS, BatchMixin, Prompt, chat_family, check_query_docs, encode, truncate
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -46,7 +46,7 @@ def _rank(scores: np.ndarray, k: int) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -key))[:k]
 
 
-class ICRReranker:
+class ICRReranker(BatchMixin):
     """Zero-shot reranking with any Hugging Face causal LM's attention.
 
     Parameters
@@ -147,20 +147,6 @@ class ICRReranker:
         k = len(scores) if k is None else k
         idx = _rank(scores, k)
         return RerankResult(idx, scores[idx], truncated)
-
-    def rerank_batch(self, queries: Sequence[str], docs: Sequence[Sequence[str]], k: Optional[int] = None) -> list[RerankResult]:
-        """One prompt per query (batch size 1 each); a progress bar with ``progress=True``."""
-        if len(queries) != len(docs):
-            raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
-        it = zip(queries, docs)
-        if self.progress:
-            try:
-                from tqdm import tqdm
-
-                it = tqdm(it, total=len(queries), desc="ICR")
-            except ImportError:
-                pass
-        return [self.rerank(q, d, k) for q, d in it]
 
 
 def icr_token_mass_eager(model: Any, tokenizer_ids: list[int], query_ids: list[int]) -> np.ndarray:

@@ -59,3 +59,24 @@ def check_query_docs(query: Any, docs: Any) -> list:
         if not isinstance(d, str):
             raise TypeError(f"document {i} must be str, got {type(d).__name__}")
     return docs
+
+
+class BatchMixin:
+    """``rerank_batch`` for rerankers with ``rerank(query, docs, k)``: one prompt per query, in order, with a
+    progress bar when ``self.progress`` is set (tqdm, if installed)."""
+
+    progress = False
+
+    def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list:
+        queries, docs = list(queries), list(docs)
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
+        it: Any = zip(queries, docs)
+        if self.progress:
+            try:
+                from tqdm import tqdm
+
+                it = tqdm(it, total=len(queries), desc=type(self).__name__)
+            except ImportError:
+                pass
+        return [self.rerank(q, d, k) for q, d in it]
