@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -172,7 +173,9 @@ def _rerank_run(args, ds, qids, texts, run):
     for q, text in zip(qids, texts):
         top = sorted(run[q].items(), key=lambda x: (-x[1], x[0]))[: args.rerank_depth]
         ids = [d for d, _ in top]
-        res = reranker.rerank(text, [doc_text[d] for d in ids])
+        with warnings.catch_warnings():  # truncation is reported once, in the JSON ("documents_truncated")
+            warnings.simplefilter("ignore", UserWarning)
+            res = reranker.rerank(text, [doc_text[d] for d in ids])
         n_trunc += len(res.truncated)
         # reranked documents first (scores above every first-stage score), the rest in first-stage order
         new = {ids[i]: float(len(ids) - r) + 1e6 for r, i in enumerate(res.indices)}
@@ -182,7 +185,8 @@ def _rerank_run(args, ds, qids, texts, run):
     after = evaluate(reranked, ds.qrels, ["ndcg@10"])["ndcg@10"]
     return {"reranker": args.reranker, "model": args.model, "rerank_depth": args.rerank_depth,
             "ndcg@10_before_rerank": round(before, 4), "ndcg@10_after_rerank": round(after, 4),
-            "rerank_s_per_query": round(seconds, 3), "documents_truncated": n_trunc}, reranked
+            "rerank_s_per_query": round(seconds, 3), "documents_truncated": n_trunc,
+            "max_doc_tokens": args.max_doc_tokens}, reranked
 
 
 def cmd_eval(args) -> int:
