@@ -96,7 +96,9 @@ struct WaveletBuild {
   uint32_t n_levels = 0;
 };
 
-// Builds the matrix for seq[0..n) with symbols < sigma.
+// Builds the matrix for seq[0..n) with symbols < sigma. One pass per level: each 64-bit word of the level's
+// bitvector is assembled in a register while the symbols are partitioned (branch-free) for the next level;
+// the number of zeros comes from the symbol histogram, so the ones' region is known before the pass.
 template <class Sym>
 WaveletBuild build_wavelet(std::vector<Sym> seq, uint32_t sigma) {
   WaveletBuild w;
@@ -104,18 +106,39 @@ WaveletBuild build_wavelet(std::vector<Sym> seq, uint32_t sigma) {
   while ((1ULL << levels) < sigma) ++levels;
   w.n_levels = levels;
   const uint64_t n = seq.size();
+  std::vector<uint64_t> hist(sigma, 0);
+  for (Sym s : seq) ++hist[s];
   std::vector<Sym> next(n);
   for (uint32_t l = 0; l < levels; ++l) {
     const uint32_t shift = levels - 1 - l;
-    w.lines.push_back(make_rank_lines(n, [&](uint64_t i) { return (seq[i] >> shift) & 1; }));
-    uint64_t z = 0;
-    for (uint64_t i = 0; i < n; ++i) z += !((seq[i] >> shift) & 1);
-    w.zeros.push_back(z);
+    uint64_t ones = 0;
+    for (uint64_t c = 0; c < sigma; ++c)
+      if ((c >> shift) & 1) ones += hist[c];
+    const uint64_t z = n - ones;
+    std::vector<RankLine> lines(lines_for(n));  // value-initialised: all zero
     uint64_t a = 0, b = z;
-    for (uint64_t i = 0; i < n; ++i) {
-      if ((seq[i] >> shift) & 1) next[b++] = seq[i];
-      else next[a++] = seq[i];
+    const Sym* src = seq.data();
+    Sym* dst = next.data();
+    for (uint64_t k = 0; k * 64 < n; ++k) {
+      const uint64_t i0 = k * 64, i1 = std::min<uint64_t>(n, i0 + 64);
+      uint64_t word = 0;
+      for (uint64_t i = i0; i < i1; ++i) {
+        const Sym s = src[i];
+        const uint64_t bit = (s >> shift) & 1;
+        word |= bit << (i - i0);
+        dst[bit ? b : a] = s;
+        a += bit ^ 1;
+        b += bit;
+      }
+      lines[k / 7].words[k % 7] = word;  // 448 = 7 x 64: words never straddle a line
     }
+    uint64_t before = 0;
+    for (auto& line : lines) {
+      line.before = before;
+      for (uint64_t x : line.words) before += popcount64(x);
+    }
+    w.lines.push_back(std::move(lines));
+    w.zeros.push_back(z);
     seq.swap(next);
   }
   // At the bottom equal symbols are contiguous: record where each run starts.
