@@ -149,6 +149,18 @@ void bind_fmindex(py::module_& m) {
              for (size_t i = 0; i < b.size(); ++i) out.append(py::make_tuple(to_numpy(docs[i]), to_numpy(counts[i])));
              return out;
            }, py::arg("tokens"), py::arg("offsets"), py::arg("limit"), py::arg("threads"))
+      .def("next_tokens", [](const PyFM& s, const Pattern& p) {
+             std::vector<uint32_t> toks;
+             std::vector<uint64_t> counts;
+             {
+               py::gil_scoped_release nogil;
+               s.ix->next_tokens(s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size()), toks, counts);
+             }
+             py::array_t<int64_t> t(toks.size()), c(counts.size());
+             std::copy(toks.begin(), toks.end(), t.mutable_data());
+             std::copy(counts.begin(), counts.end(), c.mutable_data());
+             return py::make_tuple(t, c);
+           }, py::arg("pattern"))
       .def("next_tokens_range", [](const PyFM& s, uint64_t sp, uint64_t ep) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
              std::vector<uint32_t> toks;

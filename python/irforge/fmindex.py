@@ -235,8 +235,8 @@ class FMIndex:
             sp, ep = prefix
         elif len(prefix) == 0:
             sp, ep = self.full_range()
-        else:
-            sp, ep = self.range(prefix)
+        else:  # one call: search and enumerate
+            return self._core.next_tokens(_pattern(prefix, self._byte_mode))
         toks, counts = self._core.next_tokens_range(int(sp), int(ep))
         return toks.astype(np.int64), counts.astype(np.int64)
 
