@@ -446,9 +446,6 @@ class Index {
     });
     return q;
   }
-  std::vector<QueryTerm> query_terms_text(std::string_view text) const {
-    return query_terms([&](auto&& emit) { st_->analyzer->analyze(text, emit); });
-  }
 
  private:
   std::shared_ptr<const Storage> st_;

@@ -320,19 +320,6 @@ class FMIndex {
     });
   }
 
-  // Text position in R of the suffix at row `row`.
-  uint64_t text_position(uint64_t row) const {
-    uint64_t steps = 0;
-    while (!sampled_.bit(row)) {
-      uint64_t rk;
-      const uint32_t c = wm_.access_rank(row, &rk);
-      row = C_[c] + rk;
-      ++steps;
-    }
-    return samples_[sampled_.rank1(row)] + steps;
-  }
-  // (document, offset in the original document) of an occurrence of a length-m pattern at row `row`.
-  Occurrence occurrence(uint64_t row, uint64_t m) const { return position_to_occurrence(text_position(row), m); }
 
   uint64_t doc_length(uint64_t d) const { return doc_start_[d + 1] - doc_start_[d] - 1; }
   void extract(uint64_t d, std::vector<uint32_t>& out) const {
