@@ -213,3 +213,86 @@ def test_damaged_files(tmp_path):
     BM25Index.build(["x"]).save(tmp_path / "bm25.irf")
     with pytest.raises(ValueError, match="magic"):
         FMIndex.load(tmp_path / "bm25.irf")
+
+
+def _check_corpus_against_numpy(fm, docs, rng, n_checks=40):
+    """Counts of every token, and counts / next tokens / occurrences of sampled n-grams, against a scan."""
+    flat = Counter(t for d in docs for t in d)
+    toks = sorted(flat)
+    assert fm.count_batch([[t] for t in toks]).tolist() == [flat[t] for t in toks]
+    for _ in range(n_checks):
+        d = int(rng.integers(0, len(docs)))
+        if not docs[d]:
+            continue
+        i = int(rng.integers(0, len(docs[d])))
+        check_pattern(fm, docs, docs[d][i:i + int(rng.integers(1, 4))])
+
+
+def test_skewed_frequencies_give_deep_codes():
+    """Fibonacci-like frequencies make the Huffman-shaped wavelet matrix 20+ levels deep; rare symbols sit at
+    the bottom and must still count, locate, extract and enumerate exactly."""
+    rng = np.random.default_rng(7)
+    fib = [1, 1]
+    while len(fib) < 24:
+        fib.append(fib[-1] + fib[-2])
+    tokens = np.repeat(np.arange(24) * 3 + 1, fib)  # ids 1, 4, 7, ...: gaps in the alphabet
+    rng.shuffle(tokens)
+    cuts = np.sort(rng.choice(len(tokens), size=400, replace=False))
+    docs = [d.tolist() for d in np.split(tokens, cuts)]
+    fm = FMIndex.build(docs)
+    _check_corpus_against_numpy(fm, docs, rng)
+    check_pattern(fm, docs, [1])  # the rarest symbol, deepest code
+    check_pattern(fm, docs, [4, 70])
+    for d in rng.integers(0, len(docs), size=20):
+        assert fm.extract(int(d)).tolist() == docs[int(d)]
+
+
+def test_alphabet_above_16_bits(tmp_path):
+    """More than 65,534 distinct ids: the 32-bit symbol path, with ids far apart."""
+    rng = np.random.default_rng(3)
+    ids = rng.choice(2**31, size=70_000, replace=False).astype(np.int64)
+    tokens = np.concatenate([ids, rng.choice(ids[:500], size=30_000)])
+    rng.shuffle(tokens)
+    docs = [d.tolist() for d in np.array_split(tokens, 1000)]
+    fm = FMIndex.build(docs)
+    assert fm.alphabet_size == 70_000
+    _check_corpus_against_numpy(fm, docs, rng, n_checks=15)
+    fm.save(tmp_path / "big.irx")
+    g = FMIndex.load(tmp_path / "big.irx")
+    for d in (0, 499, 999):
+        assert g.extract(d).tolist() == docs[d]
+
+
+def test_document_dtypes_mix():
+    """uint16, uint32, int64 arrays and lists in one corpus index the same as plain lists."""
+    docs = [[5, 6, 7, 2], [6, 7, 8, 2], [5, 6, 2], [70000, 6]]
+    mixed = [np.array(docs[0], dtype=np.uint16), np.array(docs[1], dtype=np.uint32), np.array(docs[2]), docs[3]]
+    a, b = FMIndex.build(docs), FMIndex.build(mixed)
+    for p in ([6], [6, 7], [70000], [2]):
+        assert a.locate(p).tolist() == b.locate(p).tolist()
+    assert [b.extract(d).tolist() for d in range(4)] == docs
+    small = [np.array(d, dtype=np.uint32) for d in docs[:3]]  # uint32 input with small ids is read in place
+    assert FMIndex.build(small).next_tokens([6])[0].tolist() == [2, 7]
+
+
+def test_inconsistent_code_lengths_are_rejected(tmp_path):
+    """With checksums off, a structurally wrong code-length table is still caught before use."""
+    import struct
+
+    fm = FMIndex.build([[1, 2, 3, 1, 2], [3, 3, 4]])
+    path = tmp_path / "fm.irx"
+    fm.save(path)
+    data = bytearray(path.read_bytes())
+    n_sections = struct.unpack_from("<I", data, 12)[0]
+    for k in range(n_sections):
+        sid, _, off, size, _ = struct.unpack_from("<IIQQQ", data, 24 + 32 * k)
+        if sid == 4:  # code lengths: one byte per symbol
+            break
+    else:
+        raise AssertionError("no code-length section")
+    for value in (0, 60, 1):
+        bad = bytearray(data)
+        bad[off:off + size] = bytes([value]) * size
+        (tmp_path / "bad.irx").write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match="code"):
+            FMIndex.load(tmp_path / "bad.irx", verify=False)

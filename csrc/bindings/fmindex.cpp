@@ -73,15 +73,32 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
 
 void bind_fmindex(py::module_& m) {
   py::class_<PyFM>(m, "FMIndex")
-      .def_static("build", [](py::array_t<uint32_t, py::array::c_style | py::array::forcecast> tokens,
-                              py::array_t<uint64_t, py::array::c_style | py::array::forcecast> offsets,
-                              uint32_t sample_rate, bool byte_mode) {
-             const uint64_t n_docs = offsets.size() - 1;
-             const uint32_t* t = tokens.data();
-             const uint64_t* o = offsets.data();
+      .def_static("build", [](py::list docs, uint32_t sample_rate, bool byte_mode) {
+             // Documents: C-contiguous uint16 arrays (a vocabulary below 65,536) or uint32 arrays, all of one
+             // dtype, read where they lie: no concatenated or widened copy of the corpus.
+             const size_t n_docs = docs.size();
+             std::vector<py::array> keep(n_docs);
+             std::vector<const void*> ptrs(n_docs);
+             std::vector<uint64_t> lens(n_docs);
+             bool wide = false;
+             for (size_t d = 0; d < n_docs; ++d) {
+               py::array a = py::reinterpret_borrow<py::array>(docs[d]);
+               const bool u16 = py::isinstance<py::array_t<uint16_t>>(a), u32 = py::isinstance<py::array_t<uint32_t>>(a);
+               if (a.ndim() != 1 || !(a.flags() & py::array::c_style) || !(u16 || u32))
+                 throw py::type_error("document " + std::to_string(d) + " must be a contiguous 1-D uint16 or uint32 array");
+               if (d == 0) wide = u32;
+               else if (wide != u32) throw py::type_error("documents must all have the same dtype");
+               keep[d] = a;
+               ptrs[d] = a.data();
+               lens[d] = static_cast<uint64_t>(a.size());
+             }
              py::gil_scoped_release nogil;
-             return PyFM{std::make_shared<FMIndex>(FMIndex::build(t, o, n_docs, sample_rate, byte_mode))};
-           }, py::arg("tokens"), py::arg("offsets"), py::arg("sample_rate"), py::arg("byte_mode"))
+             if (wide)
+               return PyFM{std::make_shared<FMIndex>(FMIndex::build(reinterpret_cast<const uint32_t* const*>(ptrs.data()),
+                                                                    lens.data(), n_docs, sample_rate, byte_mode))};
+             return PyFM{std::make_shared<FMIndex>(FMIndex::build(reinterpret_cast<const uint16_t* const*>(ptrs.data()),
+                                                                  lens.data(), n_docs, sample_rate, byte_mode))};
+           }, py::arg("docs"), py::arg("sample_rate"), py::arg("byte_mode"))
       .def_static("load", [](const std::string& path, bool mmap, bool verify) {
              py::gil_scoped_release nogil;
              return PyFM{std::make_shared<FMIndex>(FMIndex::load(path, mmap, verify))};

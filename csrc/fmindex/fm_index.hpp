@@ -4,11 +4,14 @@
 //
 // Text R = rev(d_0) 1 rev(d_1) 1 ... rev(d_{D-1}) 1 0 over dense symbols: 0 the sentinel, 1 the document
 // separator, 2 + rank of the token id among the distinct ids. Suffix array by SA-IS; BWT in a wavelet
-// matrix; suffix array sampled at text positions that are multiples of `sample_rate`; document starts for
-// positions -> (document, offset).
+// Huffman-shaped wavelet matrix; suffix array sampled at text positions that are multiples of `sample_rate`
+// (bit-packed, found through a rank bitvector over the rows); bit-packed document starts for positions ->
+// (document, offset).
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -22,12 +25,11 @@
 namespace irforge::fm {
 
 inline constexpr char kMagic[9] = "IRFFMIX\x1a";
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;
 inline constexpr uint64_t kMaxTokenId = 0xFFFFFFFDull;  // ids + 2 must fit in 32 bits
 
 enum SectionId : uint32_t {
-  kSecMeta = 1, kSecAlphabet, kSecC, kSecBottom, kSecZeros, kSecLevels, kSecSampledBits, kSecSamples,
-  kSecDocStart, kSecSepRow
+  kSecMeta = 1, kSecAlphabet, kSecC, kSecCodeLen, kSecLevels, kSecSampledBits, kSecSamples, kSecDocStart, kSecSepRow
 };
 
 struct Meta {
@@ -35,10 +37,13 @@ struct Meta {
   uint64_t n_docs;
   uint64_t n_tokens;   // tokens in all documents
   uint32_t sigma;      // dense alphabet size (distinct ids + 2)
-  uint32_t n_levels;
+  uint32_t n_levels;   // longest code
   uint32_t sample_rate;
   uint32_t byte_mode;  // built from UTF-8 strings
-  uint32_t reserved[8];
+  uint32_t sample_width;  // bits per stored sample (text position / sample_rate)
+  uint32_t pos_width;     // bits per document start, separator row and C entry
+  uint32_t id_width;      // bits per alphabet entry (token id)
+  uint32_t reserved[5];
 };
 
 struct Range {
@@ -52,32 +57,40 @@ struct Occurrence {
 
 class FMIndex {
  public:
-  // Documents are tokens[offsets[d] .. offsets[d+1]) with ids <= kMaxTokenId.
-  static FMIndex build(const uint32_t* tokens, const uint64_t* offsets, uint64_t n_docs, uint32_t sample_rate,
+  // Document d is docs[d][0 .. lens[d]), ids <= kMaxTokenId. The documents are read where they lie (no
+  // concatenated copy of the corpus).
+  template <class Tok>
+  static FMIndex build(const Tok* const* docs, const uint64_t* lens, uint64_t n_docs, uint32_t sample_rate,
                        bool byte_mode) {
     if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index over an empty corpus");
     if (sample_rate == 0) throw std::invalid_argument("sample_rate must be positive");
     FMIndex ix;
     auto& o = ix.own_;
-    const uint64_t L = offsets[n_docs] - offsets[0];
+    uint64_t L = 0;
+    for (uint64_t d = 0; d < n_docs; ++d) L += lens[d];
+    auto each_token = [&](auto&& f) {
+      for (uint64_t d = 0; d < n_docs; ++d)
+        for (uint64_t i = 0; i < lens[d]; ++i) f(docs[d][i]);
+    };
     const uint64_t n = L + n_docs + 1;
     // Dense alphabet: a presence table when ids are small (the common case: a tokenizer's vocabulary),
     // else sort a copy.
-    uint32_t max_id = 0;
-    for (uint64_t i = offsets[0]; i < offsets[n_docs]; ++i) max_id = std::max(max_id, tokens[i]);
+    uint64_t max_id = 0;
+    each_token([&](Tok t) { max_id = std::max<uint64_t>(max_id, t); });
+    if (max_id > kMaxTokenId)
+      throw std::invalid_argument("token id " + std::to_string(max_id) + " is above the largest supported id " +
+                                  std::to_string(kMaxTokenId));
     if (max_id < (1u << 26)) {
       std::vector<uint8_t> seen(static_cast<size_t>(max_id) + 1, 0);
-      for (uint64_t i = offsets[0]; i < offsets[n_docs]; ++i) seen[tokens[i]] = 1;
+      each_token([&](Tok t) { seen[t] = 1; });
       for (uint32_t t = 0; t <= max_id && L > 0; ++t)
         if (seen[t]) o.alphabet.push_back(t);
     } else {
-      o.alphabet.assign(tokens + offsets[0], tokens + offsets[n_docs]);
+      o.alphabet.reserve(L);
+      each_token([&](Tok t) { o.alphabet.push_back(static_cast<uint32_t>(t)); });
       std::sort(o.alphabet.begin(), o.alphabet.end());
       o.alphabet.erase(std::unique(o.alphabet.begin(), o.alphabet.end()), o.alphabet.end());
     }
-    if (!o.alphabet.empty() && o.alphabet.back() > kMaxTokenId)
-      throw std::invalid_argument("token id " + std::to_string(o.alphabet.back()) + " is above the largest supported id " +
-                                  std::to_string(kMaxTokenId));
     const uint64_t sigma = o.alphabet.size() + 2;
     Meta& m = ix.meta_;
     m = Meta{};
@@ -87,8 +100,11 @@ class FMIndex {
     m.sigma = static_cast<uint32_t>(sigma);
     m.sample_rate = sample_rate;
     m.byte_mode = byte_mode;
-    if (sigma <= 0x10000) ix.build_with<uint16_t>(tokens, offsets);
-    else ix.build_with<uint32_t>(tokens, offsets);
+    m.sample_width = bits_for((n - 1) / sample_rate);
+    m.pos_width = bits_for(n);
+    m.id_width = bits_for(o.alphabet.empty() ? 0 : o.alphabet.back());
+    if (sigma <= 0x10000) ix.build_with<uint16_t>(docs, lens);
+    else ix.build_with<uint32_t>(docs, lens);
     ix.finish_views();
     return ix;
   }
@@ -102,56 +118,88 @@ class FMIndex {
     if (nm != 1) throw bad("bad meta section");
     ix.meta_ = *meta;
     const Meta& m = ix.meta_;
-    if (m.n_docs == 0 || m.n != m.n_tokens + m.n_docs + 1 || m.sigma < 2 || m.sample_rate == 0 || m.n_levels > 32 ||
-        (1ULL << m.n_levels) < m.sigma)
+    if (m.n_docs == 0 || m.n != m.n_tokens + m.n_docs + 1 || m.sigma < 2 || m.sample_rate == 0 ||
+        m.n_levels == 0 || m.n_levels > kMaxCodeLen || m.sample_width != bits_for((m.n - 1) / m.sample_rate) ||
+        m.pos_width != bits_for(m.n) || m.id_width == 0 || m.id_width > 32)
       throw bad("inconsistent sizes in the header");
     auto expect = [&](size_t got, uint64_t want, const char* name) {
       if (got != want) throw bad(std::string("section ") + name + " has " + std::to_string(got) + " entries, expected " + std::to_string(want));
     };
     size_t cnt;
-    std::tie(ix.alphabet_, cnt) = f.get<uint32_t>(kSecAlphabet, "alphabet");
-    expect(cnt, m.sigma - 2, "alphabet");
-    std::tie(ix.C_, cnt) = f.get<uint64_t>(kSecC, "C");
-    expect(cnt, m.sigma + 1, "C");
-    std::tie(ix.bottom_, cnt) = f.get<uint64_t>(kSecBottom, "bottom");
-    expect(cnt, m.sigma, "bottom");
-    std::tie(ix.zeros_, cnt) = f.get<uint64_t>(kSecZeros, "zeros");
-    expect(cnt, m.n_levels, "zeros");
-    const RankLine* lv;
-    std::tie(lv, cnt) = f.get<RankLine>(kSecLevels, "levels");
-    const uint64_t per_level = lines_for(m.n);
-    expect(cnt, per_level * m.n_levels, "levels");
-    const RankLine* sb;
-    std::tie(sb, cnt) = f.get<RankLine>(kSecSampledBits, "sampled");
-    expect(cnt, per_level, "sampled");
-    const uint64_t n_samples = (m.n - 1) / m.sample_rate + 1;
-    std::tie(ix.samples_, cnt) = f.get<uint64_t>(kSecSamples, "samples");
-    expect(cnt, n_samples, "samples");
-    std::tie(ix.doc_start_, cnt) = f.get<uint64_t>(kSecDocStart, "doc_start");
-    expect(cnt, m.n_docs + 1, "doc_start");
-    std::tie(ix.sep_row_, cnt) = f.get<uint64_t>(kSecSepRow, "sep_row");
-    expect(cnt, m.n_docs, "sep_row");
-    // Structural checks, linear in the alphabet, documents and samples.
+    const uint64_t* words;
+    std::tie(words, cnt) = f.get<uint64_t>(kSecAlphabet, "alphabet");
+    expect(cnt, packed_words(m.sigma - 2, m.id_width), "alphabet");
+    ix.own_.alphabet.resize(m.sigma - 2);
+    for (uint64_t c = 0; c + 2 < m.sigma; ++c) ix.own_.alphabet[c] = static_cast<uint32_t>(PackedView{words, m.id_width}.get(c));
+    std::tie(words, cnt) = f.get<uint64_t>(kSecC, "C");
+    expect(cnt, packed_words(m.sigma + 1, m.pos_width), "C");
+    ix.own_.C.resize(m.sigma + 1ull);
+    for (uint64_t c = 0; c <= m.sigma; ++c) ix.own_.C[c] = PackedView{words, m.pos_width}.get(c);
+    ix.alphabet_ = ix.own_.alphabet.data();
+    ix.C_ = ix.own_.C.data();
+    const uint8_t* lens;
+    std::tie(lens, cnt) = f.get<uint8_t>(kSecCodeLen, "code lengths");
+    expect(cnt, m.sigma, "code lengths");
     if (ix.C_[0] != 0 || ix.C_[m.sigma] != m.n) throw bad("C table does not cover the text");
+    std::vector<uint64_t> counts(m.sigma);
     for (uint64_t c = 0; c < m.sigma; ++c) {
-      if (ix.C_[c + 1] < ix.C_[c]) throw bad("C table is not increasing");
-      if (ix.bottom_[c] > m.n) throw bad("bottom table out of range");
+      if (ix.C_[c + 1] <= ix.C_[c]) throw bad("C table is not strictly increasing");
+      counts[c] = ix.C_[c + 1] - ix.C_[c];
     }
+    if (counts[0] != 1 || counts[1] != m.n_docs) throw bad("C table does not match the documents");
     for (uint64_t c = 1; c + 2 < m.sigma; ++c)
       if (ix.alphabet_[c] <= ix.alphabet_[c - 1]) throw bad("alphabet is not strictly increasing");
-    for (uint32_t l = 0; l < m.n_levels; ++l)
-      if (ix.zeros_[l] > m.n) throw bad("wavelet level out of range");
-    if (ix.doc_start_[0] != 0 || ix.doc_start_[m.n_docs] != m.n - 1) throw bad("document starts do not cover the text");
+    if (m.sigma > 2 && ix.alphabet_[m.sigma - 3] > kMaxTokenId) throw bad("token id out of range");
+    try {
+      ix.shape_ = make_shape(lens, counts.data(), m.sigma);
+    } catch (const std::invalid_argument& e) {
+      throw bad(e.what());
+    }
+    if (ix.shape_.n_levels != m.n_levels) throw bad("code lengths do not match the header");
+    const RankLine* lv;
+    std::tie(lv, cnt) = f.get<RankLine>(kSecLevels, "levels");
+    uint64_t want_lines = 0;
+    for (uint64_t x : ix.shape_.level_n) want_lines += lines_for(x);
+    expect(cnt, want_lines, "levels");
+    const RankLine* sb;
+    std::tie(sb, cnt) = f.get<RankLine>(kSecSampledBits, "sampled");
+    expect(cnt, lines_for(m.n), "sampled");
+    const uint64_t n_samples = (m.n - 1) / m.sample_rate + 1;
+    std::tie(words, cnt) = f.get<uint64_t>(kSecSamples, "samples");
+    expect(cnt, packed_words(n_samples, m.sample_width), "samples");
+    ix.samples_ = PackedView{words, m.sample_width};
+    std::tie(words, cnt) = f.get<uint64_t>(kSecDocStart, "doc_start");
+    expect(cnt, packed_words(m.n_docs + 1, m.pos_width), "doc_start");
+    ix.doc_start_ = PackedView{words, m.pos_width};
+    std::tie(words, cnt) = f.get<uint64_t>(kSecSepRow, "sep_row");
+    expect(cnt, packed_words(m.n_docs, m.pos_width), "sep_row");
+    ix.sep_row_ = PackedView{words, m.pos_width};
+    // Structural checks, linear in the alphabet, documents and samples.
+    if (ix.doc_start_.get(0) != 0 || ix.doc_start_.get(m.n_docs) != m.n - 1) throw bad("document starts do not cover the text");
     for (uint64_t d = 0; d < m.n_docs; ++d) {
-      if (ix.doc_start_[d + 1] <= ix.doc_start_[d]) throw bad("document starts are not increasing");
-      if (ix.sep_row_[d] >= m.n) throw bad("separator row out of range");
+      if (ix.doc_start_.get(d + 1) <= ix.doc_start_.get(d)) throw bad("document starts are not increasing");
+      if (ix.sep_row_.get(d) < ix.C_[1] || ix.sep_row_.get(d) >= ix.C_[2]) throw bad("separator row out of range");
     }
     for (uint64_t i = 0; i < n_samples; ++i)
-      if (ix.samples_[i] >= m.n || ix.samples_[i] % m.sample_rate != 0) throw bad("suffix array sample out of range");
+      if (ix.samples_.get(i) >= n_samples) throw bad("suffix array sample out of range");
+    ix.supers_.clear();
+    uint64_t at = 0;
+    for (uint32_t d = 0; d < m.n_levels; ++d) {
+      ix.supers_.push_back(supers_of(lv + at, ix.shape_.level_n[d]));
+      at += lines_for(ix.shape_.level_n[d]);
+    }
+    ix.supers_.push_back(supers_of(sb, m.n));
     ix.level_bits_.resize(m.n_levels);
-    for (uint32_t l = 0; l < m.n_levels; ++l) ix.level_bits_[l] = RankBits{lv + l * per_level, m.n};
-    ix.sampled_ = RankBits{sb, m.n};
+    at = 0;
+    for (uint32_t d = 0; d < m.n_levels; ++d) {
+      ix.level_bits_[d] = RankBits{lv + at, ix.supers_[d].data(), ix.shape_.level_n[d]};
+      at += lines_for(ix.shape_.level_n[d]);
+    }
+    ix.sampled_ = RankBits{sb, ix.supers_.back().data(), m.n};
     if (ix.sampled_.rank1(m.n) != n_samples) throw bad("sample bitvector does not match the samples");
+    for (uint32_t d = 0; d < m.n_levels; ++d)
+      if (ix.level_bits_[d].rank1(ix.shape_.level_n[d]) != ix.shape_.level_n[d] - ix.shape_.zeros[d])
+        throw bad("wavelet level " + std::to_string(d) + " does not match the symbol counts");
     ix.finish_views();
     return ix;
   }
@@ -159,17 +207,19 @@ class FMIndex {
   void save(const std::string& path) const {
     SectionWriter w;
     w.add(kSecMeta, &meta_, sizeof(meta_));
-    w.add(kSecAlphabet, alphabet_, (meta_.sigma - 2) * 4ull);
-    w.add(kSecC, C_, (meta_.sigma + 1ull) * 8);
-    w.add(kSecBottom, bottom_, meta_.sigma * 8ull);
-    w.add(kSecZeros, zeros_, meta_.n_levels * 8ull);
+    w.add_vector(kSecAlphabet, pack(std::vector<uint64_t>(own_.alphabet.begin(), own_.alphabet.end()), meta_.id_width));
+    w.add_vector(kSecC, pack(own_.C, meta_.pos_width));
+    std::vector<uint8_t> lens(meta_.sigma);
+    for (uint64_t c = 0; c < meta_.sigma; ++c) lens[c] = static_cast<uint8_t>(shape_.sym[c].len);
+    w.add_vector(kSecCodeLen, lens);
     std::vector<RankLine> lv;
-    for (const auto& b : level_bits_) lv.insert(lv.end(), b.lines, b.lines + lines_for(meta_.n));
+    for (const auto& b : level_bits_) lv.insert(lv.end(), b.lines, b.lines + lines_for(b.n));
     w.add_vector(kSecLevels, lv);
+    std::vector<RankLine>().swap(lv);
     w.add(kSecSampledBits, sampled_.lines, lines_for(meta_.n) * sizeof(RankLine));
-    w.add(kSecSamples, samples_, ((meta_.n - 1) / meta_.sample_rate + 1) * 8);
-    w.add(kSecDocStart, doc_start_, (meta_.n_docs + 1) * 8);
-    w.add(kSecSepRow, sep_row_, meta_.n_docs * 8);
+    w.add(kSecSamples, samples_.words, packed_words((meta_.n - 1) / meta_.sample_rate + 1, meta_.sample_width) * 8);
+    w.add(kSecDocStart, doc_start_.words, packed_words(meta_.n_docs + 1, meta_.pos_width) * 8);
+    w.add(kSecSepRow, sep_row_.words, packed_words(meta_.n_docs, meta_.pos_width) * 8);
     w.write(path, kMagic, kFormatVersion);
   }
 
@@ -179,7 +229,8 @@ class FMIndex {
 
   // Dense symbol of a token id, or 0 if the id never occurs.
   uint32_t dense(uint64_t id) const {
-    if (id > kMaxTokenId) return 0;
+    if (id < id2sym_.size()) return id2sym_[id];
+    if (!id2sym_.empty() || id > kMaxTokenId) return 0;
     const uint32_t* end = alphabet_ + (meta_.sigma - 2);
     const uint32_t* p = std::lower_bound(alphabet_, end, static_cast<uint32_t>(id));
     return (p != end && *p == id) ? static_cast<uint32_t>(p - alphabet_) + 2 : 0;
@@ -200,96 +251,128 @@ class FMIndex {
     return r;
   }
 
-  // Counts of many patterns: patterns[i] = tokens[off[i] .. off[i+1]). Patterns advance in groups, level by
-  // level, prefetching every member's next cache lines before using any: the misses of one backward-search
-  // step overlap across patterns instead of running one after another.
+  // Counts of many patterns: patterns[i] = tokens[off[i] .. off[i+1]). G lanes each carry one pattern and
+  // advance one wavelet level per round, prefetching the lines of their next level as soon as they know them;
+  // a lane that finishes takes the next pattern. The misses of different patterns overlap.
   void count_many(const uint64_t* tokens, const int64_t* off, size_t n, int64_t* out) const {
     constexpr size_t G = 16;
-    for (size_t g0 = 0; g0 < n; g0 += G) {
-      const size_t g = std::min(G, n - g0);
-      Range r[G];
-      size_t pos[G];
-      uint32_t c[G];
-      bool live[G];
-      for (size_t t = 0; t < g; ++t) {
-        r[t] = full();
-        pos[t] = static_cast<size_t>(off[g0 + t]);
-        live[t] = pos[t] < static_cast<size_t>(off[g0 + t + 1]);
-        if (!live[t]) r[t] = {0, 0};  // empty patterns are rejected above; count 0 here
-      }
+    struct Lane {
+      size_t pat, pos, end;
+      uint64_t sp, ep;
+      uint32_t c, d;
+      bool live;
+    };
+    Lane lane[G];
+    size_t next = 0, active = 0;
+    // Loads the next token of lane l (or finishes it); returns whether it still runs.
+    auto load = [&](Lane& l) {
       while (true) {
-        size_t active = 0;
-        for (size_t t = 0; t < g; ++t) {
-          if (!live[t]) continue;
-          c[t] = dense(tokens[pos[t]]);
-          if (c[t] == 0 || r[t].sp >= r[t].ep) {
-            r[t] = {0, 0};
-            live[t] = false;
-          } else {
-            ++active;
-          }
+        if (l.pos == l.end || l.sp >= l.ep) {
+          out[l.pat] = static_cast<int64_t>(l.pos == l.end ? l.ep - l.sp : 0);
+          return false;
         }
-        if (active == 0) break;
-        for (uint32_t l = 0; l < meta_.n_levels; ++l) {
-          for (size_t t = 0; t < g; ++t)
-            if (live[t]) {
-              wm_.prefetch(l, r[t].sp);
-              wm_.prefetch(l, r[t].ep);
-            }
-          const uint32_t shift = meta_.n_levels - 1 - l;
-          for (size_t t = 0; t < g; ++t)
-            if (live[t]) wm_.step2(l, (c[t] >> shift) & 1, &r[t].sp, &r[t].ep);
+        l.c = dense(tokens[l.pos]);
+        if (l.c == 0) {
+          l.sp = l.ep = 0;
+          continue;
         }
-        for (size_t t = 0; t < g; ++t) {
-          if (!live[t]) continue;
-          r[t] = {C_[c[t]] + (r[t].sp - bottom_[c[t]]), C_[c[t]] + (r[t].ep - bottom_[c[t]])};
-          if (++pos[t] == static_cast<size_t>(off[g0 + t + 1])) live[t] = false;
-        }
+        l.d = 0;
+        wm_.prefetch(0, l.sp);
+        wm_.prefetch(0, l.ep);
+        return true;
       }
-      for (size_t t = 0; t < g; ++t) out[g0 + t] = static_cast<int64_t>(r[t].size());
+    };
+    auto start = [&](Lane& l) {
+      while (next < n) {
+        l.pat = next++;
+        l.pos = static_cast<size_t>(off[l.pat]);
+        l.end = static_cast<size_t>(off[l.pat + 1]);
+        l.sp = 0;
+        l.ep = meta_.n;
+        if (l.pos == l.end) {  // empty patterns are rejected above; count 0 here
+          out[l.pat] = 0;
+          continue;
+        }
+        if (load(l)) return true;
+      }
+      return false;
+    };
+    for (size_t t = 0; t < G; ++t) {
+      lane[t].live = start(lane[t]);
+      active += lane[t].live;
+    }
+    while (active > 0) {
+      for (size_t t = 0; t < G; ++t) {
+        Lane& l = lane[t];
+        if (!l.live) continue;
+        const SymCode& s = shape_.sym[l.c];
+        wm_.step2(l.d, (s.code >> l.d) & 1, &l.sp, &l.ep);
+        if (++l.d < s.len) {
+          wm_.prefetch(l.d, l.sp);
+          wm_.prefetch(l.d, l.ep);
+          continue;
+        }
+        l.sp += s.lf;
+        l.ep += s.lf;
+        ++l.pos;
+        if (!load(l) && !(l.live = start(l))) --active;
+      }
     }
   }
 
-  // Text positions (in R) of many suffix-array rows, walked to their samples in interleaved groups.
+  // Text positions (in R) of many suffix-array rows: each row walks LF until it meets a sampled text position.
+  // G lanes interleave the walks level by level with prefetches, as in count_many; a row's sample-bit line and
+  // its first wavelet line are fetched together, and the first level is taken in the round that finds the row
+  // unsampled.
   void text_positions(const uint64_t* rows, size_t n, uint64_t* out) const {
     constexpr size_t G = 16;
-    for (size_t g0 = 0; g0 < n; g0 += G) {
-      const size_t g = std::min(G, n - g0);
-      uint64_t row[G], steps[G];
-      bool live[G];
-      for (size_t t = 0; t < g; ++t) {
-        row[t] = rows[g0 + t];
-        steps[t] = 0;
-        live[t] = true;
-      }
-      while (true) {
-        for (size_t t = 0; t < g; ++t)
-          if (live[t]) __builtin_prefetch(&sampled_.lines[row[t] / kBitsPerLine]);
-        size_t active = 0;
-        for (size_t t = 0; t < g; ++t) {
-          if (!live[t]) continue;
-          if (sampled_.bit(row[t])) {
-            out[g0 + t] = samples_[sampled_.rank1(row[t])] + steps[t];
-            live[t] = false;
-          } else {
-            ++active;
+    struct Lane {
+      size_t k;
+      uint64_t row, steps, i, idx;
+      uint32_t d;
+      bool live;
+    };
+    Lane lane[G];
+    size_t next = 0, active = 0;
+    auto begin_row = [&](Lane& l) {
+      l.i = l.row;
+      l.idx = 0;
+      l.d = 0;
+      sampled_.prefetch(l.row);
+      wm_.prefetch(0, l.row);
+    };
+    auto start = [&](Lane& l) {
+      if (next >= n) return false;
+      l.k = next++;
+      l.row = rows[l.k];
+      l.steps = 0;
+      begin_row(l);
+      return true;
+    };
+    for (size_t t = 0; t < G; ++t) {
+      lane[t].live = start(lane[t]);
+      active += lane[t].live;
+    }
+    while (active > 0) {
+      for (size_t t = 0; t < G; ++t) {
+        Lane& l = lane[t];
+        if (!l.live) continue;
+        if (l.d == 0) {
+          uint64_t r;
+          if (sampled_.bit_rank1(l.row, &r)) {
+            out[l.k] = samples_.get(r) * meta_.sample_rate + l.steps;
+            if (!(l.live = start(l))) --active;
+            continue;
           }
         }
-        if (active == 0) break;
-        uint32_t c[G] = {};
-        uint64_t i[G];
-        for (size_t t = 0; t < g; ++t) i[t] = row[t];
-        for (uint32_t l = 0; l < meta_.n_levels; ++l) {
-          for (size_t t = 0; t < g; ++t)
-            if (live[t]) wm_.prefetch(l, i[t]);
-          for (size_t t = 0; t < g; ++t)
-            if (live[t]) wm_.step1(l, &i[t], &c[t]);
+        const int64_t leaf = wm_.step1(l.d, &l.i, &l.idx);
+        if (leaf < 0) {
+          wm_.prefetch(++l.d, l.i);
+          continue;
         }
-        for (size_t t = 0; t < g; ++t)
-          if (live[t]) {
-            row[t] = C_[c[t]] + (i[t] - bottom_[c[t]]);
-            ++steps[t];
-          }
+        l.row = l.i + wm_.leaf_lf[leaf];
+        ++l.steps;
+        begin_row(l);
       }
     }
   }
@@ -302,44 +385,55 @@ class FMIndex {
     for (uint64_t k = 0; k < rows.size(); ++k) out[k] = position_to_occurrence(pos[k], m);
   }
   Occurrence position_to_occurrence(uint64_t p, uint64_t m) const {
-    const uint64_t* it = std::upper_bound(doc_start_, doc_start_ + meta_.n_docs + 1, p);
-    const uint64_t d = static_cast<uint64_t>(it - doc_start_) - 1;
-    const uint64_t len = doc_start_[d + 1] - doc_start_[d] - 1;
-    return {d, len - (p - doc_start_[d]) - m};
+    // The last d with doc_start[d] <= p: first among every 64th start (a small array that stays in cache),
+    // then among the 64 packed starts of that block.
+    const uint64_t b = static_cast<uint64_t>(std::upper_bound(doc_top_.begin(), doc_top_.end(), p) - doc_top_.begin()) - 1;
+    uint64_t lo = b * kDocTopEvery, hi = std::min<uint64_t>(meta_.n_docs, lo + kDocTopEvery);
+    while (hi - lo > 1) {
+      const uint64_t mid = (lo + hi) / 2;
+      if (doc_start_.get(mid) <= p) lo = mid;
+      else hi = mid;
+    }
+    const uint64_t s = doc_start_.get(lo), len = doc_start_.get(lo + 1) - s - 1;
+    return {lo, len - (p - s) - m};
   }
 
   // Distinct tokens following the pattern whose range is r, with counts, increasing token id.
   void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
-    tokens.clear();
-    counts.clear();
+    thread_local std::vector<std::pair<uint32_t, uint64_t>> found;
+    found.clear();
     wm_.distinct(r.sp, r.ep, [&](uint32_t c, uint64_t k) {
-      if (c >= 2) {
-        tokens.push_back(token_of(c));
-        counts.push_back(k);
-      }
+      if (c >= 2) found.emplace_back(c, k);
     });
-  }
-
-
-  uint64_t doc_length(uint64_t d) const { return doc_start_[d + 1] - doc_start_[d] - 1; }
-  void extract(uint64_t d, std::vector<uint32_t>& out) const {
-    const uint64_t len = doc_length(d);
-    out.resize(len);
-    uint64_t row = sep_row_[d];
-    for (uint64_t i = 0; i < len; ++i) {
-      uint64_t rk;
-      const uint32_t c = wm_.access_rank(row, &rk);
-      if (c < 2) throw FormatError("corrupt index: document " + std::to_string(d) + " ends early");
-      out[i] = token_of(c);
-      row = C_[c] + rk;
+    std::sort(found.begin(), found.end());
+    tokens.resize(found.size());
+    counts.resize(found.size());
+    for (size_t k = 0; k < found.size(); ++k) {
+      tokens[k] = token_of(found[k].first);
+      counts[k] = found[k].second;
     }
   }
 
+  uint64_t doc_length(uint64_t d) const { return doc_start_.get(d + 1) - doc_start_.get(d) - 1; }
+  void extract(uint64_t d, std::vector<uint32_t>& out) const {
+    const uint64_t len = doc_length(d);
+    out.resize(len);
+    uint64_t row = sep_row_.get(d);
+    for (uint64_t i = 0; i < len; ++i) {
+      const uint32_t c = wm_.access_lf(row, &row);
+      if (c < 2) throw FormatError("corrupt index: document " + std::to_string(d) + " ends early");
+      out[i] = token_of(c);
+    }
+  }
+
+  // Bytes of the saved index (the file, less its header and alignment).
   uint64_t size_bytes() const {
-    const uint64_t lines = lines_for(meta_.n);
-    return sizeof(Meta) + (meta_.sigma - 2) * 4ull + (meta_.sigma + 1ull) * 8 + meta_.sigma * 8ull +
-           (meta_.n_levels + 1) * lines * 64 + ((meta_.n - 1) / meta_.sample_rate + 1) * 8 +
-           (meta_.n_docs * 2 + 1) * 8;
+    uint64_t lines = lines_for(meta_.n);
+    for (const auto& b : level_bits_) lines += lines_for(b.n);
+    return sizeof(Meta) + meta_.sigma + lines * 64 +
+           8 * (packed_words(meta_.sigma - 2, meta_.id_width) + packed_words(meta_.sigma + 1, meta_.pos_width) +
+                packed_words((meta_.n - 1) / meta_.sample_rate + 1, meta_.sample_width) +
+                packed_words(meta_.n_docs + 1, meta_.pos_width) + packed_words(meta_.n_docs, meta_.pos_width));
   }
 
   FMIndex(FMIndex&&) = default;
@@ -351,38 +445,49 @@ class FMIndex {
   FMIndex() = default;
 
   struct Owned {
-    std::vector<uint32_t> alphabet;
-    std::vector<uint64_t> C, bottom, zeros, samples, doc_start, sep_row;
-    std::vector<std::vector<RankLine>> levels;
-    std::vector<RankLine> sampled;
+    std::vector<uint32_t> alphabet;                        // unpacked (packed in the file)
+    std::vector<uint64_t> C, samples, doc_start, sep_row;  // C unpacked, the others packed
+    std::vector<RankStore> levels;
+    RankStore sampled;
   } own_;
   std::shared_ptr<SectionFile> file_;
   Meta meta_{};
   const uint32_t* alphabet_ = nullptr;
-  const uint64_t *C_ = nullptr, *bottom_ = nullptr, *zeros_ = nullptr, *samples_ = nullptr, *doc_start_ = nullptr,
-                 *sep_row_ = nullptr;
+  const uint64_t* C_ = nullptr;
+  PackedView samples_, doc_start_, sep_row_;
+  WaveletShape shape_;
+  std::vector<std::vector<uint64_t>> supers_;  // superblock counts of mapped bitvectors
   std::vector<RankBits> level_bits_;
   RankBits sampled_;
   WaveletView wm_;
+  std::vector<uint32_t> id2sym_;  // token id -> dense symbol, when the largest id is small
+  static constexpr uint64_t kDocTopEvery = 64;
+  std::vector<uint64_t> doc_top_;  // doc_start of every 64th document
 
   void finish_views() {
     if (!file_) {
       alphabet_ = own_.alphabet.data();
       C_ = own_.C.data();
-      bottom_ = own_.bottom.data();
-      zeros_ = own_.zeros.data();
-      samples_ = own_.samples.data();
-      doc_start_ = own_.doc_start.data();
-      sep_row_ = own_.sep_row.data();
+      samples_ = PackedView{own_.samples.data(), meta_.sample_width};
+      doc_start_ = PackedView{own_.doc_start.data(), meta_.pos_width};
+      sep_row_ = PackedView{own_.sep_row.data(), meta_.pos_width};
       level_bits_.clear();
-      for (const auto& l : own_.levels) level_bits_.push_back(RankBits{l.data(), meta_.n});
-      sampled_ = RankBits{own_.sampled.data(), meta_.n};
+      for (const auto& l : own_.levels) level_bits_.push_back(l.view());
+      sampled_ = own_.sampled.view();
     }
-    wm_ = WaveletView{level_bits_.data(), zeros_, bottom_, meta_.n_levels, meta_.n};
+    wm_ = WaveletView::of(level_bits_.data(), shape_);
+    doc_top_.clear();
+    for (uint64_t d = 0; d < meta_.n_docs; d += kDocTopEvery) doc_top_.push_back(doc_start_.get(d));
+    id2sym_.clear();
+    const uint64_t na = meta_.sigma - 2;
+    if (na > 0 && alphabet_[na - 1] < (1u << 24)) {
+      id2sym_.assign(static_cast<size_t>(alphabet_[na - 1]) + 1, 0);
+      for (uint64_t j = 0; j < na; ++j) id2sym_[alphabet_[j]] = static_cast<uint32_t>(j + 2);
+    }
   }
 
-  template <class Sym>
-  void build_with(const uint32_t* tokens, const uint64_t* offsets) {
+  template <class Sym, class Tok>
+  void build_with(const Tok* const* docs, const uint64_t* lens) {
     const uint64_t n = meta_.n, D = meta_.n_docs;
     const auto& alpha = own_.alphabet;
     // id -> dense symbol: a direct table for small ids, binary search otherwise.
@@ -396,38 +501,66 @@ class FMIndex {
       return static_cast<Sym>(std::lower_bound(alpha.begin(), alpha.end(), id) - alpha.begin() + 2);
     };
     std::vector<Sym> R(n);
-    own_.doc_start.resize(D + 1);
+    std::vector<uint64_t> doc_start(D + 1);
     uint64_t pos = 0;
     for (uint64_t d = 0; d < D; ++d) {
-      own_.doc_start[d] = pos;
-      for (uint64_t i = offsets[d + 1]; i-- > offsets[d];) R[pos++] = sym(tokens[i]);
+      doc_start[d] = pos;
+      for (uint64_t i = lens[d]; i-- > 0;) R[pos++] = sym(docs[d][i]);
       R[pos++] = 1;
     }
     std::vector<Sym>().swap(table);
-    own_.doc_start[D] = pos;  // = n - 1, the sentinel
+    doc_start[D] = pos;  // = n - 1, the sentinel
     R[pos] = 0;
     own_.C.assign(meta_.sigma + 1ull, 0);
     for (uint64_t i = 0; i < n; ++i) ++own_.C[R[i] + 1ull];
     for (uint64_t c = 0; c < meta_.sigma; ++c) own_.C[c + 1] += own_.C[c];
-    std::vector<Sym> bwt(n);
-    std::vector<uint8_t> sampled_rows(n, 0);
-    own_.samples.assign((n - 1) / meta_.sample_rate + 1, 0);
-    own_.sep_row.assign(D, 0);
+    std::vector<uint64_t> counts(meta_.sigma);
+    for (uint64_t c = 0; c < meta_.sigma; ++c) counts[c] = own_.C[c + 1] - own_.C[c];
+    const std::vector<uint8_t> code_len = huffman_lengths(counts);
+    shape_ = make_shape(code_len.data(), counts.data(), meta_.sigma);
+    meta_.n_levels = shape_.n_levels;
+    // Samples, packed as they are found; the sampled rows marked straight into the rank lines.
+    const uint64_t n_samples = (n - 1) / meta_.sample_rate + 1;
+    std::vector<uint64_t> sep_row;
+    uint64_t k = 0;
+    auto put_sample = [&](uint64_t v) {
+      const uint64_t bit = k * meta_.sample_width, w = bit / 64, off = bit % 64;
+      own_.samples[w] |= v << off;
+      if (off + meta_.sample_width > 64) own_.samples[w + 1] |= v >> (64 - off);
+      ++k;
+    };
+    std::vector<Sym> bwt;
+    // The BWT is written over the suffix array as it is read (a symbol is never wider than an SA entry, so
+    // entry i is read before its bytes are overwritten), then copied out: no separate n-symbol buffer while
+    // the suffix array is alive.
     auto after_sa = [&](auto* SA) {
-      uint64_t k = 0;
+      using I = std::remove_pointer_t<decltype(SA)>;
+      static_assert(sizeof(Sym) <= sizeof(I), "a symbol fits in an SA entry");
+      unsigned char* raw = reinterpret_cast<unsigned char*>(SA);
+      // Allocated only now, after the suffix array construction's peak.
+      own_.samples.assign(packed_words(n_samples, meta_.sample_width), 0);
+      own_.sampled.n = n;
+      own_.sampled.lines.assign(lines_for(n), RankLine{});
+      sep_row.assign(D, 0);
       for (uint64_t i = 0; i < n; ++i) {
-        const uint64_t p = static_cast<uint64_t>(SA[i]);
-        bwt[i] = p == 0 ? R[n - 1] : R[p - 1];
+        I v;
+        std::memcpy(&v, raw + i * sizeof(I), sizeof(I));
+        const uint64_t p = static_cast<uint64_t>(v);
+        const Sym b = p == 0 ? R[n - 1] : R[p - 1];
+        std::memcpy(raw + i * sizeof(Sym), &b, sizeof(Sym));
         if (p % meta_.sample_rate == 0) {
-          sampled_rows[i] = 1;
-          own_.samples[k++] = p;
+          set_line_bit(own_.sampled.lines.data(), i);
+          put_sample(p / meta_.sample_rate);
         }
         if (R[p] == 1) {  // separator ending document d
-          const uint64_t d = static_cast<uint64_t>(std::upper_bound(own_.doc_start.begin(), own_.doc_start.end(), p) -
-                                                   own_.doc_start.begin()) - 1;
-          own_.sep_row[d] = i;
+          const uint64_t d = static_cast<uint64_t>(std::upper_bound(doc_start.begin(), doc_start.end(), p) -
+                                                   doc_start.begin()) - 1;
+          sep_row[d] = i;
         }
       }
+      std::vector<Sym>().swap(R);
+      bwt.resize(n);
+      std::memcpy(bwt.data(), raw, n * sizeof(Sym));
     };
     if (n < (1ULL << 31)) {
       std::vector<int32_t> SA(n);
@@ -438,14 +571,10 @@ class FMIndex {
       suffix_array<Sym, int64_t>(R.data(), SA.data(), static_cast<int64_t>(n), static_cast<int64_t>(meta_.sigma));
       after_sa(SA.data());
     }
-    std::vector<Sym>().swap(R);
-    own_.sampled = make_rank_lines(n, [&](uint64_t i) { return sampled_rows[i] != 0; });
-    std::vector<uint8_t>().swap(sampled_rows);
-    WaveletBuild wb = build_wavelet<Sym>(std::move(bwt), meta_.sigma);
-    meta_.n_levels = wb.n_levels;
-    own_.levels = std::move(wb.lines);
-    own_.zeros = std::move(wb.zeros);
-    own_.bottom = std::move(wb.bottom);
+    finish_rank(own_.sampled);
+    own_.doc_start = pack(doc_start, meta_.pos_width);
+    own_.sep_row = pack(sep_row, meta_.pos_width);
+    own_.levels = build_wavelet_levels<Sym>(std::move(bwt), shape_);
   }
 };
 

@@ -2,7 +2,7 @@
 // alphabets. Templated on the symbol type and on the index type: int32_t below 2^31 symbols, int64_t above.
 //
 // Input: T[0..n) over [0, K) whose last symbol is 0 and occurs nowhere else (the sentinel).
-// Output: SA[0..n). Extra memory: n bytes for the types, K (or n/2 at the first recursion) bucket entries;
+// Output: SA[0..n). Extra memory: n bits for the types, K (or n/2 at the first recursion) bucket entries;
 // the reduced problem lives inside SA.
 #pragma once
 #include <algorithm>
@@ -25,11 +25,17 @@ void bucket_bounds(const Sym* T, I n, I K, std::vector<I>& bkt, bool ends) {
   }
 }
 
-// Types: 1 = S, 0 = L.
-inline bool is_lms(const std::vector<uint8_t>& t, int64_t i) { return i > 0 && t[i] && !t[i - 1]; }
+// Suffix types, one bit each: 1 = S, 0 = L.
+struct Types {
+  std::vector<uint64_t> w;
+  explicit Types(uint64_t n) : w(n / 64 + 1, 0) {}
+  bool operator[](int64_t i) const { return (w[static_cast<uint64_t>(i) / 64] >> (i % 64)) & 1; }
+  void set(int64_t i) { w[static_cast<uint64_t>(i) / 64] |= 1ULL << (i % 64); }
+};
+inline bool is_lms(const Types& t, int64_t i) { return i > 0 && t[i] && !t[i - 1]; }
 
 template <class Sym, class I>
-void induce(const Sym* T, I* SA, I n, I K, const std::vector<uint8_t>& t, std::vector<I>& bkt) {
+void induce(const Sym* T, I* SA, I n, I K, const Types& t, std::vector<I>& bkt) {
   bucket_bounds(T, n, K, bkt, false);
   for (I i = 0; i < n; ++i) {
     const I j = SA[i] - 1;
@@ -48,9 +54,10 @@ void sais(const Sym* T, I* SA, I n, I K) {
     SA[0] = 0;
     return;
   }
-  std::vector<uint8_t> t(static_cast<size_t>(n));
-  t[n - 1] = 1;
-  for (I i = n - 1; i-- > 0;) t[i] = (T[i] < T[i + 1] || (T[i] == T[i + 1] && t[i + 1])) ? 1 : 0;
+  Types t(static_cast<uint64_t>(n));
+  t.set(n - 1);
+  for (I i = n - 1; i-- > 0;)
+    if (T[i] < T[i + 1] || (T[i] == T[i + 1] && t[i + 1])) t.set(i);
   std::vector<I> bkt(static_cast<size_t>(K));
 
   // 1. Sort LMS substrings: LMS positions at their bucket ends, then induce.
@@ -90,7 +97,9 @@ void sais(const Sym* T, I* SA, I n, I K) {
   I* SA1 = SA;
   I* s1 = SA + n - n1;
   if (name < n1) {
+    std::vector<I>().swap(bkt);  // rebuilt below: free it while the recursion runs
     sais<I, I>(s1, SA1, n1, name);
+    bkt.resize(static_cast<size_t>(K));
   } else {
     for (I i = 0; i < n1; ++i) SA1[s1[i]] = i;
   }

@@ -1,150 +1,303 @@
-// Wavelet matrix (Claude, Navarro & Ordóñez 2015) over symbols [0, sigma): one rank bitvector per bit of the
-// symbol, most significant first; each level stably moves the zeros before the ones. rank(c, i) and
-// access(i) cost one cache line per level.
+// Huffman-shaped wavelet matrix (after Claude, Navarro & Ordóñez 2015) over symbols [0, sigma).
+//
+// Each symbol has a prefix code from its frequency (Huffman, at most kMaxCodeLen bits). Level d holds bit d of
+// the codes of the symbols whose code is longer than d; each level stably moves the zeros before the ones, as
+// in a plain wavelet matrix. A symbol costs one rank line per bit of its code, so the matrix takes about the
+// text's zero-order entropy in bits per symbol and frequent symbols are the cheapest to rank and access.
+//
+// Tree shape: the nodes at depth d are numbered in matrix order (the order of their runs at that level); the
+// children of internal node k at depth d are k (bit 0) and I[d] + k (bit 1), so depth d+1 has 2 I[d] nodes.
+// The leaves of each depth are its last nodes. A leaf's run therefore sits after every continuing symbol once
+// its last bit is processed, and dropping it leaves the next level contiguous. Codes follow from the number of
+// codes of each length alone (leaves of one depth are given to symbols in increasing order), so an index file
+// stores only the code lengths.
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <functional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "bitvector.hpp"
 
 namespace irforge::fm {
 
+inline constexpr uint32_t kMaxCodeLen = 48;
+
+struct SymCode {
+  uint64_t code;   // bit d: the branch at level d
+  uint64_t start;  // where the symbol's run starts after its last level
+  uint64_t lf;     // C[c] - start (mod 2^64): a position after the last level plus lf is the LF-mapped row
+  uint32_t len;    // code length (levels visited)
+  uint32_t pad;
+};
+
+// Everything about the matrix that follows from code lengths and symbol counts.
+struct WaveletShape {
+  uint32_t n_levels = 0;
+  std::vector<uint64_t> internal;  // I[d] internal nodes at depth d, d = 0..n_levels (I[0] = 1, I[n_levels] = 0)
+  std::vector<uint64_t> leaf_off;  // leaves of depth d: leaf_syms[leaf_off[d] .. leaf_off[d + 1])
+  std::vector<uint32_t> leaf_syms;
+  std::vector<uint64_t> leaf_lf;   // per leaf: its symbol's lf, so that an LF step needs one table read
+  std::vector<SymCode> sym;        // per symbol
+  std::vector<uint64_t> zeros;     // per level: zeros in its bitvector
+  std::vector<uint64_t> level_n;   // per level: bits
+};
+
+// Huffman code lengths for counts (all positive), limited to max_len bits by flattening the counts until the
+// tree is shallow enough.
+inline std::vector<uint8_t> huffman_lengths(const std::vector<uint64_t>& counts, uint32_t max_len = kMaxCodeLen) {
+  const size_t s = counts.size();
+  std::vector<uint8_t> len(s, 0);
+  if (s == 1) {
+    len[0] = 1;
+    return len;
+  }
+  std::vector<uint32_t> order(s);
+  for (size_t k = 0; k < s; ++k) order[k] = static_cast<uint32_t>(k);
+  std::vector<uint64_t> w(2 * s);
+  std::vector<uint32_t> parent(2 * s);
+  for (uint32_t shift = 0;; ++shift) {
+    auto weight = [&](size_t k) { return shift == 0 ? counts[k] : (counts[k] >> shift) | 1; };
+    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+      const uint64_t wa = weight(a), wb = weight(b);
+      return wa < wb || (wa == wb && a < b);
+    });
+    // Nodes 0..s-1: leaves in increasing weight; s..2s-2: internal nodes in creation (= weight) order.
+    for (size_t k = 0; k < s; ++k) w[k] = weight(order[k]);
+    size_t leaf = 0, node = s;
+    for (size_t made = s; made < 2 * s - 1; ++made) {
+      uint32_t pick[2];
+      for (uint32_t& p : pick) {
+        if (leaf < s && (node >= made || w[leaf] <= w[node])) p = static_cast<uint32_t>(leaf++);
+        else p = static_cast<uint32_t>(node++);
+      }
+      w[made] = w[pick[0]] + w[pick[1]];
+      parent[pick[0]] = parent[pick[1]] = static_cast<uint32_t>(made);
+    }
+    // Depths from the root (the last node) down; internal nodes were made in increasing order.
+    std::vector<uint32_t> depth(2 * s - 1, 0);
+    uint32_t deepest = 0;
+    for (size_t k = 2 * s - 1; k-- > 0;) {
+      if (k != 2 * s - 2) depth[k] = depth[parent[k]] + 1;
+      if (k < s) deepest = std::max(deepest, depth[k]);
+    }
+    if (deepest <= max_len) {
+      for (size_t k = 0; k < s; ++k) len[order[k]] = static_cast<uint8_t>(depth[k]);
+      return len;
+    }
+  }
+}
+
+// The shape for code lengths len[0..sigma) and symbol counts (C[c] is the sum of the counts before c); throws std::invalid_argument when the lengths
+// are not a complete prefix code within kMaxCodeLen bits.
+inline WaveletShape make_shape(const uint8_t* len, const uint64_t* counts, uint64_t sigma) {
+  WaveletShape sh;
+  uint32_t maxl = 0;
+  for (uint64_t c = 0; c < sigma; ++c) {
+    if (len[c] == 0 || len[c] > kMaxCodeLen) throw std::invalid_argument("code length out of range");
+    maxl = std::max<uint32_t>(maxl, len[c]);
+  }
+  sh.n_levels = maxl;
+  std::vector<uint64_t> per_len(maxl + 1, 0);
+  for (uint64_t c = 0; c < sigma; ++c) ++per_len[len[c]];
+  sh.internal.assign(maxl + 1, 0);
+  sh.internal[0] = 1;
+  for (uint32_t d = 1; d <= maxl; ++d) {
+    const uint64_t nodes = 2 * sh.internal[d - 1];
+    if (per_len[d] > nodes) throw std::invalid_argument("code lengths are not a prefix code");
+    sh.internal[d] = nodes - per_len[d];
+    if (sh.internal[d] > sigma) throw std::invalid_argument("code lengths are not a complete code");
+  }
+  if (sh.internal[maxl] != 0) throw std::invalid_argument("code lengths are not a complete code");
+  sh.leaf_off.assign(maxl + 2, 0);
+  for (uint32_t d = 1; d <= maxl; ++d) sh.leaf_off[d + 1] = sh.leaf_off[d] + per_len[d];
+  sh.leaf_syms.assign(sigma, 0);
+  {
+    std::vector<uint64_t> fill(sh.leaf_off.begin(), sh.leaf_off.end());
+    for (uint64_t c = 0; c < sigma; ++c) sh.leaf_syms[fill[len[c]]++] = static_cast<uint32_t>(c);
+  }
+  // Node counts per depth, bottom-up; run starts are their prefix sums.
+  std::vector<std::vector<uint64_t>> cnt(maxl + 1);
+  for (uint32_t d = maxl; d >= 1; --d) {
+    const uint64_t nodes = 2 * sh.internal[d - 1];
+    cnt[d].assign(nodes, 0);
+    if (d < maxl)
+      for (uint64_t k = 0; k < sh.internal[d]; ++k) cnt[d][k] = cnt[d + 1][k] + cnt[d + 1][k + sh.internal[d]];
+    for (uint64_t k = sh.internal[d]; k < nodes; ++k) cnt[d][k] = counts[sh.leaf_syms[sh.leaf_off[d] + k - sh.internal[d]]];
+  }
+  sh.sym.assign(sigma, SymCode{});
+  sh.zeros.assign(maxl, 0);
+  sh.level_n.assign(maxl, 0);
+  for (uint32_t d = 0; d < maxl; ++d) {
+    for (uint64_t k = 0; k < sh.internal[d]; ++k) {
+      sh.level_n[d] += d == 0 ? cnt[1][0] + cnt[1][1] : cnt[d][k];
+      sh.zeros[d] += cnt[d + 1][k];
+    }
+  }
+  for (uint32_t d = 1; d <= maxl; ++d) {
+    uint64_t before = 0;
+    for (uint64_t k = 0; k < sh.internal[d]; ++k) before += cnt[d][k];
+    for (uint64_t k = sh.internal[d]; k < 2 * sh.internal[d - 1]; ++k) {
+      const uint32_t c = sh.leaf_syms[sh.leaf_off[d] + k - sh.internal[d]];
+      uint64_t code = 0, idx = k;
+      for (uint32_t e = d; e >= 1; --e) {
+        const bool b = idx >= sh.internal[e - 1];
+        if (b) {
+          code |= 1ULL << (e - 1);
+          idx -= sh.internal[e - 1];
+        }
+      }
+      sh.sym[c] = SymCode{code, before, 0, d, 0};
+      before += cnt[d][k];
+    }
+  }
+  uint64_t C = 0;
+  for (uint64_t c = 0; c < sigma; ++c) {
+    sh.sym[c].lf = C - sh.sym[c].start;
+    C += counts[c];
+  }
+  sh.leaf_lf.assign(sigma, 0);
+  for (uint64_t k = 0; k < sigma; ++k) sh.leaf_lf[k] = sh.sym[sh.leaf_syms[k]].lf;
+  return sh;
+}
+
+// Read-only view of the matrix.
 struct WaveletView {
   const RankBits* levels = nullptr;  // [n_levels]
-  const uint64_t* zeros = nullptr;   // [n_levels]: zeros at each level
-  const uint64_t* bottom = nullptr;  // [sigma]: where symbol c's run starts at the bottom
+  // The shape's arrays (their buffers outlive moves of the owner).
+  const uint64_t* I = nullptr;  // internal nodes per depth
+  const uint64_t* leaf_off = nullptr;
+  const uint32_t* leaf_syms = nullptr;
+  const uint64_t* leaf_lf = nullptr;
+  const SymCode* sym = nullptr;
+  const uint64_t* zeros = nullptr;
   uint32_t n_levels = 0;
-  uint64_t n = 0;
 
-  // Symbol at i, and the number of its occurrences in [0, i).
-  uint32_t access_rank(uint64_t i, uint64_t* rank) const {
-    uint32_t c = 0;
-    for (uint32_t l = 0; l < n_levels; ++l) {
-      uint64_t r1;
-      const bool b = levels[l].bit_rank1(i, &r1);
-      c = (c << 1) | static_cast<uint32_t>(b);
-      i = b ? zeros[l] + r1 : i - r1;
+  static WaveletView of(const RankBits* levels, const WaveletShape& sh) {
+    return WaveletView{levels, sh.internal.data(), sh.leaf_off.data(), sh.leaf_syms.data(), sh.leaf_lf.data(), sh.sym.data(),
+                       sh.zeros.data(), sh.n_levels};
+  }
+
+  // The symbol c at i, and LF(i) = C[c] + (occurrences of c in [0, i)).
+  uint32_t access_lf(uint64_t i, uint64_t* lf) const {
+    uint64_t idx = 0;
+    for (uint32_t d = 0;; ++d) {
+      const int64_t leaf = step1(d, &i, &idx);
+      if (leaf >= 0) {
+        *lf = i + leaf_lf[leaf];
+        return leaf_syms[leaf];
+      }
     }
-    *rank = i - bottom[c];
-    return c;
   }
   // Occurrences of c in [0, i) and in [0, j), in one walk.
   void rank2(uint32_t c, uint64_t i, uint64_t j, uint64_t* ri, uint64_t* rj) const {
-    for (uint32_t l = 0; l < n_levels; ++l) {
-      const bool b = (c >> (n_levels - 1 - l)) & 1;
-      const uint64_t ri1 = levels[l].rank1(i), rj1 = (j == i) ? ri1 : levels[l].rank1(j);
-      if (b) {
-        i = zeros[l] + ri1;
-        j = zeros[l] + rj1;
-      } else {
-        i -= ri1;
-        j -= rj1;
-      }
-    }
-    *ri = i - bottom[c];
-    *rj = j - bottom[c];
+    const SymCode& s = sym[c];
+    for (uint32_t d = 0; d < s.len; ++d) step2(d, (s.code >> d) & 1, &i, &j);
+    *ri = i - s.start;
+    *rj = j - s.start;
   }
-  // Prefetch the cache line holding bit i of level l.
-  void prefetch(uint32_t l, uint64_t i) const {
-    __builtin_prefetch(&levels[l].lines[i / kBitsPerLine]);
-  }
-  // One level of rank2 for symbol bit b: maps (i, j) to the next level.
-  void step2(uint32_t l, bool b, uint64_t* i, uint64_t* j) const {
-    const uint64_t ri1 = levels[l].rank1(*i), rj1 = (*j == *i) ? ri1 : levels[l].rank1(*j);
+  void prefetch(uint32_t d, uint64_t i) const { levels[d].prefetch(i); }
+  // One level of rank2 for branch b: maps (i, j) to the next level.
+  void step2(uint32_t d, bool b, uint64_t* i, uint64_t* j) const {
+    const uint64_t ri1 = levels[d].rank1(*i), rj1 = (*j == *i) ? ri1 : levels[d].rank1(*j);
     if (b) {
-      *i = zeros[l] + ri1;
-      *j = zeros[l] + rj1;
+      *i = zeros[d] + ri1;
+      *j = zeros[d] + rj1;
     } else {
       *i -= ri1;
       *j -= rj1;
     }
   }
-  // One level of access_rank: reads bit i, appends it to c, maps i to the next level.
-  void step1(uint32_t l, uint64_t* i, uint32_t* c) const {
+  // One level of access_lf at depth d: returns the leaf (an index into leaf_syms and leaf_lf) once it is
+  // reached, else -1; i and idx are carried between calls (idx starts at 0).
+  int64_t step1(uint32_t d, uint64_t* i, uint64_t* idx) const {
     uint64_t r1;
-    const bool b = levels[l].bit_rank1(*i, &r1);
-    *c = (*c << 1) | static_cast<uint32_t>(b);
-    *i = b ? zeros[l] + r1 : *i - r1;
+    const bool b = levels[d].bit_rank1(*i, &r1);
+    *i = b ? zeros[d] + r1 : *i - r1;
+    *idx += b ? I[d] : 0;
+    if (*idx < I[d + 1]) return -1;
+    return static_cast<int64_t>(leaf_off[d + 1] + *idx - I[d + 1]);
   }
 
-  // Calls f(c, count) for every distinct symbol of [i, j), in increasing symbol order.
+  // Calls f(c, count) for every distinct symbol of [i, j) (in no particular order). Breadth-first, one level
+  // at a time, prefetching the lines of nodes a few places ahead so that their misses overlap.
   template <class F>
   void distinct(uint64_t i, uint64_t j, F&& f) const {
-    walk(0, 0, i, j, f);
-  }
-
- private:
-  template <class F>
-  void walk(uint32_t l, uint32_t prefix, uint64_t i, uint64_t j, F& f) const {
+    struct Node {
+      uint64_t idx, i, j;
+    };
+    thread_local std::vector<Node> cur, next;
+    cur.assign(1, Node{0, i, j});
     if (i >= j) return;
-    if (l == n_levels) {
-      f(prefix, j - i);
-      return;
+    constexpr size_t kAhead = 6;
+    for (uint32_t d = 0; d < n_levels && !cur.empty(); ++d) {
+      next.clear();
+      const RankBits& lv = levels[d];
+      const uint64_t z = zeros[d];
+      for (size_t t = 0; t < std::min(kAhead, cur.size()); ++t) {
+        lv.prefetch(cur[t].i);
+        lv.prefetch(cur[t].j);
+      }
+      for (size_t t = 0; t < cur.size(); ++t) {
+        if (t + kAhead < cur.size()) {
+          lv.prefetch(cur[t + kAhead].i);
+          lv.prefetch(cur[t + kAhead].j);
+        }
+        const Node nd = cur[t];
+        const uint64_t ri = lv.rank1(nd.i), rj = lv.rank1(nd.j);
+        const Node kids[2] = {{nd.idx, nd.i - ri, nd.j - rj}, {nd.idx + I[d], z + ri, z + rj}};
+        for (const Node& k : kids) {
+          if (k.i >= k.j) continue;
+          if (k.idx >= I[d + 1]) f(leaf_syms[leaf_off[d + 1] + k.idx - I[d + 1]], k.j - k.i);
+          else next.push_back(k);
+        }
+      }
+      cur.swap(next);
     }
-    const uint64_t ri = levels[l].rank1(i), rj = levels[l].rank1(j);
-    walk(l + 1, prefix << 1, i - ri, j - rj, f);
-    walk(l + 1, (prefix << 1) | 1, zeros[l] + ri, zeros[l] + rj, f);
   }
 };
 
-struct WaveletBuild {
-  std::vector<std::vector<RankLine>> lines;
-  std::vector<uint64_t> zeros;
-  std::vector<uint64_t> bottom;
-  uint32_t n_levels = 0;
-};
-
-// Builds the matrix for seq[0..n) with symbols < sigma. One pass per level: each 64-bit word of the level's
-// bitvector is assembled in a register while the symbols are partitioned (branch-free) for the next level;
-// the number of zeros comes from the symbol histogram, so the ones' region is known before the pass.
+// Builds the levels for seq (consumed) under the shape. One pass per level: 16-bit chunks of the level's
+// bitvector are assembled in a register while the symbols are partitioned (branch-free) for the next level;
+// symbols whose code ends at this level land at the end of the partition and are dropped.
 template <class Sym>
-WaveletBuild build_wavelet(std::vector<Sym> seq, uint32_t sigma) {
-  WaveletBuild w;
-  uint32_t levels = 1;
-  while ((1ULL << levels) < sigma) ++levels;
-  w.n_levels = levels;
-  const uint64_t n = seq.size();
-  std::vector<uint64_t> hist(sigma, 0);
-  for (Sym s : seq) ++hist[s];
-  std::vector<Sym> next(n);
-  for (uint32_t l = 0; l < levels; ++l) {
-    const uint32_t shift = levels - 1 - l;
-    uint64_t ones = 0;
-    for (uint64_t c = 0; c < sigma; ++c)
-      if ((c >> shift) & 1) ones += hist[c];
-    const uint64_t z = n - ones;
-    std::vector<RankLine> lines(lines_for(n));  // value-initialised: all zero
-    uint64_t a = 0, b = z;
+std::vector<RankStore> build_wavelet_levels(std::vector<Sym> seq, const WaveletShape& sh) {
+  std::vector<RankStore> out(sh.n_levels);
+  std::vector<Sym> next(seq.size());
+  const SymCode* code = sh.sym.data();
+  for (uint32_t d = 0; d < sh.n_levels; ++d) {
+    const uint64_t n = sh.level_n[d];
+    if (seq.size() != n) throw std::logic_error("wavelet build: level size mismatch");
+    RankStore& rs = out[d];
+    rs.n = n;
+    rs.lines.assign(lines_for(n), RankLine{});
+    uint64_t a = 0, b = sh.zeros[d];
     const Sym* src = seq.data();
     Sym* dst = next.data();
-    for (uint64_t k = 0; k * 64 < n; ++k) {
-      const uint64_t i0 = k * 64, i1 = std::min<uint64_t>(n, i0 + 64);
-      uint64_t word = 0;
+    for (uint64_t k = 0; k * kCountBits < n; ++k) {
+      const uint64_t i0 = k * kCountBits, i1 = std::min<uint64_t>(n, i0 + kCountBits);
+      uint64_t chunk = 0;
       for (uint64_t i = i0; i < i1; ++i) {
         const Sym s = src[i];
-        const uint64_t bit = (s >> shift) & 1;
-        word |= bit << (i - i0);
+        const uint64_t bit = (code[s].code >> d) & 1;
+        chunk |= bit << (i - i0);
         dst[bit ? b : a] = s;
         a += bit ^ 1;
         b += bit;
       }
-      lines[k / 7].words[k % 7] = word;  // 448 = 7 x 64: words never straddle a line
+      // A line is 32 slots of 16 bits: the count, then 31 chunks of data.
+      constexpr uint64_t kSlots = kBitsPerLine / kCountBits;
+      const uint64_t slot = k % kSlots + 1;
+      rs.lines[k / kSlots].words[slot / 4] |= chunk << (kCountBits * (slot % 4));
     }
-    uint64_t before = 0;
-    for (auto& line : lines) {
-      line.before = before;
-      for (uint64_t x : line.words) before += popcount64(x);
-    }
-    w.lines.push_back(std::move(lines));
-    w.zeros.push_back(z);
+    if (a != sh.zeros[d] || b != n) throw std::logic_error("wavelet build: zero count mismatch");
+    finish_rank(rs);
+    next.resize(d + 1 < sh.n_levels ? sh.level_n[d + 1] : 0);
     seq.swap(next);
+    next.resize(seq.size());
   }
-  // At the bottom equal symbols are contiguous: record where each run starts.
-  w.bottom.assign(sigma, 0);
-  for (uint64_t i = n; i-- > 0;) w.bottom[seq[i]] = i;
-  return w;
+  return out;
 }
 
 }  // namespace irforge::fm

@@ -148,12 +148,14 @@ class FMIndex:
         self._byte_mode = bool(core.byte_mode)
 
     @classmethod
-    def build(cls, docs: Iterable[Tokens], *, sample_rate: int = 32) -> "FMIndex":
+    def build(cls, docs: Iterable[Tokens], *, sample_rate: int = 8) -> "FMIndex":
         """Index documents: sequences or 1-D arrays of non-negative integer token ids (up to
         :data:`MAX_TOKEN_ID`), or strings (indexed as their UTF-8 bytes), all of one kind.
 
-        ``sample_rate``: one suffix-array sample per that many text positions; smaller is faster to locate
-        and larger.
+        ``sample_rate``: one suffix-array sample per that many text positions. Locating an occurrence walks
+        (sample_rate - 1) / 2 steps on average; each sample costs about log2(n / sample_rate) bits plus one
+        bit per token for the sampled-row marks. The default, 8, keeps a 50k-token BPE corpus under 2 bytes
+        per token; 32 saves about a quarter of a byte per token and locates four times slower.
         """
         if isinstance(docs, (str, bytes, np.ndarray)) and not (isinstance(docs, np.ndarray) and docs.ndim == 2):
             raise TypeError("docs must be an iterable of documents, not a single document")
@@ -163,13 +165,17 @@ class FMIndex:
         if not items:
             raise ValueError("cannot build an FM-index over an empty corpus")
         byte_mode = isinstance(items[0], (str, bytes, bytearray))
-        arrs = [_doc_tokens(d, f"document {i}", byte_mode) for i, d in enumerate(items)]
-        offsets = np.zeros(len(arrs) + 1, dtype=np.uint64)
-        offsets[1:] = np.cumsum([a.size for a in arrs])
-        flat = np.zeros(int(offsets[-1]), dtype=np.uint32)  # filled in place: no int64 copy of the corpus
-        for a, lo, hi in zip(arrs, offsets[:-1], offsets[1:]):
-            flat[int(lo):int(hi)] = a
-        return cls(_core.FMIndex.build(flat, offsets, int(sample_rate), byte_mode), _TOKEN)
+        # The engine reads each document in place: uint16 arrays when every id allows it, else uint32.
+        # Documents are narrowed one at a time, so no int64 copy of the corpus is ever held.
+        arrs = []
+        for i, d in enumerate(items):
+            a = _doc_tokens(d, f"document {i}", byte_mode)
+            if a.dtype not in (np.uint16, np.uint32) or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=np.uint16 if a.size == 0 or int(a.max()) < 2**16 else np.uint32)
+            arrs.append(a)
+        if any(a.dtype == np.uint32 for a in arrs):  # one dtype for all: widen the uint16 ones
+            arrs = [a if a.dtype == np.uint32 else a.astype(np.uint32) for a in arrs]
+        return cls(_core.FMIndex.build(arrs, int(sample_rate), byte_mode), _TOKEN)
 
     @classmethod
     def load(cls, path: PathLike, *, mmap: bool = True, verify: bool = True) -> "FMIndex":

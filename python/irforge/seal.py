@@ -109,7 +109,7 @@ class NGramIndex:
 
     @classmethod
     def build(cls, corpus: Iterable[Any], *, analyzer: Optional[Analyzer] = None,
-              fields: Sequence[str] = ("title", "text"), sample_rate: int = 16) -> "NGramIndex":
+              fields: Sequence[str] = ("title", "text"), sample_rate: int = 8) -> "NGramIndex":
         """``corpus``: strings, or records with an id and text fields (as for BM25Index.build)."""
         from .bm25 import _prepare_corpus
 
