@@ -81,6 +81,40 @@ def test_pruning_exact_on_multi_block_lists(n_docs, vocab, max_len, seed, k, met
         assert_same_topk(base.docnos, base.scores, ref_docs, ref_scores)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_docs=st.integers(1, 1500), vocab=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
+       k=st.sampled_from([1, 3, 10, 200]), share=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]),
+       method=st.sampled_from(METHODS), q_len=st.integers(1, 5))
+def test_filtered_search_equals_search_then_filter(n_docs, vocab, seed, k, share, method, q_len):
+    """Both plans (walk the allowed documents, or score the postings through a bitmap) give the unrestricted
+    ranking with the other documents removed: the same documents, scores and tie order."""
+    docs = skewed_corpus(n_docs, vocab, 30, seed)
+    index = BM25Index.build(docs, method=method, stemmer=None, stopwords=None)
+    rng = np.random.default_rng(seed + 2)
+    allowed = np.flatnonzero(rng.random(n_docs) < share)
+    for _ in range(3):
+        q = [f"w{t}" for t in rng.integers(0, vocab + 2, size=q_len)]
+        full = index.search(q, k=n_docs, algorithm="exhaustive")
+        keep = np.isin(full.docnos, allowed)
+        got = index.search(q, k=k, allowed=rng.permutation(np.concatenate([allowed, allowed[:3]])))
+        np.testing.assert_array_equal(got.docnos, full.docnos[keep][:k])
+        np.testing.assert_array_equal(got.scores, full.scores[keep][:k])
+
+
+def test_filtered_search_bad_input():
+    index = BM25Index.build(["a b", "b c", "c d"])
+    assert index.search("b", k=5, allowed=[1]).ids.tolist() == ["1"]
+    assert len(index.search("b", k=5, allowed=[])) == 0
+    with pytest.raises(IndexError, match="out of range"):
+        index.search("b", allowed=[3])
+    with pytest.raises(IndexError, match="out of range"):
+        index.search("b", allowed=[-1])
+    with pytest.raises(TypeError, match="integer"):
+        index.search("b", allowed=[0.5])
+    with pytest.raises(ValueError, match="1-D"):
+        index.search("b", allowed=[[0, 1]])
+
+
 @settings(max_examples=25, deadline=None)
 @given(docs=st.lists(st.lists(st.integers(0, 40), max_size=25), min_size=1, max_size=300),
        q=st.lists(st.integers(0, 45), max_size=5))

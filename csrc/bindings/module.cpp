@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../bm25/index.hpp"
+#include "../bm25/query_filtered.hpp"
 #include "../bm25/search.hpp"
 
 namespace py = pybind11;
@@ -280,6 +281,30 @@ PYBIND11_MODULE(_core, m) {
              }
              return hits_to_numpy(hits);
            }, py::arg("query"), py::arg("k"), py::arg("algorithm"))
+      .def("search_filtered", [](const PyIndex& self, py::object query, long k,
+                                 py::array_t<int64_t, py::array::c_style | py::array::forcecast> allowed) {
+             if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
+             if (allowed.ndim() != 1) throw py::value_error("allowed must be a 1-D array of document numbers");
+             const int64_t* a = allowed.data();
+             const size_t na = static_cast<size_t>(allowed.size());
+             std::vector<uint32_t> docs(na);
+             for (size_t i = 0; i < na; ++i) {
+               if (a[i] < 0 || static_cast<uint64_t>(a[i]) >= self.ix->n_docs())
+                 throw py::index_error("allowed document number " + std::to_string(a[i]) + " is out of range [0, " +
+                                       std::to_string(self.ix->n_docs()) + ")");
+               if (i > 0 && a[i] <= a[i - 1]) throw py::value_error("allowed document numbers must be strictly increasing");
+               docs[i] = static_cast<uint32_t>(a[i]);
+             }
+             py::list one;
+             one.append(query);
+             auto items = convert(one, self.ix->mode(), "query", true);
+             std::vector<ScoredDoc> hits;
+             {
+               py::gil_scoped_release nogil;
+               hits = search_filtered(*self.ix, query_of(*self.ix, items[0], 0), static_cast<size_t>(k), docs.data(), na);
+             }
+             return hits_to_numpy(hits);
+           }, py::arg("query"), py::arg("k"), py::arg("allowed"))
       .def("search_batch", [](const PyIndex& self, const py::sequence& queries, long k, const std::string& algorithm, long threads) {
              if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
              const Algorithm a = algorithm_of(algorithm);

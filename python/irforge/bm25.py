@@ -5,7 +5,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -102,6 +102,16 @@ def _check_k(k: Any) -> int:
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     return int(k)
+
+
+def _allowed_docnos(allowed: Any) -> np.ndarray:
+    """Document numbers to restrict a search to, as a sorted array without repeats."""
+    arr = np.asarray(allowed)
+    if arr.ndim != 1:
+        raise ValueError(f"allowed must be a 1-D sequence of document numbers, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"allowed must hold integer document numbers, got dtype {arr.dtype}")
+    return np.unique(arr.astype(np.int64, copy=False))
 
 
 def _check_algorithm(algorithm: str) -> str:
@@ -329,18 +339,25 @@ class BM25Index:
         return BM25Index(self._core.rescored(m, float(k1v), float(bv), d, check_threads(threads)), _BUILD_TOKEN)
 
     # ---- search ----------------------------------------------------------------------------------
-    def search(self, query: Query, k: int = 10, *, algorithm: str = "auto") -> Hits:
+    def search(self, query: Query, k: int = 10, *, algorithm: str = "auto",
+               allowed: Optional[Sequence[int] | np.ndarray] = None) -> Hits:
         """Top ``k`` documents for ``query``.
 
         ``query`` is a string for text indexes (or a list of str: terms already analysed, used unchanged), a
         list of str tokens for token indexes, a list or array of int ids for id indexes. An empty query, or one whose terms are all stopwords or unknown, returns
         no hits. Fewer than ``k`` hits come back when fewer documents contain a query term.
+        ``allowed``: document numbers (``Hits.docnos``) the hits must come from, for example the documents
+        holding an exact phrase; the hits and scores equal those of an unrestricted search with the other
+        documents removed, and only allowed documents are scored (``algorithm`` is then not used).
         The algorithms (``auto``, ``bmw``: block-max WAND, ``maxscore``, ``exhaustive``) return identical
         results; ``auto`` (default) picks the fastest for the query's posting lists.
         """
         k = _check_k(k)
         _check_algorithm(algorithm)
-        docnos, scores = self._core.search(query, k, algorithm)
+        if allowed is not None:
+            docnos, scores = self._core.search_filtered(query, k, _allowed_docnos(allowed))
+        else:
+            docnos, scores = self._core.search(query, k, algorithm)
         return Hits(self._ids_of(docnos), scores, docnos)
 
     def search_batch(

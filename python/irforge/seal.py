@@ -201,9 +201,8 @@ def parse_phrases(query: str) -> tuple[list[str], str]:
 class PhraseSearcher:
     """BM25 ranking constrained by exact phrases: a query with "quoted phrases" returns only documents that
     contain every phrase (found with the FM-index over the same analysed terms), ranked by BM25 over the
-    whole query. Queries without quotes are plain BM25. Phrase queries score every document that matches a
-    query term and then filter, so their cost grows with the corpus (a filtered top-k in the C++ engine is
-    the next step)."""
+    whole query. Queries without quotes are plain BM25. Only the documents holding every phrase are scored
+    (:meth:`irforge.BM25Index.search` with ``allowed``)."""
 
     def __init__(self, bm25: BM25Index, ngrams: NGramIndex) -> None:
         if bm25.n_docs != ngrams.fm.n_docs:
@@ -220,7 +219,4 @@ class PhraseSearcher:
             allowed = docs if allowed is None else np.intersect1d(allowed, docs)
             if len(allowed) == 0:
                 return self.bm25.search("", k=k)
-        hits = self.bm25.search(text, k=self.bm25.n_docs)
-        keep = np.isin(hits.docnos, allowed)
-        sel = np.flatnonzero(keep)[:k]
-        return Hits(hits.ids[sel], hits.scores[sel], hits.docnos[sel])
+        return self.bm25.search(text, k=k, allowed=allowed)
