@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .icr import RerankResult, _rank
-from .prompts import CHAT_TAGS, BatchMixin, chat_family, check_query_docs, encode, truncate
+from .prompts import CHAT_TAGS, BatchMixin, _progress, chat_family, check_query_docs, encode, truncate
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -42,7 +42,7 @@ def _blockrank_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
     if ctx is None:
         raise RuntimeError("the BlockRank attention function runs only inside BlockRankReranker")
     if query.shape[0] != 1:
-        raise ValueError("BlockRank runs one prompt at a time (batch size 1)")
+        raise ValueError("BlockRank packs its prompts into one sequence (batch size 1)")
     layout: SegmentLayout = ctx["layout"]
     scaling = float(kwargs.get("scaling") or module.scaling)
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
@@ -50,7 +50,7 @@ def _blockrank_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
     out, _ = block_sparse_attention(q, k, v, layout, scale=scaling, backend=backend)
     if module.layer_idx == ctx["layer"]:
         rows = ctx["rows"]
-        seg = attention_mass(q[rows], rows, k, layout, weights=torch.full((len(rows),), 1.0 / len(rows), device=q.device),
+        seg = attention_mass(q[rows], rows, k, layout, weights=ctx["weights"].to(q.device),
                              mode="documents", scale=scaling, reduce="segment", sum_heads=True, backend=backend)
         ctx["scores"] = seg[ctx["doc_segments"]] / q.shape[1]  # averaged over heads
         raise _StopForward()
@@ -79,6 +79,8 @@ class BlockRankReranker(BatchMixin):
     query_offset : position id of the query segment's first token (default 8192).
     max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
     backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU; "torch" for fine-tuning).
+    batch_tokens : :meth:`rerank_batch` packs consecutive prompts into one forward pass (the block-sparse layout
+        keeps them apart) while their total length stays within this many tokens; 0 runs one prompt at a time.
     """
 
     INSTRUCTION = ("You will be given a query and a list of documents, each between 'ID: i | CONTENT:' and "
@@ -86,7 +88,7 @@ class BlockRankReranker(BatchMixin):
 
     def __init__(self, model: Any, tokenizer: Any, *, layer: Optional[int] = None, query_offset: int = 8192,
                  max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto",
-                 progress: bool = False) -> None:
+                 progress: bool = False, batch_tokens: int = 16384) -> None:
         depth = model.config.num_hidden_layers
         self.layer = int(depth * 5 / 8) if layer is None else layer
         if not 0 <= self.layer < depth:
@@ -101,9 +103,38 @@ class BlockRankReranker(BatchMixin):
         self.model, self.tokenizer = model, tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
         self.progress = progress
+        if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 0:
+            raise ValueError(f"batch_tokens must be a non-negative int, got {batch_tokens!r}")
+        self.batch_tokens = batch_tokens
 
     def build(self, query: str, docs: Sequence[str]):
         """(input ids [1, T], position ids [1, T], layout, document segment indices, query rows, truncated)."""
+        ids, pos, lens, truncated = self._encode(query, docs)
+        ids_t, pos_t, layout, doc_segments, rows, _ = self._pack([(ids, pos, lens)])
+        return ids_t, pos_t, layout, doc_segments[0], rows, truncated
+
+    def _pack(self, prompts):
+        """Prompts (ids, positions, (instruction, [documents], query) lengths) packed into one sequence:
+        (input ids [1, T], position ids [1, T], layout, per prompt its document segment indices, the scoring
+        rows (each prompt's last two query tokens), their weights (1 / rows of their prompt))."""
+        dev = next(self.model.parameters()).device
+        ids, pos, rows, weights, doc_segments = [], [], [], [], []
+        seg = 0
+        for p_ids, p_pos, (inst, lens, qlen) in prompts:
+            end = len(ids) + len(p_ids)
+            r = list(range(end - min(2, qlen), end))
+            rows += r
+            weights += [1.0 / len(r)] * len(r)
+            doc_segments.append(torch.arange(seg + 1, seg + 1 + len(lens), device=dev))
+            seg += len(lens) + 2
+            ids += p_ids
+            pos += p_pos
+        layout = SegmentLayout.from_lengths([lens for _, _, lens in prompts])
+        return (torch.tensor([ids], device=dev), torch.tensor([pos], device=dev), layout, doc_segments,
+                torch.tensor(rows, device=dev), torch.tensor(weights, dtype=torch.float32))
+
+    def _encode(self, query: str, docs: Sequence[str]):
+        """(token ids, position ids, (instruction, [document], query) lengths, truncated documents)."""
         tok = self.tokenizer
         head, tail = CHAT_TAGS[self.chat]
         inst = encode(tok, head + self.INSTRUCTION.format(query=query))
@@ -121,11 +152,7 @@ class BlockRankReranker(BatchMixin):
         qseg = encode(tok, f"Query: {query}" + tail + "Final Answer: [")
         ids += qseg
         pos += list(range(self.query_offset, self.query_offset + len(qseg)))
-        layout = SegmentLayout.from_lengths([(len(inst), lens, len(qseg))])
-        dev = next(self.model.parameters()).device
-        rows = torch.arange(len(ids) - min(2, len(qseg)), len(ids), device=dev)
-        return (torch.tensor([ids], device=dev), torch.tensor([pos], device=dev), layout,
-                torch.arange(1, 1 + len(docs), device=dev), rows, truncated)
+        return ids, pos, (len(inst), lens, len(qseg)), truncated
 
     @contextlib.contextmanager
     def _active(self, ctx):
@@ -142,9 +169,16 @@ class BlockRankReranker(BatchMixin):
     def scores(self, query: str, docs: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
         """S(q, d) for each document (in the order given), differentiable when gradients are enabled."""
         docs = check_query_docs(query, docs)
-        ids, pos, layout, doc_segments, rows, truncated = self.build(query, docs)
-        ctx = {"layout": layout, "layer": self.layer, "rows": rows, "doc_segments": doc_segments,
-               "backend": self.backend, "scores": None}
+        encoded = self._encode(query, docs)
+        (s,) = self._run([encoded[:3]])
+        self._warn_truncated([encoded[3]], [len(docs)])
+        return s, encoded[3]
+
+    def _run(self, prompts) -> list[torch.Tensor]:
+        """One forward pass over packed prompts; S(q, d) per prompt."""
+        ids, pos, layout, doc_segments, rows, weights = self._pack(prompts)
+        ctx = {"layout": layout, "layer": self.layer, "rows": rows, "weights": weights,
+               "doc_segments": torch.cat(doc_segments), "backend": self.backend, "scores": None}
         with self._active(ctx):
             try:
                 self.model.model(input_ids=ids, position_ids=pos, use_cache=False)
@@ -152,10 +186,54 @@ class BlockRankReranker(BatchMixin):
                 pass
         if ctx["scores"] is None:
             raise RuntimeError(f"layer {self.layer} never ran")
-        if truncated:
-            warnings.warn(f"BlockRank: {len(truncated)} of {len(docs)} documents cut to {self.max_doc_tokens} tokens",
-                          stacklevel=2)
-        return ctx["scores"], truncated
+        return list(torch.split(ctx["scores"], [len(d) for d in doc_segments]))
+
+    def _warn_truncated(self, truncated: list[list[int]], n_docs: list[int]) -> None:
+        cut = sum(map(len, truncated))
+        if cut:
+            warnings.warn(f"BlockRank: {cut} of {sum(n_docs)} documents cut to {self.max_doc_tokens} tokens",
+                          stacklevel=3)
+
+    def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list[RerankResult]:
+        """``rerank`` for each (query, documents) pair, prompts packed into forward passes of at most
+        ``batch_tokens`` tokens (a longer prompt runs alone); the scores equal one-prompt-at-a-time scoring."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        queries, docs = list(queries), list(docs)
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
+        docs = [check_query_docs(q, d) if d else [] for q, d in zip(queries, docs)]
+        out: list[Optional[RerankResult]] = [None] * len(queries)
+        todo = []
+        for i, (q, d) in enumerate(zip(queries, docs)):
+            if not d:
+                out[i] = RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+            else:
+                todo.append((i, self._encode(q, d)))
+        packs, cur, cur_len = [], [], 0
+        for item in todo:
+            n = len(item[1][0])
+            if cur and cur_len + n > self.batch_tokens:
+                packs.append(cur)
+                cur, cur_len = [], 0
+            cur.append(item)
+            cur_len += n
+        if cur:
+            packs.append(cur)
+        bar = _progress(self.progress, len(todo), type(self).__name__)
+        for pack in packs:
+            with torch.inference_mode():
+                got = self._run([enc[:3] for _, enc in pack])
+            for (i, enc), s in zip(pack, got):
+                s = s.double().cpu().numpy()
+                idx = _rank(s, len(s) if k is None else k)
+                out[i] = RerankResult(idx, s[idx], enc[3])
+            if bar is not None:
+                bar.update(len(pack))
+        if bar is not None:
+            bar.close()
+        self._warn_truncated([enc[3] for _, enc in todo], [len(docs[i]) for i, _ in todo])
+        return out  # type: ignore[return-value]
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):

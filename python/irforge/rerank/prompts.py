@@ -71,12 +71,23 @@ class BatchMixin:
         queries, docs = list(queries), list(docs)
         if len(queries) != len(docs):
             raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
-        it: Any = zip(queries, docs)
-        if self.progress:
-            try:
-                from tqdm import tqdm
+        bar = _progress(self.progress, len(queries), type(self).__name__)
+        out = []
+        for q, d in zip(queries, docs):
+            out.append(self.rerank(q, d, k))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return out
 
-                it = tqdm(it, total=len(queries), desc=type(self).__name__)
-            except ImportError:
-                pass
-        return [self.rerank(q, d, k) for q, d in it]
+
+def _progress(enabled: bool, total: int, desc: str = "rerank") -> Any:
+    """A tqdm progress bar when enabled and tqdm is installed, else None."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc)
