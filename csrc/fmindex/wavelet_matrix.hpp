@@ -245,13 +245,19 @@ struct WaveletView {
           lv.prefetch(cur[t + kAhead].j);
         }
         const Node nd = cur[t];
-        const uint64_t ri = lv.rank1(nd.i), rj = lv.rank1(nd.j);
-        const Node kids[2] = {{nd.idx, nd.i - ri, nd.j - rj}, {nd.idx + I[d], z + ri, z + rj}};
-        for (const Node& k : kids) {
-          if (k.i >= k.j) continue;
+        auto visit = [&](const Node& k) {
           if (k.idx >= I[d + 1]) f(leaf_syms[leaf_off[d + 1] + k.idx - I[d + 1]], k.j - k.i);
           else next.push_back(k);
+        };
+        if (nd.j - nd.i == 1) {  // one occurrence (common in the tails): one rank, one child
+          uint64_t r;
+          const bool b = lv.bit_rank1(nd.i, &r);
+          visit(b ? Node{nd.idx + I[d], z + r, z + r + 1} : Node{nd.idx, nd.i - r, nd.i - r + 1});
+          continue;
         }
+        const uint64_t ri = lv.rank1(nd.i), rj = lv.rank1(nd.j);
+        if (ri != rj) visit(Node{nd.idx + I[d], z + ri, z + rj});
+        if (nd.j - nd.i != rj - ri) visit(Node{nd.idx, nd.i - ri, nd.j - rj});
       }
       cur.swap(next);
     }
