@@ -8,15 +8,17 @@ Corpus: ../shared/data/wiki100k (99,703 Wikipedia passages, title + text) tokeni
 50,000 tokens trained on that corpus with the `tokenizers` package (trained once, cached with the token ids
 under $IRFORGE_CACHE, default ~/.cache/irforge). Each engine runs in its own subprocess (peak RSS is its own).
 
+irforge runs twice: with the query kernels its CPU check picks (AVX-512 VPOPCNTDQ here) and with the portable
+ones ("irforge-portable"), what CPUs without AVX-512 run.
 Patterns: n-grams of length 1..8 cut at random positions of random documents (fixed seed), so every pattern
 occurs at least once. Figures:
   build         wall time, and peak RSS above the RSS before building (peak reset through /proc/self/clear_refs);
                 bytes per token of the saved index
   count         µs per pattern by length, one call each, and batched (irforge count_batch, 1 thread)
   locate/docid  µs per occurrence to turn suffix-array rows into document ids, on patterns with 20-2,000 hits
-  next tokens   µs per next-token distribution by prefix length 1..4: irforge next_tokens (exact); infini-gram
-                ntd with its default support cap of 1,000 occurrences (approximate for frequent prefixes;
-                uncapped, it terminated on this corpus); fm-index has no such operation
+  next tokens   µs per next-token distribution by prefix length 1..4, mean (and median): irforge next_tokens
+                (exact); infini-gram ntd with its default support cap of 1,000 occurrences (approximate for
+                frequent prefixes; uncapped, it terminated on this corpus); fm-index has no such operation
   extract       µs per document (irforge only: the peers keep the text besides the index)
 Peers' inputs: fm-index indexes strings, so token ids become characters chr(256 + id); infini-gram gets our
 token ids in its own on-disk format (u16, 0xFFFF document separators) and builds its suffix array with its
@@ -36,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ["irforge", "fm-index", "infini-gram", "pydivsufsort"]
+ENGINES = ["irforge", "irforge-portable", "fm-index", "infini-gram", "pydivsufsort"]
 VOCAB = 50_000
 
 
@@ -128,6 +130,17 @@ def timed(f, items, reps=1):
     return best / len(items) * 1e6
 
 
+def median_us(f, items):
+    """Median over items of one call each (the mean is dominated by the few prefixes with thousands of
+    continuations)."""
+    ts = []
+    for x in items:
+        t = time.perf_counter()
+        f(x)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e6
+
+
 def worker(engine: str, max_docs: int, out: str) -> None:
     import numpy as np
 
@@ -137,8 +150,11 @@ def worker(engine: str, max_docs: int, out: str) -> None:
     res = {"engine": engine, "tokens": n_tok, "docs": len(offsets) - 1}
     before = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        if engine == "irforge":
+        if engine in ("irforge", "irforge-portable"):
             import irforge
+
+            # "irforge-portable": the query kernels without AVX-512 (what CPUs without VPOPCNTDQ run)
+            res["kernels"] = irforge._core.fm_set_isa("scalar" if engine == "irforge-portable" else "auto")
 
             docs = [tokens[offsets[d]:offsets[d + 1]] for d in range(len(offsets) - 1)]
             t = time.perf_counter()
@@ -159,6 +175,7 @@ def worker(engine: str, max_docs: int, out: str) -> None:
             res["docid_us_per_occ"] = (time.perf_counter() - t) / occ * 1e6
             for m in range(1, 5):
                 res[f"next_us_{m}"] = timed(fm.next_tokens, pats[m][:200], reps=2)
+                res[f"next_med_us_{m}"] = median_us(fm.next_tokens, pats[m][:200])
             res["extract_us"] = timed(fm.extract, list(range(0, len(offsets) - 1, max(1, (len(offsets) - 1) // 300))))
         elif engine == "fm-index":
             from importlib.metadata import version
@@ -219,6 +236,7 @@ def worker(engine: str, max_docs: int, out: str) -> None:
                 # its default: at most 1,000 sampled occurrences (approximate); an exact enumeration
                 # (max_support unbounded) terminates the engine on frequent prefixes of this corpus
                 res[f"next_us_{m}"] = timed(lambda q: eng.ntd(prompt_ids=q), pats[m][:200], reps=1)
+                res[f"next_med_us_{m}"] = median_us(lambda q: eng.ntd(prompt_ids=q), pats[m][:200])
             many = [p for p in pats[1] + pats[2] if 20 <= eng.count(input_ids=p)["count"] <= 2000][:60]
             occ = 0
             t = time.perf_counter()
@@ -277,8 +295,11 @@ def report(results, command):
         f = lambda k, nd=2: (f"{r[k]:.{nd}f}" if k in r else "-")
         counts = "/".join(f(f"count_us_{m}") for m in (1, 2, 4, 8)) if "count_us_1" in r else "-"
         nxt = "/".join(f(f"next_us_{m}", 1) for m in (1, 2, 3, 4)) if "next_us_1" in r else "-"
+        if "next_med_us_1" in r:
+            nxt += " (median " + "/".join(f(f"next_med_us_{m}", 1) for m in (1, 2, 3, 4)) + ")"
         per_tok = f"{r['count_batch_us_8'] / 8:.3f}" if "count_batch_us_8" in r else "-"
-        lines.append(f"| {r['engine']} | {r.get('version', '-')} | {f('build_s')} | {r['tokens'] / r['build_s'] / 1e6:.2f} | "
+        name = f"{r['engine']} ({r['kernels']} kernels)" if "kernels" in r else r["engine"]
+        lines.append(f"| {name} | {r.get('version', '-')} | {f('build_s')} | {r['tokens'] / r['build_s'] / 1e6:.2f} | "
                      f"{f('build_rss_mb', 0)} | {f('bytes_per_token')} | {counts} | {per_tok} | {f('docid_us_per_occ')} | {nxt} | {f('extract_us', 1)} |")
     lines.append("")
     return "\n".join(lines)

@@ -7,7 +7,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from irforge import FMIndex, SuffixRange
+from irforge import FMIndex, SuffixRange, _core
+
+ISAS = ["scalar"] + (["avx512"] if _core.fm_set_isa("auto") == "avx512" else [])
+
+
+@pytest.fixture(scope="module", autouse=True, params=ISAS)
+def isa(request):
+    """Every test here runs with the portable query kernels and, where the CPU has them, the AVX-512 ones."""
+    assert _core.fm_set_isa(request.param) == request.param
+    yield request.param
+    _core.fm_set_isa("auto")
 
 
 def naive_occurrences(docs, pattern):
@@ -296,3 +306,8 @@ def test_inconsistent_code_lengths_are_rejected(tmp_path):
         (tmp_path / "bad.irx").write_bytes(bytes(bad))
         with pytest.raises(ValueError, match="code"):
             FMIndex.load(tmp_path / "bad.irx", verify=False)
+
+
+def test_kernel_choice():
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        _core.fm_set_isa("sse9")

@@ -70,34 +70,7 @@ struct RankBits {
   const uint64_t* supers = nullptr;
   uint64_t n = 0;
 
-  // Ones in [0, i).
-  uint64_t rank1(uint64_t i) const {
-    uint64_t r;
-    bit_rank1(i, &r);
-    return r;
-  }
-  uint64_t rank0(uint64_t i) const { return i - rank1(i); }
-  bool bit(uint64_t i) const {
-    const uint64_t li = i / kBitsPerLine, p = i % kBitsPerLine + kCountBits;
-    return (lines[li].words[p / 64] >> (p % 64)) & 1;
-  }
-  // bit(i) and rank1(i) from the one line.
-  bool bit_rank1(uint64_t i, uint64_t* rank) const {
-    const uint64_t li = i / kBitsPerLine, p = i % kBitsPerLine + kCountBits;
-    const uint64_t* w = lines[li].words;
-    const uint64_t q = p / 64, low = (1ULL << (p % 64)) - 1;
-    // Branch-free: every word is counted under a mask (all ones before word q, the low bits in it, none
-    // after); the count field in word 0 is masked out. The trip count never varies, so nothing mispredicts.
-    uint64_t r = supers[li >> kSuperShift] + (w[0] & kCountMask);
-#pragma GCC unroll 8
-    for (uint64_t k = 0; k < 8; ++k) {
-      uint64_t m = k < q ? ~0ULL : (k == q ? low : 0);
-      if (k == 0) m &= ~kCountMask;
-      r += popcount64(w[k] & m);
-    }
-    *rank = r;
-    return (w[q] >> (p % 64)) & 1;
-  }
+  // rank and bit live in query_kernels.inc (compiled per instruction set).
   void prefetch(uint64_t i) const { __builtin_prefetch(&lines[i / kBitsPerLine]); }
 };
 

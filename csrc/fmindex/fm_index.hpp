@@ -9,6 +9,7 @@
 // (document, offset).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -54,6 +55,103 @@ struct Range {
 struct Occurrence {
   uint64_t doc, offset;
 };
+
+// What the query kernels read: views into an FMIndex's structures.
+struct QueryCore {
+  WaveletView wm;
+  RankBits sampled;
+  PackedView samples;
+  const uint64_t* C = nullptr;
+  const uint32_t* alphabet = nullptr;  // dense symbol - 2 -> token id
+  uint64_t n_alphabet = 0;
+  const uint32_t* id2sym = nullptr;    // token id -> dense symbol, when the largest id is small
+  uint64_t id2sym_size = 0;
+  uint64_t n = 0;
+  uint64_t sample_rate = 1;
+
+  // Dense symbol of a token id, or 0 if the id never occurs.
+  uint32_t dense(uint64_t id) const {
+    if (id < id2sym_size) return id2sym[id];
+    if (id2sym_size != 0 || id > kMaxTokenId) return 0;
+    const uint32_t* end = alphabet + n_alphabet;
+    const uint32_t* p = std::lower_bound(alphabet, end, static_cast<uint32_t>(id));
+    return (p != end && *p == id) ? static_cast<uint32_t>(p - alphabet) + 2 : 0;
+  }
+};
+
+}  // namespace irforge::fm
+
+#define IRF_KNS kscalar
+#define IRF_KAVX512 0
+#include "query_kernels.inc"
+#undef IRF_KNS
+#undef IRF_KAVX512
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IRFORGE_HAVE_AVX512_KERNELS 1
+#include <immintrin.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vpopcntdq"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vpopcntdq")
+#endif
+#define IRF_KNS kavx512
+#define IRF_KAVX512 1
+#include "query_kernels.inc"
+#undef IRF_KNS
+#undef IRF_KAVX512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#else
+#define IRFORGE_HAVE_AVX512_KERNELS 0
+#endif
+
+namespace irforge::fm {
+
+// Which query kernels run: chosen from the CPU once (AVX-512 VPOPCNTDQ where present), or forced; tests run
+// both and compare them.
+enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx512 = 2 };
+inline bool cpu_has_avx512_kernels() {
+#if IRFORGE_HAVE_AVX512_KERNELS
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+inline std::atomic<int>& isa_override() {
+  static std::atomic<int> v{kIsaAuto};
+  return v;
+}
+inline bool use_avx512() {
+  const int o = isa_override().load(std::memory_order_relaxed);
+  return o == kIsaAvx512 || (o == kIsaAuto && cpu_has_avx512_kernels());
+}
+// Sets the kernels ("auto", "scalar" or "avx512"; the last only where the CPU has it); returns the one in use.
+inline std::string set_isa(const std::string& name) {
+  if (name == "auto") isa_override() = kIsaAuto;
+  else if (name == "scalar") isa_override() = kIsaScalar;
+  else if (name == "avx512") {
+    if (!cpu_has_avx512_kernels()) throw std::invalid_argument("this CPU has no AVX-512 VPOPCNTDQ");
+    isa_override() = kIsaAvx512;
+  } else {
+    throw std::invalid_argument("unknown instruction set '" + name + "'; choose auto, scalar or avx512");
+  }
+  return use_avx512() ? "avx512" : "scalar";
+}
+
+#if IRFORGE_HAVE_AVX512_KERNELS
+#define IRF_DISPATCH(call) (use_avx512() ? kavx512::call : kscalar::call)
+#else
+#define IRF_DISPATCH(call) (kscalar::call)
+#endif
 
 class FMIndex {
  public:
@@ -196,9 +294,9 @@ class FMIndex {
       at += lines_for(ix.shape_.level_n[d]);
     }
     ix.sampled_ = RankBits{sb, ix.supers_.back().data(), m.n};
-    if (ix.sampled_.rank1(m.n) != n_samples) throw bad("sample bitvector does not match the samples");
+    if (kscalar::rank1(ix.sampled_, m.n) != n_samples) throw bad("sample bitvector does not match the samples");
     for (uint32_t d = 0; d < m.n_levels; ++d)
-      if (ix.level_bits_[d].rank1(ix.shape_.level_n[d]) != ix.shape_.level_n[d] - ix.shape_.zeros[d])
+      if (kscalar::rank1(ix.level_bits_[d], ix.shape_.level_n[d]) != ix.shape_.level_n[d] - ix.shape_.zeros[d])
         throw bad("wavelet level " + std::to_string(d) + " does not match the symbol counts");
     ix.finish_views();
     return ix;
@@ -228,153 +326,24 @@ class FMIndex {
   Range full() const { return {0, meta_.n}; }
 
   // Dense symbol of a token id, or 0 if the id never occurs.
-  uint32_t dense(uint64_t id) const {
-    if (id < id2sym_.size()) return id2sym_[id];
-    if (!id2sym_.empty() || id > kMaxTokenId) return 0;
-    const uint32_t* end = alphabet_ + (meta_.sigma - 2);
-    const uint32_t* p = std::lower_bound(alphabet_, end, static_cast<uint32_t>(id));
-    return (p != end && *p == id) ? static_cast<uint32_t>(p - alphabet_) + 2 : 0;
-  }
+  uint32_t dense(uint64_t id) const { return core_.dense(id); }
   uint32_t token_of(uint32_t dense_sym) const { return alphabet_[dense_sym - 2]; }
 
   // The range of pattern+token given the range of pattern (empty if the token never follows).
-  Range extend(Range r, uint64_t token) const {
-    const uint32_t c = dense(token);
-    if (c == 0 || r.sp >= r.ep) return {0, 0};
-    uint64_t a, b;
-    wm_.rank2(c, r.sp, r.ep, &a, &b);
-    return {C_[c] + a, C_[c] + b};
-  }
+  Range extend(Range r, uint64_t token) const { return IRF_DISPATCH(extend(core_, r, token)); }
   Range find(const uint64_t* pattern, size_t m) const {
     Range r = full();
     for (size_t i = 0; i < m && r.sp < r.ep; ++i) r = extend(r, pattern[i]);
     return r;
   }
 
-  // Counts of many patterns: patterns[i] = tokens[off[i] .. off[i+1]). G lanes each carry one pattern and
-  // advance one wavelet level per round, prefetching the lines of their next level as soon as they know them;
-  // a lane that finishes takes the next pattern. The misses of different patterns overlap.
+  // Counts of many patterns: patterns[i] = tokens[off[i] .. off[i+1]) (query_kernels.inc).
   void count_many(const uint64_t* tokens, const int64_t* off, size_t n, int64_t* out) const {
-    constexpr size_t G = 16;
-    struct Lane {
-      size_t pat, pos, end;
-      uint64_t sp, ep;
-      uint32_t c, d;
-      bool live;
-    };
-    Lane lane[G];
-    size_t next = 0, active = 0;
-    // Loads the next token of lane l (or finishes it); returns whether it still runs.
-    auto load = [&](Lane& l) {
-      while (true) {
-        if (l.pos == l.end || l.sp >= l.ep) {
-          out[l.pat] = static_cast<int64_t>(l.pos == l.end ? l.ep - l.sp : 0);
-          return false;
-        }
-        l.c = dense(tokens[l.pos]);
-        if (l.c == 0) {
-          l.sp = l.ep = 0;
-          continue;
-        }
-        l.d = 0;
-        wm_.prefetch(0, l.sp);
-        wm_.prefetch(0, l.ep);
-        return true;
-      }
-    };
-    auto start = [&](Lane& l) {
-      while (next < n) {
-        l.pat = next++;
-        l.pos = static_cast<size_t>(off[l.pat]);
-        l.end = static_cast<size_t>(off[l.pat + 1]);
-        l.sp = 0;
-        l.ep = meta_.n;
-        if (l.pos == l.end) {  // empty patterns are rejected above; count 0 here
-          out[l.pat] = 0;
-          continue;
-        }
-        if (load(l)) return true;
-      }
-      return false;
-    };
-    for (size_t t = 0; t < G; ++t) {
-      lane[t].live = start(lane[t]);
-      active += lane[t].live;
-    }
-    while (active > 0) {
-      for (size_t t = 0; t < G; ++t) {
-        Lane& l = lane[t];
-        if (!l.live) continue;
-        const SymCode& s = shape_.sym[l.c];
-        wm_.step2(l.d, (s.code >> l.d) & 1, &l.sp, &l.ep);
-        if (++l.d < s.len) {
-          wm_.prefetch(l.d, l.sp);
-          wm_.prefetch(l.d, l.ep);
-          continue;
-        }
-        l.sp += s.lf;
-        l.ep += s.lf;
-        ++l.pos;
-        if (!load(l) && !(l.live = start(l))) --active;
-      }
-    }
+    IRF_DISPATCH(count_many(core_, tokens, off, n, out));
   }
-
-  // Text positions (in R) of many suffix-array rows: each row walks LF until it meets a sampled text position.
-  // G lanes interleave the walks level by level with prefetches, as in count_many; a row's sample-bit line and
-  // its first wavelet line are fetched together, and the first level is taken in the round that finds the row
-  // unsampled.
+  // Text positions (in R) of many suffix-array rows (query_kernels.inc).
   void text_positions(const uint64_t* rows, size_t n, uint64_t* out) const {
-    constexpr size_t G = 16;
-    struct Lane {
-      size_t k;
-      uint64_t row, steps, i, idx;
-      uint32_t d;
-      bool live;
-    };
-    Lane lane[G];
-    size_t next = 0, active = 0;
-    auto begin_row = [&](Lane& l) {
-      l.i = l.row;
-      l.idx = 0;
-      l.d = 0;
-      sampled_.prefetch(l.row);
-      wm_.prefetch(0, l.row);
-    };
-    auto start = [&](Lane& l) {
-      if (next >= n) return false;
-      l.k = next++;
-      l.row = rows[l.k];
-      l.steps = 0;
-      begin_row(l);
-      return true;
-    };
-    for (size_t t = 0; t < G; ++t) {
-      lane[t].live = start(lane[t]);
-      active += lane[t].live;
-    }
-    while (active > 0) {
-      for (size_t t = 0; t < G; ++t) {
-        Lane& l = lane[t];
-        if (!l.live) continue;
-        if (l.d == 0) {
-          uint64_t r;
-          if (sampled_.bit_rank1(l.row, &r)) {
-            out[l.k] = samples_.get(r) * meta_.sample_rate + l.steps;
-            if (!(l.live = start(l))) --active;
-            continue;
-          }
-        }
-        const int64_t leaf = wm_.step1(l.d, &l.i, &l.idx);
-        if (leaf < 0) {
-          wm_.prefetch(++l.d, l.i);
-          continue;
-        }
-        l.row = l.i + wm_.leaf_lf[leaf];
-        ++l.steps;
-        begin_row(l);
-      }
-    }
+    IRF_DISPATCH(text_positions(core_, rows, n, out));
   }
   // (document, offset) of the occurrences of a length-m pattern at rows [sp, ep).
   void occurrences(Range r, uint64_t m, std::vector<Occurrence>& out) const {
@@ -402,9 +371,10 @@ class FMIndex {
   void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
     thread_local std::vector<std::pair<uint32_t, uint64_t>> found;
     found.clear();
-    wm_.distinct(r.sp, r.ep, [&](uint32_t c, uint64_t k) {
+    auto add = [&](uint32_t c, uint64_t k) {
       if (c >= 2) found.emplace_back(c, k);
-    });
+    };
+    IRF_DISPATCH(distinct(wm_, r.sp, r.ep, add));
     std::sort(found.begin(), found.end());
     tokens.resize(found.size());
     counts.resize(found.size());
@@ -420,7 +390,7 @@ class FMIndex {
     out.resize(len);
     uint64_t row = sep_row_.get(d);
     for (uint64_t i = 0; i < len; ++i) {
-      const uint32_t c = wm_.access_lf(row, &row);
+      const uint32_t c = IRF_DISPATCH(access_lf(wm_, row, &row));
       if (c < 2) throw FormatError("corrupt index: document " + std::to_string(d) + " ends early");
       out[i] = token_of(c);
     }
@@ -461,6 +431,7 @@ class FMIndex {
   RankBits sampled_;
   WaveletView wm_;
   std::vector<uint32_t> id2sym_;  // token id -> dense symbol, when the largest id is small
+  QueryCore core_;
   static constexpr uint64_t kDocTopEvery = 64;
   std::vector<uint64_t> doc_top_;  // doc_start of every 64th document
 
@@ -484,6 +455,8 @@ class FMIndex {
       id2sym_.assign(static_cast<size_t>(alphabet_[na - 1]) + 1, 0);
       for (uint64_t j = 0; j < na; ++j) id2sym_[alphabet_[j]] = static_cast<uint32_t>(j + 2);
     }
+    core_ = QueryCore{wm_, sampled_, samples_, C_, alphabet_, meta_.sigma - 2ull, id2sym_.data(), id2sym_.size(),
+                      meta_.n, meta_.sample_rate};
   }
 
   template <class Sym, class Tok>
