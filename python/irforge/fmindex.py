@@ -207,6 +207,10 @@ class FMIndex:
 
     def count(self, pattern: Tokens) -> int:
         """Occurrences of ``pattern`` in the corpus (never across a document boundary)."""
+        if type(pattern) is list and not self._byte_mode:
+            n = self._core.count_ids(pattern)  # validated in the engine; None: not plain ints, see below
+            if n is not None:
+                return n
         return self.range(pattern).count
 
     def count_batch(self, patterns: Iterable[Tokens], *, threads: Optional[int] = None) -> np.ndarray:
