@@ -81,6 +81,7 @@ class BlockRankReranker(BatchMixin):
     backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU; "torch" for fine-tuning).
     batch_tokens : :meth:`rerank_batch` packs consecutive prompts into one forward pass (the block-sparse layout
         keeps them apart) while their total length stays within this many tokens; 0 runs one prompt at a time.
+        None (default): 16,384 on a GPU, 0 on the CPU (where packing measured 1.2x slower: bench/RESULTS.md).
     """
 
     INSTRUCTION = ("You will be given a query and a list of documents, each between 'ID: i | CONTENT:' and "
@@ -88,7 +89,7 @@ class BlockRankReranker(BatchMixin):
 
     def __init__(self, model: Any, tokenizer: Any, *, layer: Optional[int] = None, query_offset: int = 8192,
                  max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto",
-                 progress: bool = False, batch_tokens: int = 16384) -> None:
+                 progress: bool = False, batch_tokens: Optional[int] = None) -> None:
         depth = model.config.num_hidden_layers
         self.layer = int(depth * 5 / 8) if layer is None else layer
         if not 0 <= self.layer < depth:
@@ -103,8 +104,11 @@ class BlockRankReranker(BatchMixin):
         self.model, self.tokenizer = model, tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
         self.progress = progress
-        if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 0:
-            raise ValueError(f"batch_tokens must be a non-negative int, got {batch_tokens!r}")
+        if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
+                                         or batch_tokens < 0):
+            raise ValueError(f"batch_tokens must be a non-negative int or None, got {batch_tokens!r}")
+        if batch_tokens is None:
+            batch_tokens = 16384 if next(model.parameters()).device.type == "cuda" else 0
         self.batch_tokens = batch_tokens
 
     def build(self, query: str, docs: Sequence[str]):
