@@ -20,7 +20,11 @@ __attribute__((noinline)) inline ExhaustiveScratch* exhaustive_scratch() {
   return &scratch;
 }
 
-inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vector<QueryTerm>& q, size_t k) {
+// Term-at-a-time accumulation of every posting, then the top k. kFiltered: only documents whose bit is set in
+// `allowed` (a bitmap over the documents) are scored; the unfiltered loop carries no test.
+template <bool kFiltered>
+std::vector<ScoredDoc> exhaustive_topk(const Index& ix, const std::vector<PreparedTerm>& terms, size_t k,
+                                       const uint64_t* allowed) {
   ExhaustiveScratch& s = *exhaustive_scratch();
   std::vector<double>& acc = s.acc;
   std::vector<uint8_t>& seen = s.seen;
@@ -32,7 +36,7 @@ inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vect
   }
   touched.clear();
   const Scorer& sc = ix.scorer();
-  for (const PreparedTerm& t : prepare(ix, q)) {  // query order: the same summation order as ordered_sum
+  for (const PreparedTerm& t : terms) {  // query order: the same summation order as ordered_sum
     Cursor c(&ix.view(), t.term);
     do {
       const uint32_t n = c.block_count();
@@ -40,6 +44,9 @@ inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vect
       const uint32_t* tfs = c.block_tfs();
       for (uint32_t i = 0; i < n; ++i) {
         const uint32_t d = docs[i];
+        if constexpr (kFiltered) {
+          if (!((allowed[d / 64] >> (d % 64)) & 1)) continue;
+        }
         if (!seen[d]) {
           seen[d] = 1;
           touched.push_back(d);
@@ -55,6 +62,10 @@ inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vect
     seen[d] = 0;
   }
   return top.take_sorted();
+}
+
+inline std::vector<ScoredDoc> search_exhaustive(const Index& ix, const std::vector<QueryTerm>& q, size_t k) {
+  return exhaustive_topk<false>(ix, prepare(ix, q), k, nullptr);
 }
 
 }  // namespace irforge::bm25

@@ -9,7 +9,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "query_common.hpp"
 #include "query_exhaustive.hpp"
 
 namespace irforge::bm25 {
@@ -29,11 +28,11 @@ inline std::vector<ScoredDoc> search_filtered(const Index& ix, const std::vector
   const std::vector<PreparedTerm> terms = prepare(ix, q);
   const size_t m = terms.size();
   if (m == 0 || n_allowed == 0) return {};
-  const Scorer& sc = ix.scorer();
   uint64_t postings = 0;
   for (const auto& t : terms) postings += ix.storage().df[t.term];
-  TopK top(k);
   if (n_allowed <= postings) {
+    const Scorer& sc = ix.scorer();
+    TopK top(k);
     std::vector<Cursor> cur;
     cur.reserve(m);
     for (const auto& t : terms) cur.emplace_back(&ix.view(), t.term);
@@ -54,38 +53,9 @@ inline std::vector<ScoredDoc> search_filtered(const Index& ix, const std::vector
     return top.take_sorted();
   }
   FilterScratch& f = *filter_scratch();
-  const uint32_t N = ix.n_docs();
-  f.allowed_bits.assign(N / 64 + 1, 0);
+  f.allowed_bits.assign(ix.n_docs() / 64 + 1, 0);
   for (size_t a = 0; a < n_allowed; ++a) f.allowed_bits[allowed[a] / 64] |= 1ULL << (allowed[a] % 64);
-  ExhaustiveScratch& s = *exhaustive_scratch();
-  if (s.acc.size() < N) {
-    s.acc.assign(N, 0.0);
-    s.seen.assign(N, 0);
-  }
-  s.touched.clear();
-  for (const PreparedTerm& t : terms) {  // query order: the same summation order as ordered_sum
-    Cursor c(&ix.view(), t.term);
-    do {
-      const uint32_t n = c.block_count();
-      const uint32_t* docs = c.block_docs();
-      const uint32_t* tfs = c.block_tfs();
-      for (uint32_t i = 0; i < n; ++i) {
-        const uint32_t d = docs[i];
-        if (!((f.allowed_bits[d / 64] >> (d % 64)) & 1)) continue;
-        if (!s.seen[d]) {
-          s.seen[d] = 1;
-          s.touched.push_back(d);
-        }
-        s.acc[d] += sc.combine(t.w, sc.x(tfs[i], d));
-      }
-    } while (c.advance_block());
-  }
-  for (uint32_t d : s.touched) {
-    top.push(static_cast<float>(s.acc[d]), d);
-    s.acc[d] = 0.0;
-    s.seen[d] = 0;
-  }
-  return top.take_sorted();
+  return exhaustive_topk<true>(ix, terms, k, f.allowed_bits.data());
 }
 
 }  // namespace irforge::bm25
