@@ -2,53 +2,17 @@
 //
 // Rank layout: each 64-byte line holds, in the low 16 bits of its first word, the number of ones before it
 // within its superblock, and 496 bits of data (the rest of word 0, then words 1..7). Superblocks of 128 lines
-// carry the u64 count before them in a separate array of 1/7,936 the size (it stays in cache), so rank1(i)
-// and bit(i) read one line of the bitvector. The overhead is 16 bits per 496 (3.2%).
+// carry the u64 count before them in a separate array (8 bytes per 8 KiB of lines: it stays in cache), so a
+// rank or bit reads one line of the bitvector. The overhead is 16 bits per 496 (3.2%).
 #pragma once
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <vector>
-
-#include <sys/mman.h>
 
 namespace irforge::fm {
 
 // A single instruction where the build enables it (x86-64 builds use -mpopcnt; aarch64 has it in NEON).
 inline uint32_t popcount64(uint64_t x) { return static_cast<uint32_t>(__builtin_popcountll(x)); }
-
-// An allocator for large rank structures: blocks of 2 MiB or more are 2 MiB-aligned and advised to use
-// transparent huge pages. Rank queries touch random lines across the whole structure, so with 4 KiB pages
-// nearly every access also misses the TLB; huge pages remove those page walks.
-template <class T>
-struct HugeAlloc {
-  using value_type = T;
-  HugeAlloc() = default;
-  template <class U>
-  HugeAlloc(const HugeAlloc<U>&) {}
-  static constexpr size_t kHuge = size_t(1) << 21;
-  T* allocate(size_t n) {
-    const size_t bytes = n * sizeof(T);
-    if (bytes < kHuge) {
-      void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-      if (!p) throw std::bad_alloc();
-      return static_cast<T*>(p);
-    }
-    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* p = std::aligned_alloc(kHuge, rounded);
-    if (!p) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    ::madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP it stays a normal allocation
-#endif
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t) { std::free(p); }
-  template <class U>
-  bool operator==(const HugeAlloc<U>&) const { return true; }
-  template <class U>
-  bool operator!=(const HugeAlloc<U>&) const { return false; }
-};
 
 struct alignas(64) RankLine {
   uint64_t words[8];  // words[0] & kCountMask: ones before this line in its superblock; the rest: data
@@ -76,7 +40,7 @@ struct RankBits {
 
 // Owned lines and superblocks, built from data words (bit j of word k is bit 64k + j).
 struct RankStore {
-  std::vector<RankLine, HugeAlloc<RankLine>> lines;
+  std::vector<RankLine> lines;
   std::vector<uint64_t> supers;
   uint64_t n = 0;
   RankBits view() const { return RankBits{lines.data(), supers.data(), n}; }
