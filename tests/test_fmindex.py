@@ -267,6 +267,8 @@ def test_alphabet_above_16_bits(tmp_path):
     fm = FMIndex.build(docs)
     assert fm.alphabet_size == 70_000
     _check_corpus_against_numpy(fm, docs, rng, n_checks=15)
+    t, c = fm.next_tokens([])  # 70,000 continuations: the radix-sorted path, over 17-bit symbols
+    assert list(zip(t.tolist(), c.tolist())) == sorted(Counter(tokens.tolist()).items())
     fm.save(tmp_path / "big.irx")
     g = FMIndex.load(tmp_path / "big.irx")
     for d in (0, 499, 999):

@@ -62,6 +62,34 @@ void doc_freqs(const FMIndex& ix, Range r, uint64_t m, uint64_t limit, std::vect
   }
 }
 
+// A pattern given as a list of Python ints, validated without converting it to an array: false when an item
+// is not an exact int or is beyond the largest id (the caller's general path then reports or handles it).
+bool list_ids(const py::list& pattern, std::vector<uint64_t>& ids) {
+  const size_t m = pattern.size();
+  if (m == 0) throw py::value_error("pattern is empty");
+  ids.resize(m);
+  long long lo = 0;
+  for (size_t i = 0; i < m; ++i) {
+    PyObject* o = PyList_GET_ITEM(pattern.ptr(), static_cast<Py_ssize_t>(i));
+    if (!PyLong_CheckExact(o)) return false;
+    int over = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(o, &over);
+    if (over != 0) return false;
+    if (i == 0 || v < lo) lo = v;
+    if (v >= 0 && static_cast<uint64_t>(v) > kMaxTokenId) return false;
+    ids[i] = static_cast<uint64_t>(v);
+  }
+  if (lo < 0) throw py::value_error("pattern holds a negative token id (" + std::to_string(lo) + ")");
+  return true;
+}
+
+template <class Out, class T>
+py::array_t<Out> to_numpy_as(const std::vector<T>& v) {
+  py::array_t<Out> a(v.size());
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
 template <class T>
 py::array_t<T> to_numpy(const std::vector<T>& v) {
   py::array_t<T> a(v.size());
@@ -119,33 +147,20 @@ void bind_fmindex(py::module_& m) {
              return py::make_tuple(r.sp, r.ep);
            }, py::arg("pattern"))
       .def("count_ids", [](const PyFM& s, const py::list& pattern) -> py::object {
-             // The one-pattern fast path for a list of Python ints: validated here, no array conversion.
-             // Returns None when an item is not an exact int (the caller then takes the general path).
-             const size_t m = pattern.size();
-             if (m == 0) throw py::value_error("pattern is empty");
-             uint64_t stack[32];
-             std::vector<uint64_t> heap;
-             uint64_t* ids = stack;
-             if (m > 32) {
-               heap.resize(m);
-               ids = heap.data();
+             std::vector<uint64_t> ids;
+             if (!list_ids(pattern, ids)) return py::none();
+             return py::int_(s.ix->find(ids.data(), ids.size()).size());
+           }, py::arg("pattern"))
+      .def("next_tokens_ids", [](const PyFM& s, const py::list& pattern) -> py::object {
+             std::vector<uint64_t> ids;
+             if (!list_ids(pattern, ids)) return py::none();
+             std::vector<uint32_t> toks;
+             std::vector<uint64_t> counts;
+             {
+               py::gil_scoped_release nogil;  // frequent prefixes take hundreds of microseconds
+               s.ix->next_tokens(s.ix->find(ids.data(), ids.size()), toks, counts);
              }
-             long long lo = 0, hi = 0;
-             bool overflow_high = false;
-             for (size_t i = 0; i < m; ++i) {
-               PyObject* o = PyList_GET_ITEM(pattern.ptr(), static_cast<Py_ssize_t>(i));
-               if (!PyLong_CheckExact(o)) return py::none();
-               int over = 0;
-               const long long v = PyLong_AsLongLongAndOverflow(o, &over);
-               if (over > 0) overflow_high = true;
-               if (over < 0) return py::none();  // very negative: the general path reports it
-               if (i == 0 || v < lo) lo = v;
-               if (i == 0 || v > hi) hi = v;
-               ids[i] = static_cast<uint64_t>(v);
-             }
-             if (lo < 0) throw py::value_error("pattern holds a negative token id (" + std::to_string(lo) + ")");
-             if (overflow_high || static_cast<uint64_t>(hi) > kMaxTokenId) return py::none();
-             return py::int_(s.ix->find(ids, m).size());
+             return py::make_tuple(to_numpy_as<int64_t>(toks), to_numpy_as<int64_t>(counts));
            }, py::arg("pattern"))
       .def("extend", [](const PyFM& s, uint64_t sp, uint64_t ep, uint64_t token) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");

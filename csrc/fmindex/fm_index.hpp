@@ -369,18 +369,38 @@ class FMIndex {
 
   // Distinct tokens following the pattern whose range is r, with counts, increasing token id.
   void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
-    thread_local std::vector<std::pair<uint32_t, uint64_t>> found;
+    NextScratch& scratch = *next_scratch();
+    std::vector<std::pair<uint32_t, uint64_t>>& found = scratch.found;
     found.clear();
     auto add = [&](uint32_t c, uint64_t k) {
       if (c >= 2) found.emplace_back(c, k);
     };
     IRF_DISPATCH(distinct(wm_, r.sp, r.ep, add));
-    std::sort(found.begin(), found.end());
+    sort_by_symbol(found, scratch.tmp);
     tokens.resize(found.size());
     counts.resize(found.size());
     for (size_t k = 0; k < found.size(); ++k) {
       tokens[k] = token_of(found[k].first);
       counts[k] = found[k].second;
+    }
+  }
+
+  // Sorts (symbol, count) pairs by symbol (symbols are distinct): LSD radix sort on bytes of the symbol for
+  // long lists (a comparison sort was a quarter of next_tokens on frequent prefixes), std::sort for short ones.
+  void sort_by_symbol(std::vector<std::pair<uint32_t, uint64_t>>& v,
+                      std::vector<std::pair<uint32_t, uint64_t>>& tmp) const {
+    if (v.size() < 64) {
+      std::sort(v.begin(), v.end());
+      return;
+    }
+    tmp.resize(v.size());
+    const uint32_t bits = bits_for(meta_.sigma - 1);
+    for (uint32_t shift = 0; shift < bits; shift += 8) {
+      size_t at[257] = {};
+      for (const auto& e : v) ++at[((e.first >> shift) & 0xFF) + 1];
+      for (int b = 0; b < 256; ++b) at[b + 1] += at[b];
+      for (const auto& e : v) tmp[at[(e.first >> shift) & 0xFF]++] = e;
+      v.swap(tmp);
     }
   }
 
@@ -404,6 +424,15 @@ class FMIndex {
            8 * (packed_words(meta_.sigma - 2, meta_.id_width) + packed_words(meta_.sigma + 1, meta_.pos_width) +
                 packed_words((meta_.n - 1) / meta_.sample_rate + 1, meta_.sample_width) +
                 packed_words(meta_.n_docs + 1, meta_.pos_width) + packed_words(meta_.n_docs, meta_.pos_width));
+  }
+
+  struct NextScratch {
+    std::vector<std::pair<uint32_t, uint64_t>> found, tmp;
+  };
+  // Per-thread scratch behind a call that is never inlined (one __tls_get_addr per query, not per use).
+  __attribute__((noinline)) static NextScratch* next_scratch() {
+    thread_local NextScratch s;
+    return &s;
   }
 
   FMIndex(FMIndex&&) = default;

@@ -246,6 +246,10 @@ class FMIndex:
         elif len(prefix) == 0:
             sp, ep = self.full_range()
         else:  # one call: search and enumerate
+            if type(prefix) is list and not self._byte_mode:
+                out = self._core.next_tokens_ids(prefix)  # None: not plain ints, take the general path
+                if out is not None:
+                    return out
             return self._core.next_tokens(_pattern(prefix, self._byte_mode))
         toks, counts = self._core.next_tokens_range(int(sp), int(ep))
         return toks.astype(np.int64), counts.astype(np.int64)
