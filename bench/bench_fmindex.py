@@ -8,8 +8,8 @@ Corpus: ../shared/data/wiki100k (99,703 Wikipedia passages, title + text) tokeni
 50,000 tokens trained on that corpus with the `tokenizers` package (trained once, cached with the token ids
 under $IRFORGE_CACHE, default ~/.cache/irforge). Each engine runs in its own subprocess (peak RSS is its own).
 
-irforge runs twice: with the query kernels its CPU check picks (AVX-512 VPOPCNTDQ here) and with the portable
-ones ("irforge-portable"), what CPUs without AVX-512 run.
+irforge runs three times: with the query kernels its CPU check picks (AVX-512 VPOPCNTDQ here), with the AVX2 ones
+(x86-64 CPUs without AVX-512) and with the portable ones ("irforge-portable": other architectures).
 Patterns: n-grams of length 1..8 cut at random positions of random documents (fixed seed), so every pattern
 occurs at least once. Figures:
   build         wall time, and peak RSS above the RSS before building (peak reset through /proc/self/clear_refs);
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ["irforge", "irforge-portable", "fm-index", "infini-gram", "pydivsufsort"]
+ENGINES = ["irforge", "irforge-avx2", "irforge-portable", "fm-index", "infini-gram", "pydivsufsort"]
 VOCAB = 50_000
 
 
@@ -150,11 +150,11 @@ def worker(engine: str, max_docs: int, out: str) -> None:
     res = {"engine": engine, "tokens": n_tok, "docs": len(offsets) - 1}
     before = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        if engine in ("irforge", "irforge-portable"):
+        if engine in ("irforge", "irforge-avx2", "irforge-portable"):
             import irforge
 
-            # "irforge-portable": the query kernels without AVX-512 (what CPUs without VPOPCNTDQ run)
-            res["kernels"] = irforge._core.fm_set_isa("scalar" if engine == "irforge-portable" else "auto")
+            # the query kernels the CPU check picks, the AVX2 ones, and the portable ones (no x86 vector code)
+            res["kernels"] = irforge._core.fm_set_isa({"irforge": "auto", "irforge-avx2": "avx2"}.get(engine, "scalar"))
 
             docs = [tokens[offsets[d]:offsets[d + 1]] for d in range(len(offsets) - 1)]
             t = time.perf_counter()

@@ -9,12 +9,23 @@ from hypothesis import strategies as st
 
 from irforge import FMIndex, SuffixRange, _core
 
-ISAS = ["scalar"] + (["avx512"] if _core.fm_set_isa("auto") == "avx512" else [])
+def _available_isas():
+    out = []
+    for name in ("scalar", "avx2", "avx512"):
+        try:
+            out.append(_core.fm_set_isa(name))
+        except ValueError:  # the CPU lacks it
+            pass
+    _core.fm_set_isa("auto")
+    return out
+
+
+ISAS = _available_isas()
 
 
 @pytest.fixture(scope="module", autouse=True, params=ISAS)
 def isa(request):
-    """Every test here runs with the portable query kernels and, where the CPU has them, the AVX-512 ones."""
+    """Every test here runs with the portable query kernels and with each vectorised set the CPU has."""
     assert _core.fm_set_isa(request.param) == request.param
     yield request.param
     _core.fm_set_isa("auto")

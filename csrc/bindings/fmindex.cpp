@@ -101,8 +101,8 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
 
 void bind_fmindex(py::module_& m) {
   m.def("fm_set_isa", [](const std::string& name) { return set_isa(name); }, py::arg("name"),
-        "FM-index query kernels: 'auto' (AVX-512 VPOPCNTDQ where the CPU has it), 'scalar' or 'avx512'; returns "
-        "the kernels in use. For tests and benchmarks; results are identical.");
+        "FM-index query kernels: 'auto' (the best the CPU has), 'scalar', 'avx2' or 'avx512'; returns the kernels "
+        "in use. For tests and benchmarks; results are identical.");
   py::class_<PyFM>(m, "FMIndex")
       .def_static("build", [](py::list docs, uint32_t sample_rate, bool byte_mode) {
              // Documents: C-contiguous uint16 arrays (a vocabulary below 65,536) or uint32 arrays, all of one

@@ -82,24 +82,44 @@ struct QueryCore {
 }  // namespace irforge::fm
 
 #define IRF_KNS kscalar
+#define IRF_KAVX2 0
 #define IRF_KAVX512 0
 #include "query_kernels.inc"
 #undef IRF_KNS
+#undef IRF_KAVX2
 #undef IRF_KAVX512
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define IRFORGE_HAVE_AVX512_KERNELS 1
+#define IRFORGE_HAVE_X86_KERNELS 1
 #include <immintrin.h>
+// The same kernels compiled for AVX2 and for AVX-512 VPOPCNTDQ (each region's functions carry the target).
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vpopcntdq"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,popcnt"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vpopcntdq")
+#pragma GCC target("avx2,popcnt")
+#endif
+#define IRF_KNS kavx2
+#define IRF_KAVX2 1
+#define IRF_KAVX512 0
+#include "query_kernels.inc"
+#undef IRF_KNS
+#undef IRF_KAVX2
+#undef IRF_KAVX512
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vpopcntdq,popcnt"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vpopcntdq,popcnt")
 #endif
 #define IRF_KNS kavx512
+#define IRF_KAVX2 0
 #define IRF_KAVX512 1
 #include "query_kernels.inc"
 #undef IRF_KNS
+#undef IRF_KAVX2
 #undef IRF_KAVX512
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -107,48 +127,51 @@ struct QueryCore {
 #pragma GCC pop_options
 #endif
 #else
-#define IRFORGE_HAVE_AVX512_KERNELS 0
+#define IRFORGE_HAVE_X86_KERNELS 0
 #endif
 
 namespace irforge::fm {
 
-// Which query kernels run: chosen from the CPU once (AVX-512 VPOPCNTDQ where present), or forced; tests run
-// both and compare them.
-enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx512 = 2 };
-inline bool cpu_has_avx512_kernels() {
-#if IRFORGE_HAVE_AVX512_KERNELS
-  static const bool ok = [] {
+// Which query kernels run: chosen from the CPU once (AVX-512 VPOPCNTDQ, else AVX2, else portable), or forced;
+// the tests run every kernel set the CPU has and compare them.
+enum Isa : int { kIsaAuto = -1, kIsaScalar = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+inline int cpu_best_isa() {
+#if IRFORGE_HAVE_X86_KERNELS
+  static const int best = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return int(kIsaAvx512);
+    if (__builtin_cpu_supports("avx2")) return int(kIsaAvx2);
+    return int(kIsaScalar);
   }();
-  return ok;
+  return best;
 #else
-  return false;
+  return kIsaScalar;
 #endif
 }
 inline std::atomic<int>& isa_override() {
   static std::atomic<int> v{kIsaAuto};
   return v;
 }
-inline bool use_avx512() {
+inline int active_isa() {
   const int o = isa_override().load(std::memory_order_relaxed);
-  return o == kIsaAvx512 || (o == kIsaAuto && cpu_has_avx512_kernels());
+  return o == kIsaAuto ? cpu_best_isa() : o;
 }
-// Sets the kernels ("auto", "scalar" or "avx512"; the last only where the CPU has it); returns the one in use.
+// Sets the kernels ("auto", "scalar", "avx2" or "avx512"; a set the CPU lacks is refused); returns the one in use.
 inline std::string set_isa(const std::string& name) {
-  if (name == "auto") isa_override() = kIsaAuto;
-  else if (name == "scalar") isa_override() = kIsaScalar;
-  else if (name == "avx512") {
-    if (!cpu_has_avx512_kernels()) throw std::invalid_argument("this CPU has no AVX-512 VPOPCNTDQ");
-    isa_override() = kIsaAvx512;
-  } else {
-    throw std::invalid_argument("unknown instruction set '" + name + "'; choose auto, scalar or avx512");
-  }
-  return use_avx512() ? "avx512" : "scalar";
+  static const char* names[] = {"scalar", "avx2", "avx512"};
+  int want = kIsaAuto;
+  for (int k = 0; k < 3; ++k)
+    if (name == names[k]) want = k;
+  if (name != "auto" && want == kIsaAuto)
+    throw std::invalid_argument("unknown instruction set '" + name + "'; choose auto, scalar, avx2 or avx512");
+  if (want > cpu_best_isa()) throw std::invalid_argument("this CPU cannot run the " + name + " kernels");
+  isa_override() = want;
+  return names[active_isa()];
 }
 
-#if IRFORGE_HAVE_AVX512_KERNELS
-#define IRF_DISPATCH(call) (use_avx512() ? kavx512::call : kscalar::call)
+#if IRFORGE_HAVE_X86_KERNELS
+#define IRF_DISPATCH(call) \
+  (active_isa() == kIsaAvx512 ? kavx512::call : active_isa() == kIsaAvx2 ? kavx2::call : kscalar::call)
 #else
 #define IRF_DISPATCH(call) (kscalar::call)
 #endif
