@@ -65,6 +65,21 @@ def test_block_sparse_attention_triton_and_cpu_match_reference(layout_name, D, h
     close(l, ref_l, atol, rtol, "cpu lse")
 
 
+@pytest.mark.parametrize("D,hq,hkv", [(64, 4, 1), (80, 3, 3)])
+def test_64bit_offsets_give_the_same_results(D, hq, hkv):
+    """The WIDE (64-bit offset) variants, used from 2^31 tensor elements, computed here on small inputs."""
+    layout, q, k, v = make("two_prompts", D, hq, hkv, torch.float32)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=32, wide=True)
+    close(o, ref_o, 2e-5, 1e-4, "wide out")
+    close(l, ref_l, 2e-5, 1e-4, "wide lse")
+    rows = torch.arange(layout.total_tokens - 3, layout.total_tokens, device=DEVICE)
+    ref = attention_mass(q[rows], rows, k, layout, mode="causal", backend="naive")
+    got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode="causal", block_m=16, block_n=32, wide=True)
+    close(got, ref, 1e-6, 1e-4, "wide mass")
+    assert not bsa_kernel.needs_wide(q, k, v)
+
+
 def test_tiles_never_straddle_segments_and_skip_masked_blocks():
     layout = SegmentLayout.from_lengths([(64, [160] * 10, 50)])
     tiles = layout.tiles(64)

@@ -8,6 +8,7 @@ probability. Memory: O(T * Hq) output, nothing of size R x T. Needs each row's l
 gives it for "causal"; the dispatcher computes it for "documents").
 
 Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
+Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
 Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..block_sparse_attention.kernel import needs_wide
 from ..layout import DOCUMENT, SegmentLayout
 from .common import row_meta
 
@@ -29,11 +31,13 @@ LOG2E = 1.4426950408889634
 def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, MASS, R, T, stride_qr, stride_qh, stride_kt, stride_kh,
                  stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
     nb = tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // GROUP
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
+        offs_n = offs_n.to(tl.int64)
     n_mask = offs_n < T
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
@@ -46,6 +50,8 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, MASS, R, T, stride_qr, stride_qh, 
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for r0 in range(0, R, BLOCK_M):
         offs_m = r0 + tl.arange(0, BLOCK_M)
+        if WIDE:
+            offs_m = offs_m.to(tl.int64)
         m_mask = offs_m < R
         q = tl.load(Q + offs_m[:, None] * stride_qr + h * stride_qh + offs_d[None, :],
                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
@@ -63,8 +69,9 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, MASS, R, T, stride_qr, stride_qh, 
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
                    scale: Optional[float] = None, block_m: int = 16, block_n: int = 64,
-                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``out`` [T, Hq] float32 may be given (contiguous) to be written in place."""
+                   out: Optional[torch.Tensor] = None, wide: Optional[bool] = None) -> torch.Tensor:
+    """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
+    offsets (default: when a tensor holds 2^31 elements or more)."""
     R, Hq, D = q_rows.shape
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -87,5 +94,6 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, mass, R, T, q_rows.stride(0), q_rows.stride(1),
                        k.stride(0), k.stride(1), lse.stride(0), lse.stride(1), mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-                       BLOCK_M=block_m, BLOCK_N=block_n)
+                       BLOCK_M=block_m, BLOCK_N=block_n,
+                       WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide))
     return mass

@@ -8,6 +8,8 @@ exp2; grouped-query attention by mapping query head h to key/value head h // (Hq
 
 Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 works; D is padded to a power of
 two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T, Hq] (float32, natural log).
+Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``), so that long packed
+prompts at large shapes (e.g. 524k tokens x 32 heads x 128) address correctly.
 Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU).
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _online_block(q, k_ptrs, v_ptrs, kv_mask, allowed, m_i, l_i, acc, qk_scale):
 def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr):
+             BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
     tile = tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // GROUP
@@ -54,6 +56,8 @@ def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh,
     cau_s = tl.load(TILES + tile * 5 + 4)
 
     offs_m = row_s + tl.arange(0, BLOCK_M)
+    if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
+        offs_m = offs_m.to(tl.int64)
     m_mask = offs_m < row_e
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
@@ -66,6 +70,8 @@ def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh,
     # The instruction prefix (document tiles): every row sees every key.
     for start in range(pre_s, pre_e, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
+        if WIDE:
+            offs_n = offs_n.to(tl.int64)
         n_mask = offs_n < pre_e
         k_ptrs = K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
         v_ptrs = V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
@@ -75,6 +81,8 @@ def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh,
     # The causal range: keys [cau_s, row], blocks up to the tile's last row only.
     for start in range(cau_s, row_e, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
+        if WIDE:
+            offs_n = offs_n.to(tl.int64)
         n_mask = offs_n < row_e
         k_ptrs = K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
         v_ptrs = V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
@@ -92,9 +100,10 @@ def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh,
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
                            scale: Optional[float] = None, block_m: int = 64, block_n: int = 64,
-                           out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place."""
+                           out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
+                           wide: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
+    ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more)."""
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -108,5 +117,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     grid = (len(tiles), Hq)
     _bsa_fwd[grid](q, k, v, out, lse, tiles, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
                    v.stride(1), out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E,
-                   GROUP=Hq // Hkv, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n)
+                   GROUP=Hq // Hkv, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+                   WIDE=needs_wide(q, k, v, out) if wide is None else bool(wide))
     return out, lse
+
+
+def needs_wide(*tensors: torch.Tensor) -> bool:
+    """Whether element offsets into any of the tensors can pass 2^31 - 1 (int32 arithmetic would wrap)."""
+    return max(t.numel() for t in tensors) >= 2**31 - 1
