@@ -169,6 +169,19 @@ def test_postings_codec_roundtrip():
     np.testing.assert_array_equal(index.doc_lengths(), [len(d) for d in docs])
 
 
+def test_postings_of_every_bit_width():
+    """Document gaps and frequencies of widths 1..17 bits in one block and across blocks (the unpacker is
+    specialised per width, with an unrolled part and a tail)."""
+    n = 2**17
+    where = sorted({(1 << k) - 1 for k in range(18) if (1 << k) - 1 < n} | set(range(200, 460)))
+    tf = {d: 1 + (d % 70000 if d > 1000 else (1 << (d.bit_length() % 17))) for d in where}
+    docs = [["a"] * tf[d] + ["b"] if d in tf else ["b"] for d in range(n)]
+    index = BM25Index.build(docs, stemmer=None, stopwords=None)
+    d, f = index.postings("a")
+    assert d.tolist() == where
+    assert f.tolist() == [tf[x] for x in where]
+
+
 def test_records_ids_and_hits():
     corpus = [
         {"_id": "d1", "title": "Cats", "text": "Cats purr and sleep."},

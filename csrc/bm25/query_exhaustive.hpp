@@ -34,32 +34,39 @@ std::vector<ScoredDoc> exhaustive_topk(const Index& ix, const std::vector<Prepar
     acc.assign(N, 0.0);
     seen.assign(N, 0);
   }
-  touched.clear();
+  if (touched.size() < N) touched.resize(N);
+  uint32_t n_touched = 0;
   const Scorer& sc = ix.scorer();
+  float contrib[kBlockSize];
+  // Raw pointers: a store through seen (a byte type) may alias anything, so through the vectors the compiler
+  // would reload their data pointers after every posting.
+  double* const accp = acc.data();
+  uint8_t* const seenp = seen.data();
+  uint32_t* const touchedp = touched.data();
   for (const PreparedTerm& t : terms) {  // query order: the same summation order as ordered_sum
     Cursor c(&ix.view(), t.term);
     do {
       const uint32_t n = c.block_count();
       const uint32_t* docs = c.block_docs();
-      const uint32_t* tfs = c.block_tfs();
+      sc.contributions(t.w, c.block_tfs(), docs, n, contrib);
       for (uint32_t i = 0; i < n; ++i) {
         const uint32_t d = docs[i];
         if constexpr (kFiltered) {
           if (!((allowed[d / 64] >> (d % 64)) & 1)) continue;
         }
-        if (!seen[d]) {
-          seen[d] = 1;
-          touched.push_back(d);
-        }
-        acc[d] += sc.combine(t.w, sc.x(tfs[i], d));
+        touchedp[n_touched] = d;  // branch-free: the slot is kept only for a document seen the first time
+        n_touched += seenp[d] ^ 1u;
+        seenp[d] = 1;
+        accp[d] += contrib[i];
       }
     } while (c.advance_block());
   }
   TopK top(k);
-  for (uint32_t d : touched) {
-    top.push(static_cast<float>(acc[d]), d);
-    acc[d] = 0.0;
-    seen[d] = 0;
+  for (uint32_t j = 0; j < n_touched; ++j) {
+    const uint32_t d = touchedp[j];
+    top.push(static_cast<float>(accp[d]), d);
+    accp[d] = 0.0;
+    seenp[d] = 0;
   }
   return top.take_sorted();
 }
