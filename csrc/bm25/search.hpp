@@ -13,14 +13,14 @@ namespace irforge::bm25 {
 enum class Algorithm : uint32_t { kExhaustive = 0, kMaxScore = 1, kBlockMaxWand = 2, kAuto = 3 };
 
 // All algorithms return the same top k; kAuto picks the one expected to be fastest for this query.
-// Measured (bench notes in bench/RESULTS.md): exhaustive term-at-a-time scoring costs 5-11 ns per
-// posting and wins below ~50k postings; above that MaxScore wins for several terms; one term with a
-// long list is best served by block-max WAND, which skips whole blocks.
+// Measured (bench/bench_bm25_algorithms.py, notes in bench/RESULTS.md): exhaustive term-at-a-time scoring
+// costs 3-8 ns per posting and beats MaxScore and block-max WAND on every multi-term query measured (up to
+// 611k postings, 300k documents, top-10); one term with a long list is best served by block-max WAND, which
+// skips whole blocks (115k postings: 251 against 456 us; at 12k they tie).
 inline Algorithm choose_algorithm(const Index& ix, const std::vector<QueryTerm>& q) {
   uint64_t postings = 0;
   for (const auto& t : q) postings += ix.storage().df[t.term];
-  if (q.size() == 1 && postings > 4096) return Algorithm::kBlockMaxWand;
-  if (postings > 50000) return Algorithm::kMaxScore;
+  if (q.size() == 1 && postings > 16384) return Algorithm::kBlockMaxWand;
   return Algorithm::kExhaustive;
 }
 
