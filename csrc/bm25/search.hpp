@@ -12,15 +12,22 @@ namespace irforge::bm25 {
 
 enum class Algorithm : uint32_t { kExhaustive = 0, kMaxScore = 1, kBlockMaxWand = 2, kAuto = 3 };
 
-// All algorithms return the same top k; kAuto picks the one expected to be fastest for this query.
-// Measured (bench/bench_bm25_algorithms.py, notes in bench/RESULTS.md): exhaustive term-at-a-time scoring
-// costs 3-8 ns per posting and beats MaxScore and block-max WAND on every multi-term query measured (up to
-// 611k postings, 300k documents, top-10); one term with a long list is best served by block-max WAND, which
-// skips whole blocks (115k postings: 251 against 456 us; at 12k they tie).
+// All algorithms return the same top k; kAuto picks the one expected to be fastest for this query, from
+// measurements on 0.1M-2M documents (bench/bench_bm25_algorithms.py; table in bench/RESULTS.md):
+// - exhaustive term-at-a-time scoring costs 3-8 ns per posting while its accumulators (9 bytes per document)
+//   stay in cache, and then beats MaxScore and block-max WAND on every multi-term query measured;
+// - above ~0.5M documents a scattered posting costs ~14 ns (a cache miss), and MaxScore wins when the query
+//   touches a mid share of the documents (5-50%): fewer, and its pruning skips most of them; below that the
+//   lists are short and exhaustive is still cheapest, above it the accumulators are swept nearly in order;
+// - one term with a long list is best served by block-max WAND, which skips whole blocks.
+inline constexpr uint32_t kLargeCollection = 512 * 1024;  // documents
 inline Algorithm choose_algorithm(const Index& ix, const std::vector<QueryTerm>& q) {
   uint64_t postings = 0;
   for (const auto& t : q) postings += ix.storage().df[t.term];
-  if (q.size() == 1 && postings > 16384) return Algorithm::kBlockMaxWand;
+  const uint64_t n = ix.n_docs();
+  const bool large = n > kLargeCollection;
+  if (q.size() == 1) return postings > (large ? 4096u : 16384u) ? Algorithm::kBlockMaxWand : Algorithm::kExhaustive;
+  if (large && 20 * postings >= n && 2 * postings < n) return Algorithm::kMaxScore;
   return Algorithm::kExhaustive;
 }
 
