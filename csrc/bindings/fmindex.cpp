@@ -92,9 +92,7 @@ py::array_t<Out> to_numpy_as(const std::vector<T>& v) {
 
 template <class T>
 py::array_t<T> to_numpy(const std::vector<T>& v) {
-  py::array_t<T> a(v.size());
-  std::copy(v.begin(), v.end(), a.mutable_data());
-  return a;
+  return to_numpy_as<T>(v);
 }
 
 }  // namespace
@@ -220,10 +218,7 @@ void bind_fmindex(py::module_& m) {
                py::gil_scoped_release nogil;
                s.ix->next_tokens(s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size()), toks, counts);
              }
-             py::array_t<int64_t> t(toks.size()), c(counts.size());
-             std::copy(toks.begin(), toks.end(), t.mutable_data());
-             std::copy(counts.begin(), counts.end(), c.mutable_data());
-             return py::make_tuple(t, c);
+             return py::make_tuple(to_numpy_as<int64_t>(toks), to_numpy_as<int64_t>(counts));
            }, py::arg("pattern"))
       .def("next_tokens_range", [](const PyFM& s, uint64_t sp, uint64_t ep) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");

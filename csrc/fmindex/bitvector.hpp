@@ -82,18 +82,6 @@ inline std::vector<uint64_t> supers_of(const RankLine* lines, uint64_t n_bits) {
   return supers;
 }
 
-// Builds the rank structure for n bits given by get(i).
-template <class Get>
-RankStore make_rank(uint64_t n, Get&& get) {
-  RankStore s;
-  s.n = n;
-  s.lines.assign(lines_for(n), RankLine{});
-  for (uint64_t i = 0; i < n; ++i)
-    if (get(i)) set_line_bit(s.lines.data(), i);
-  finish_rank(s);
-  return s;
-}
-
 // Unsigned integers of `width` bits (1..64) packed into 64-bit words, with one word of padding so that a read
 // of any element touches at most two words.
 struct PackedView {
@@ -107,20 +95,22 @@ struct PackedView {
   }
 };
 
+// Bits needed for values up to max_value (at least 1).
 inline uint32_t bits_for(uint64_t max_value) {
-  uint32_t b = 1;
-  while (b < 64 && (max_value >> b) != 0) ++b;
-  return b;
+  return max_value == 0 ? 1u : 64u - static_cast<uint32_t>(__builtin_clzll(max_value));
 }
 inline uint64_t packed_words(uint64_t count, uint32_t width) { return (count * width + 63) / 64 + 1; }
 
+// Stores v (below 2^width) as element k of zeroed packed words.
+inline void put_packed(uint64_t* words, uint64_t k, uint32_t width, uint64_t v) {
+  const uint64_t bit = k * width, w = bit / 64, off = bit % 64;
+  words[w] |= v << off;
+  if (off + width > 64) words[w + 1] |= v >> (64 - off);
+}
+
 inline std::vector<uint64_t> pack(const std::vector<uint64_t>& values, uint32_t width) {
   std::vector<uint64_t> words(packed_words(values.size(), width), 0);
-  for (uint64_t k = 0; k < values.size(); ++k) {
-    const uint64_t bit = k * width, w = bit / 64, off = bit % 64;
-    words[w] |= values[k] << off;
-    if (off + width > 64) words[w + 1] |= values[k] >> (64 - off);
-  }
+  for (uint64_t k = 0; k < values.size(); ++k) put_packed(words.data(), k, width, values[k]);
   return words;
 }
 

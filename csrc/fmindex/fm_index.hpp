@@ -256,21 +256,21 @@ class FMIndex {
     expect(cnt, packed_words(m.sigma + 1, m.pos_width), "C");
     ix.own_.C.resize(m.sigma + 1ull);
     for (uint64_t c = 0; c <= m.sigma; ++c) ix.own_.C[c] = PackedView{words, m.pos_width}.get(c);
-    ix.alphabet_ = ix.own_.alphabet.data();
-    ix.C_ = ix.own_.C.data();
+    const std::vector<uint64_t>& C = ix.own_.C;
+    const std::vector<uint32_t>& alphabet = ix.own_.alphabet;
     const uint8_t* lens;
     std::tie(lens, cnt) = f.get<uint8_t>(kSecCodeLen, "code lengths");
     expect(cnt, m.sigma, "code lengths");
-    if (ix.C_[0] != 0 || ix.C_[m.sigma] != m.n) throw bad("C table does not cover the text");
+    if (C[0] != 0 || C[m.sigma] != m.n) throw bad("C table does not cover the text");
     std::vector<uint64_t> counts(m.sigma);
     for (uint64_t c = 0; c < m.sigma; ++c) {
-      if (ix.C_[c + 1] <= ix.C_[c]) throw bad("C table is not strictly increasing");
-      counts[c] = ix.C_[c + 1] - ix.C_[c];
+      if (C[c + 1] <= C[c]) throw bad("C table is not strictly increasing");
+      counts[c] = C[c + 1] - C[c];
     }
     if (counts[0] != 1 || counts[1] != m.n_docs) throw bad("C table does not match the documents");
     for (uint64_t c = 1; c + 2 < m.sigma; ++c)
-      if (ix.alphabet_[c] <= ix.alphabet_[c - 1]) throw bad("alphabet is not strictly increasing");
-    if (m.sigma > 2 && ix.alphabet_[m.sigma - 3] > kMaxTokenId) throw bad("token id out of range");
+      if (alphabet[c] <= alphabet[c - 1]) throw bad("alphabet is not strictly increasing");
+    if (m.sigma > 2 && alphabet[m.sigma - 3] > kMaxTokenId) throw bad("token id out of range");
     try {
       ix.shape_ = make_shape(lens, counts.data(), m.sigma);
     } catch (const std::invalid_argument& e) {
@@ -299,7 +299,7 @@ class FMIndex {
     if (ix.doc_start_.get(0) != 0 || ix.doc_start_.get(m.n_docs) != m.n - 1) throw bad("document starts do not cover the text");
     for (uint64_t d = 0; d < m.n_docs; ++d) {
       if (ix.doc_start_.get(d + 1) <= ix.doc_start_.get(d)) throw bad("document starts are not increasing");
-      if (ix.sep_row_.get(d) < ix.C_[1] || ix.sep_row_.get(d) >= ix.C_[2]) throw bad("separator row out of range");
+      if (ix.sep_row_.get(d) < C[1] || ix.sep_row_.get(d) >= C[2]) throw bad("separator row out of range");
     }
     for (uint64_t i = 0; i < n_samples; ++i)
       if (ix.samples_.get(i) >= n_samples) throw bad("suffix array sample out of range");
@@ -350,7 +350,7 @@ class FMIndex {
 
   // Dense symbol of a token id, or 0 if the id never occurs.
   uint32_t dense(uint64_t id) const { return core_.dense(id); }
-  uint32_t token_of(uint32_t dense_sym) const { return alphabet_[dense_sym - 2]; }
+  uint32_t token_of(uint32_t dense_sym) const { return own_.alphabet[dense_sym - 2]; }
 
   // The range of pattern+token given the range of pattern (empty if the token never follows).
   Range extend(Range r, uint64_t token) const { return IRF_DISPATCH(extend(core_, r, token)); }
@@ -398,7 +398,7 @@ class FMIndex {
     auto add = [&](uint32_t c, uint64_t k) {
       if (c >= 2) found.emplace_back(c, k);
     };
-    IRF_DISPATCH(distinct(wm_, r.sp, r.ep, add));
+    IRF_DISPATCH(distinct(core_.wm, r.sp, r.ep, add));
     sort_by_symbol(found, scratch.tmp);
     tokens.resize(found.size());
     counts.resize(found.size());
@@ -433,7 +433,7 @@ class FMIndex {
     out.resize(len);
     uint64_t row = sep_row_.get(d);
     for (uint64_t i = 0; i < len; ++i) {
-      const uint32_t c = IRF_DISPATCH(access_lf(wm_, row, &row));
+      const uint32_t c = IRF_DISPATCH(access_lf(core_.wm, row, &row));
       if (c < 2) throw FormatError("corrupt index: document " + std::to_string(d) + " ends early");
       out[i] = token_of(c);
     }
@@ -474,14 +474,11 @@ class FMIndex {
   } own_;
   std::shared_ptr<SectionFile> file_;
   Meta meta_{};
-  const uint32_t* alphabet_ = nullptr;
-  const uint64_t* C_ = nullptr;
   PackedView samples_, doc_start_, sep_row_;
   WaveletShape shape_;
   std::vector<std::vector<uint64_t>> supers_;  // superblock counts of mapped bitvectors
   std::vector<RankBits> level_bits_;
   RankBits sampled_;
-  WaveletView wm_;
   std::vector<uint32_t> id2sym_;  // token id -> dense symbol, when the largest id is small
   QueryCore core_;
   static constexpr uint64_t kDocTopEvery = 64;
@@ -489,8 +486,6 @@ class FMIndex {
 
   void finish_views() {
     if (!file_) {
-      alphabet_ = own_.alphabet.data();
-      C_ = own_.C.data();
       samples_ = PackedView{own_.samples.data(), meta_.sample_width};
       doc_start_ = PackedView{own_.doc_start.data(), meta_.pos_width};
       sep_row_ = PackedView{own_.sep_row.data(), meta_.pos_width};
@@ -498,17 +493,17 @@ class FMIndex {
       for (const auto& l : own_.levels) level_bits_.push_back(l.view());
       sampled_ = own_.sampled.view();
     }
-    wm_ = WaveletView::of(level_bits_.data(), shape_);
     doc_top_.clear();
     for (uint64_t d = 0; d < meta_.n_docs; d += kDocTopEvery) doc_top_.push_back(doc_start_.get(d));
     id2sym_.clear();
     const uint64_t na = meta_.sigma - 2;
-    if (na > 0 && alphabet_[na - 1] < (1u << 24)) {
-      id2sym_.assign(static_cast<size_t>(alphabet_[na - 1]) + 1, 0);
-      for (uint64_t j = 0; j < na; ++j) id2sym_[alphabet_[j]] = static_cast<uint32_t>(j + 2);
+    const std::vector<uint32_t>& alphabet = own_.alphabet;
+    if (na > 0 && alphabet[na - 1] < (1u << 24)) {
+      id2sym_.assign(static_cast<size_t>(alphabet[na - 1]) + 1, 0);
+      for (uint64_t j = 0; j < na; ++j) id2sym_[alphabet[j]] = static_cast<uint32_t>(j + 2);
     }
-    core_ = QueryCore{wm_, sampled_, samples_, C_, alphabet_, meta_.sigma - 2ull, id2sym_.data(), id2sym_.size(),
-                      meta_.n, meta_.sample_rate};
+    core_ = QueryCore{WaveletView::of(level_bits_.data(), shape_), sampled_, samples_, own_.C.data(), alphabet.data(),
+                      na, id2sym_.data(), id2sym_.size(), meta_.n, meta_.sample_rate};
   }
 
   template <class Sym, class Tok>
@@ -547,13 +542,7 @@ class FMIndex {
     // Samples, packed as they are found; the sampled rows marked straight into the rank lines.
     const uint64_t n_samples = (n - 1) / meta_.sample_rate + 1;
     std::vector<uint64_t> sep_row;
-    uint64_t k = 0;
-    auto put_sample = [&](uint64_t v) {
-      const uint64_t bit = k * meta_.sample_width, w = bit / 64, off = bit % 64;
-      own_.samples[w] |= v << off;
-      if (off + meta_.sample_width > 64) own_.samples[w + 1] |= v >> (64 - off);
-      ++k;
-    };
+    uint64_t k = 0;  // samples stored so far
     std::vector<Sym> bwt;
     // The BWT is written over the suffix array as it is read (a symbol is never wider than an SA entry, so
     // entry i is read before its bytes are overwritten), then copied out: no separate n-symbol buffer while
@@ -575,7 +564,7 @@ class FMIndex {
         std::memcpy(raw + i * sizeof(Sym), &b, sizeof(Sym));
         if (p % meta_.sample_rate == 0) {
           set_line_bit(own_.sampled.lines.data(), i);
-          put_sample(p / meta_.sample_rate);
+          put_packed(own_.samples.data(), k++, meta_.sample_width, p / meta_.sample_rate);
         }
         if (R[p] == 1) {  // separator ending document d
           const uint64_t d = static_cast<uint64_t>(std::upper_bound(doc_start.begin(), doc_start.end(), p) -

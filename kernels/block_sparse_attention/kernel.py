@@ -27,9 +27,19 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _online_block(q, k_ptrs, v_ptrs, kv_mask, allowed, m_i, l_i, acc, qk_scale):
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, offs_m,
+               m_mask, m_i, l_i, acc, qk_scale, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
+    """Keys [start, min(start + BLOCK_N, end)) into the tile's online softmax; CAUSAL masks keys after a row."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_n = offs_n.to(tl.int64)
+    n_mask = offs_n < end
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+    allowed = n_mask[None, :] & m_mask[:, None]
+    if CAUSAL:
+        allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
     s = tl.dot(q, tl.trans(k)) * qk_scale
     s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -69,26 +79,12 @@ def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh,
 
     # The instruction prefix (document tiles): every row sees every key.
     for start in range(pre_s, pre_e, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        if WIDE:
-            offs_n = offs_n.to(tl.int64)
-        n_mask = offs_n < pre_e
-        k_ptrs = K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
-        v_ptrs = V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
-        allowed = n_mask[None, :] & m_mask[:, None]
-        m_i, l_i, acc = _online_block(q, k_ptrs, v_ptrs, n_mask[:, None] & d_mask[None, :], allowed, m_i, l_i, acc,
-                                      qk_scale)
+        m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
+                                   d_mask, offs_m, m_mask, m_i, l_i, acc, qk_scale, False, BLOCK_N, WIDE)
     # The causal range: keys [cau_s, row], blocks up to the tile's last row only.
     for start in range(cau_s, row_e, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        if WIDE:
-            offs_n = offs_n.to(tl.int64)
-        n_mask = offs_n < row_e
-        k_ptrs = K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
-        v_ptrs = V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
-        allowed = (offs_n[None, :] <= offs_m[:, None]) & n_mask[None, :] & m_mask[:, None]
-        m_i, l_i, acc = _online_block(q, k_ptrs, v_ptrs, n_mask[:, None] & d_mask[None, :], allowed, m_i, l_i, acc,
-                                      qk_scale)
+        m_i, l_i, acc = _key_block(q, K, V, start, row_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
+                                   d_mask, offs_m, m_mask, m_i, l_i, acc, qk_scale, True, BLOCK_N, WIDE)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]

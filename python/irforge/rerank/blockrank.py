@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .icr import RerankResult, _rank
-from .prompts import CHAT_TAGS, BatchMixin, _progress, chat_family, check_query_docs, encode, truncate
+from .prompts import CHAT_TAGS, BatchMixin, _progress, chat_family, check_k, check_query_docs, encode, truncate
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -201,8 +201,7 @@ class BlockRankReranker(BatchMixin):
     def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list[RerankResult]:
         """``rerank`` for each (query, documents) pair, prompts packed into forward passes of at most
         ``batch_tokens`` tokens (a longer prompt runs alone); the scores equal one-prompt-at-a-time scoring."""
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        check_k(k)
         queries, docs = list(queries), list(docs)
         if len(queries) != len(docs):
             raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
@@ -240,8 +239,7 @@ class BlockRankReranker(BatchMixin):
         return out  # type: ignore[return-value]
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        check_k(k)
         if not docs:
             return RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
         with torch.inference_mode():

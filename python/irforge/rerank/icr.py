@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import CHAT_TAGS, BatchMixin, Prompt, chat_family, check_query_docs, encode, truncate
+from .prompts import CHAT_TAGS, BatchMixin, Prompt, chat_family, check_k, check_query_docs, encode, truncate
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -141,8 +141,7 @@ class ICRReranker(BatchMixin):
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
         """Documents ranked by ICR score, best first (at most ``k``)."""
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        check_k(k)
         scores, truncated = self.score(query, docs)
         k = len(scores) if k is None else k
         idx = _rank(scores, k)

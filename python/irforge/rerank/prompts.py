@@ -82,6 +82,12 @@ class BatchMixin:
         return out
 
 
+def check_k(k: Any) -> None:
+    """``k`` of rerank / rerank_batch: None (all documents) or a positive int."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+        raise ValueError(f"k must be a positive int, got {k!r}")
+
+
 def _progress(enabled: bool, total: int, desc: str = "rerank") -> Any:
     """A tqdm progress bar when enabled and tqdm is installed, else None."""
     if not enabled:
