@@ -3,8 +3,8 @@ output_attentions implementation of the same scores as the baseline for speed an
 
     python bench/bench_rerank.py [--queries 20] [--max-doc-tokens 100] [--write bench/RESULTS.md]
 
-BlockRank runs one prompt per forward pass and, through rerank_batch, with prompts packed into passes of up to
-16,384 tokens. Each method runs in its own subprocess; peak RSS is measured after the model is loaded (Linux clear_refs).
+ICR and BlockRank run one prompt per forward pass and, through rerank_batch, several per pass of up to 16,384
+tokens (ICR: left-padded batches of prompts of similar length; BlockRank: prompts packed into one sequence). Each method runs in its own subprocess; peak RSS is measured after the model is loaded (Linux clear_refs).
 The eager baseline materialises every layer's attention weights (30 x 9 x T^2 floats), so documents are cut
 to --max-doc-tokens (100 by default: ~2,100-token prompts) for both methods.
 """
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-METHODS = ("icr", "eager", "blockrank", "blockrank_packed", "blockrank_eager")
+METHODS = ("icr", "icr_batched", "eager", "blockrank", "blockrank_packed", "blockrank_eager")
+BATCHED = {"icr_batched": "icr", "blockrank_packed": "blockrank"}
 
 
 def _status_mb(field):
@@ -64,18 +65,20 @@ def worker(method: str, n_queries: int, max_doc_tokens: int, out: str) -> None:
     base = _status_mb("VmRSS")
     torch.set_num_threads(2)
     before, after, times, prompt_tokens = {}, {}, [], []
-    if method == "blockrank_packed":  # all queries through rerank_batch: prompts packed into 16k-token passes
+    if method in BATCHED:  # all queries through rerank_batch, 16k-token batches (ICR padded, BlockRank packed)
         first = {q: index.search(ds.queries[q], k=20) for q in qids}
         lists = [[text[i] for i in first[q].ids] for q in qids]
+        rr = r if method == "icr_batched" else br
+        rr.batch_tokens = 16384
         t = time.perf_counter()
-        br.batch_tokens = 16384
-        results = br.rerank_batch([ds.queries[q] for q in qids], lists)
+        results = rr.rerank_batch([ds.queries[q] for q in qids], lists)
         times = [(time.perf_counter() - t) / len(qids)] * len(qids)
         for q, res, docs in zip(qids, results, lists):
             before[q] = first[q].to_dict()
-            prompt_tokens.append(int(br.build(ds.queries[q], docs)[0].shape[1]))
+            prompt_tokens.append(len(r.build_prompt(docs)[0].ids) if method == "icr_batched"
+                                 else int(br.build(ds.queries[q], docs)[0].shape[1]))
             after[q] = {str(first[q].ids[i]): float(len(res.indices) - rank) for rank, i in enumerate(res.indices)}
-    for q in (qids if method != "blockrank_packed" else []):
+    for q in (qids if method not in BATCHED else []):
         hits = index.search(ds.queries[q], k=20)
         docs = [text[i] for i in hits.ids]
         before[q] = hits.to_dict()
@@ -150,7 +153,8 @@ def main() -> None:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error'][:100]} | | | | |")
             continue
-        name = {"icr": "ICR, irforge (SDPA + attention-mass hook)", "eager": "ICR, eager output_attentions (baseline)",
+        name = {"icr": "ICR, irforge (SDPA + attention-mass hook)",
+                "icr_batched": "ICR, irforge, rerank_batch (left-padded batches of up to 16k tokens)", "eager": "ICR, eager output_attentions (baseline)",
                 "blockrank": "BlockRank, irforge (block-sparse kernel, stops at layer 18)",
                 "blockrank_packed": "BlockRank, irforge, rerank_batch (prompts packed into 16k-token passes)",
                 "blockrank_eager": "BlockRank, eager dense mask + output_attentions (baseline)"}[r["method"]]

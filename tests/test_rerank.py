@@ -201,6 +201,35 @@ def test_blockrank_packed_batches_equal_one_prompt_at_a_time(tokenizer, kind):
         BlockRankReranker(model, tokenizer, batch_tokens=-1)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_icr_batches_equal_one_prompt_at_a_time(tokenizer, kind):
+    """Prompts of different lengths run together (left-padded prefixes, right-padded queries, the N/A round on
+    the same KV cache) score as they do alone, under budgets that hold every prompt, some, or one."""
+    model = tiny(kind)
+    queries = ["cats sleep", "fish swim", "birds", "dogs bark loudly", "energy"]
+    lists = [DOCS, DOCS[:2], [], DOCS[1:4], ["physics"]]
+    alone = ICRReranker(model, tokenizer, chat="none", batch_tokens=0)
+    for budget in (10**6, 150, 0):
+        for calibrate in (True, False):
+            batched = ICRReranker(model, tokenizer, chat="none", batch_tokens=budget, calibrate=calibrate)
+            alone.calibrate = calibrate
+            got = batched.rerank_batch(queries, lists, k=3)
+            for q, d, g in zip(queries, lists, got):
+                ref = alone.rerank(q, d, k=3)
+                assert g.indices.tolist() == ref.indices.tolist()
+                assert np.isfinite(g.scores).all()
+                np.testing.assert_allclose(g.scores, ref.scores, rtol=1e-4, atol=1e-7)
+    prompts = [alone.build_prompt(d)[0] for d in (DOCS, DOCS[:1])]
+    masses = alone.token_masses(prompts, [["cats", "N/A"], ["fish swim loudly", "N/A"]])
+    for p, q, m in zip(prompts, ["cats", "fish swim loudly"], masses):
+        np.testing.assert_allclose(m[0], alone.token_mass(p, [q])[0], rtol=1e-4, atol=1e-7)
+        assert m[0].shape == (len(p.ids),)
+    with pytest.raises(ValueError, match="one list of queries per prompt"):
+        alone.token_masses(prompts, [["cats"]])
+    with pytest.raises(ValueError, match="batch_tokens"):
+        ICRReranker(model, tokenizer, batch_tokens=2.5)
+
+
 def test_cli_eval_seal_with_a_model(tokenizer, scifact, tmp_path, capsys):
     import json
 

@@ -57,3 +57,20 @@ def test_icr_with_smollm2_matches_eager_on_scifact(smollm2, scifact, scifact_ind
         s_ref = r.doc_scores(prompt, *refs)
         np.testing.assert_allclose(s_ours, s_ref, rtol=1e-4, atol=1e-6)
         assert np.argsort(-s_ours, kind="stable").tolist() == np.argsort(-s_ref, kind="stable").tolist()
+
+
+def test_icr_batches_with_smollm2_equal_one_prompt_at_a_time(smollm2, scifact, scifact_index):
+    """Left padding with SmolLM2's real tokenizer and rotary positions: batched scores equal the scores alone."""
+    from irforge.rerank import ICRReranker
+
+    model, tok = smollm2
+    text = {d["id"]: d["title"] + " " + d["text"] for d in scifact.corpus}
+    qids = list(scifact.test_queries)[:3]
+    lists = [[text[i] for i in scifact_index.search(scifact.queries[q], k=2 + j).ids] for j, q in enumerate(qids)]
+    batched = ICRReranker(model, tok, max_doc_tokens=30, batch_tokens=10**6)
+    alone = ICRReranker(model, tok, max_doc_tokens=30, batch_tokens=0)
+    got = batched.rerank_batch([scifact.queries[q] for q in qids], lists)
+    for q, docs, g in zip(qids, lists, got):
+        ref = alone.rerank(scifact.queries[q], docs)
+        assert g.indices.tolist() == ref.indices.tolist()
+        np.testing.assert_allclose(g.scores, ref.scores, rtol=1e-3, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..layout import DOCUMENT, SegmentLayout
@@ -14,18 +15,21 @@ KEY_CHUNK = 2048
 
 
 def _chunks(layout, rows, mode, device):
+    """For each prompt holding selected rows, its keys up to its last row in chunks: (those rows' indices,
+    c0, c1, allowed [rows, c1 - c0]). Rows meet only their own prompt's keys, so packed prompts cost what they
+    would alone."""
     pos, p0 = row_meta(layout, rows)
-    pos_t, p0_t = torch.as_tensor(pos, device=device), torch.as_tensor(p0, device=device)
     doc = torch.as_tensor(layout.key_kinds() == DOCUMENT, device=device) if mode == "documents" else None
-    lo = int(p0.min()) if len(p0) else 0
-    hi = int(pos.max()) + 1 if len(pos) else 0
-    for c0 in range(lo, hi, KEY_CHUNK):
-        c1 = min(hi, c0 + KEY_CHUNK)
-        j = torch.arange(c0, c1, device=device)[None, :]
-        ok = (j >= p0_t[:, None]) & (j <= pos_t[:, None])
-        if doc is not None:
-            ok &= doc[c0:c1][None, :]
-        yield c0, c1, ok
+    for start in np.unique(p0).tolist():
+        sel = np.nonzero(p0 == start)[0]
+        pos_t = torch.as_tensor(pos[sel], device=device)
+        sel_t = torch.as_tensor(sel, device=device)
+        for c0 in range(start, int(pos[sel].max()) + 1, KEY_CHUNK):
+            c1 = min(int(pos[sel].max()) + 1, c0 + KEY_CHUNK)
+            ok = torch.arange(c0, c1, device=device)[None, :] <= pos_t[:, None]
+            if doc is not None:
+                ok &= doc[c0:c1][None, :]
+            yield sel_t, c0, c1, ok
 
 
 def _scores(q_rows, k, c0, c1, scale):
@@ -39,9 +43,9 @@ def row_lse(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: S
             scale: float) -> torch.Tensor:
     """Each selected row's log-sum-exp over the keys its softmax covers, [R, Hq] float32, key chunk by chunk."""
     norm = torch.full((q_rows.shape[1], q_rows.shape[0]), float("-inf"), device=q_rows.device)
-    for c0, c1, ok in _chunks(layout, rows, mode, q_rows.device):
-        s = _scores(q_rows, k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
-        norm = torch.logaddexp(norm, torch.logsumexp(s, dim=-1))
+    for sel, c0, c1, ok in _chunks(layout, rows, mode, q_rows.device):
+        s = _scores(q_rows[sel], k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
+        norm[:, sel] = torch.logaddexp(norm[:, sel], torch.logsumexp(s, dim=-1))
     return norm.transpose(0, 1).contiguous()
 
 
@@ -55,9 +59,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     norm = (row_lse(q_rows, rows, k, layout, mode, scale) if lse is None else lse.float()).transpose(0, 1)
     w = torch.full((R,), 1.0 / max(R, 1), device=dev) if weights is None else weights.float()
     mass = torch.zeros(T, Hq, dtype=torch.float32, device=dev)
-    for c0, c1, ok in _chunks(layout, rows, mode, dev):
-        s = _scores(q_rows, k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
-        p = torch.exp(s - norm[..., None])
+    for sel, c0, c1, ok in _chunks(layout, rows, mode, dev):
+        s = _scores(q_rows[sel], k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
+        p = torch.exp(s - norm[:, sel, None])
         p = torch.nan_to_num(p, nan=0.0)
-        mass[c0:c1] = torch.einsum("hrt,r->th", p, w)
+        mass[c0:c1] += torch.einsum("hrt,r->th", p, w[sel])
     return mass

@@ -1,7 +1,8 @@
 """Attention hooks for Hugging Face transformers: an attention function, registered through transformers'
 AttentionInterface, that computes attention as SDPA does and, while a capture is active, adds the attention
-mass that the last ``n_rows`` query positions put on every key (summed over heads, averaged over the rows,
-summed over layers) using irforge.kernels.attention_mass: no output_attentions, no attention matrix."""
+mass that each prompt's query rows put on every key (summed over heads, averaged over the rows, summed over
+layers) using irforge.kernels.attention_mass: no output_attentions, no attention matrix. A batch of prompts,
+left-padded with right-padded query rows, is captured prompt by prompt in one kernel call."""
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,17 @@ _state = threading.local()
 
 
 class _Capture:
-    def __init__(self) -> None:
-        self.mass: Optional[torch.Tensor] = None  # [keys], float64
+    def __init__(self, spans: Optional[list[tuple[int, int]]]) -> None:
+        self.spans = spans  # per batch row: (first valid key, query rows); None: one prompt, every key valid
+        self.masses: list[Optional[torch.Tensor]] = [None] * (len(spans) if spans else 1)  # per prompt, float64
         self.layers = 0
+
+    @property
+    def mass(self) -> Optional[torch.Tensor]:
+        """The mass on every key of a single prompt (batch size 1)."""
+        if len(self.masses) != 1:
+            raise ValueError(f"the capture holds {len(self.masses)} prompts; use .masses")
+        return self.masses[0]
 
 
 def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -32,15 +41,30 @@ def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
     out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     cap: Optional[_Capture] = getattr(_state, "capture", None)
     if cap is not None:
-        if query.shape[0] != 1:
-            raise ValueError("attention capture runs one prompt at a time (batch size 1)")
-        n_rows, n_keys = query.shape[2], key.shape[2]
-        layout = SegmentLayout.from_lengths([(n_keys - n_rows, [], n_rows)])
-        rows = torch.arange(n_keys - n_rows, n_keys, device=query.device)
+        n_q, n_keys = query.shape[2], key.shape[2]
+        spans = cap.spans or [(0, n_q)]
+        if len(spans) != query.shape[0]:
+            raise ValueError(f"attention capture was given {len(spans)} prompts but the batch holds {query.shape[0]}")
+        # Prompt b's valid keys are [first, n_keys - n_q + n_rows): left padding before them, right padding of
+        # the query rows after. They are packed into one sequence of causal prompts for a single kernel call.
+        keys, q_rows, rows, weights, lens, layout = [], [], [], [], [], []
+        off = 0
+        for b, (first, n_rows) in enumerate(spans):
+            end = n_keys - n_q + n_rows
+            n_ctx = end - first - n_rows
+            keys.append(key[b, :, first:end])
+            q_rows.append(query[b, :, :n_rows])
+            rows.append(torch.arange(off + n_ctx, off + n_ctx + n_rows, device=query.device))
+            weights += [1.0 / n_rows] * n_rows  # the mean over each prompt's rows
+            lens.append(end - first)
+            layout.append((n_ctx, [], n_rows))
+            off += end - first
         scaling = kwargs.get("scaling") or module.scaling
-        m = attention_mass(query[0].transpose(0, 1), rows, key[0].transpose(0, 1), layout, mode="causal",
-                           scale=float(scaling), sum_heads=True)
-        cap.mass = m.double() if cap.mass is None else cap.mass + m.double()
+        m = attention_mass(torch.cat(q_rows, 1).transpose(0, 1), torch.cat(rows), torch.cat(keys, 1).transpose(0, 1),
+                           SegmentLayout.from_lengths(layout), weights=torch.tensor(weights, device=query.device),
+                           mode="causal", scale=float(scaling), sum_heads=True).double()
+        for b, part in enumerate(torch.split(m, lens)):
+            cap.masses[b] = part if cap.masses[b] is None else cap.masses[b] + part
         cap.layers += 1
     return out
 
@@ -55,9 +79,12 @@ except ImportError:  # older transformers build one mask format for every implem
 
 
 @contextlib.contextmanager
-def capture_mass():
-    """Within the block, attention layers using CAPTURE_ATTENTION add their query rows' attention mass."""
-    cap = _Capture()
+def capture_mass(spans: Optional[list[tuple[int, int]]] = None):
+    """Within the block, attention layers using CAPTURE_ATTENTION add their query rows' attention mass.
+
+    ``spans``: for a batch of left-padded prompts whose query rows are right-padded, per prompt (its first
+    valid key, its number of query rows); None for one unpadded prompt."""
+    cap = _Capture(spans)
     prev = getattr(_state, "capture", None)
     _state.capture = cap
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -24,7 +23,8 @@ from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .icr import RerankResult, _rank
-from .prompts import CHAT_TAGS, BatchMixin, _progress, chat_family, check_k, check_query_docs, encode, truncate
+from .prompts import (CHAT_TAGS, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
+                      check_query_docs, encode, truncate, warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -70,7 +70,7 @@ except ImportError:
     pass
 
 
-class BlockRankReranker(BatchMixin):
+class BlockRankReranker:
     """BlockRank scoring with any Hugging Face Llama, Mistral or Qwen-style causal LM.
 
     Parameters
@@ -104,12 +104,7 @@ class BlockRankReranker(BatchMixin):
         self.model, self.tokenizer = model, tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
         self.progress = progress
-        if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
-                                         or batch_tokens < 0):
-            raise ValueError(f"batch_tokens must be a non-negative int or None, got {batch_tokens!r}")
-        if batch_tokens is None:
-            batch_tokens = 16384 if next(model.parameters()).device.type == "cuda" else 0
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = check_batch_tokens(batch_tokens, model)
 
     def build(self, query: str, docs: Sequence[str]):
         """(input ids [1, T], position ids [1, T], layout, document segment indices, query rows, truncated)."""
@@ -175,7 +170,7 @@ class BlockRankReranker(BatchMixin):
         docs = check_query_docs(query, docs)
         encoded = self._encode(query, docs)
         (s,) = self._run([encoded[:3]])
-        self._warn_truncated([encoded[3]], [len(docs)])
+        warn_truncated("BlockRank", [encoded[3]], [len(docs)], self.max_doc_tokens)
         return s, encoded[3]
 
     def _run(self, prompts) -> list[torch.Tensor]:
@@ -192,20 +187,11 @@ class BlockRankReranker(BatchMixin):
             raise RuntimeError(f"layer {self.layer} never ran")
         return list(torch.split(ctx["scores"], [len(d) for d in doc_segments]))
 
-    def _warn_truncated(self, truncated: list[list[int]], n_docs: list[int]) -> None:
-        cut = sum(map(len, truncated))
-        if cut:
-            warnings.warn(f"BlockRank: {cut} of {sum(n_docs)} documents cut to {self.max_doc_tokens} tokens",
-                          stacklevel=3)
-
     def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list[RerankResult]:
         """``rerank`` for each (query, documents) pair, prompts packed into forward passes of at most
         ``batch_tokens`` tokens (a longer prompt runs alone); the scores equal one-prompt-at-a-time scoring."""
         check_k(k)
-        queries, docs = list(queries), list(docs)
-        if len(queries) != len(docs):
-            raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
-        docs = [check_query_docs(q, d) if d else [] for q, d in zip(queries, docs)]
+        queries, docs = check_batch(queries, docs)
         out: list[Optional[RerankResult]] = [None] * len(queries)
         todo = []
         for i, (q, d) in enumerate(zip(queries, docs)):
@@ -213,16 +199,7 @@ class BlockRankReranker(BatchMixin):
                 out[i] = RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
             else:
                 todo.append((i, self._encode(q, d)))
-        packs, cur, cur_len = [], [], 0
-        for item in todo:
-            n = len(item[1][0])
-            if cur and cur_len + n > self.batch_tokens:
-                packs.append(cur)
-                cur, cur_len = [], 0
-            cur.append(item)
-            cur_len += n
-        if cur:
-            packs.append(cur)
+        packs = batches(todo, [len(enc[0]) for _, enc in todo], self.batch_tokens, padded=False)
         bar = _progress(self.progress, len(todo), type(self).__name__)
         for pack in packs:
             with torch.inference_mode():
@@ -235,7 +212,7 @@ class BlockRankReranker(BatchMixin):
                 bar.update(len(pack))
         if bar is not None:
             bar.close()
-        self._warn_truncated([enc[3] for _, enc in todo], [len(docs[i]) for i, _ in todo])
+        warn_truncated("BlockRank", [enc[3] for _, enc in todo], [len(docs[i]) for i, _ in todo], self.max_doc_tokens)
         return out  # type: ignore[return-value]
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:

@@ -13,7 +13,6 @@ sum of its c_t above the threshold. The mass is gathered in the forward pass (ir
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import CHAT_TAGS, BatchMixin, Prompt, chat_family, check_k, check_query_docs, encode, truncate
+from .prompts import (CHAT_TAGS, Prompt, _progress, batches, chat_family, check_batch, check_k, check_query_docs, encode,
+                      truncate, warn_truncated, check_batch_tokens)
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -46,20 +46,25 @@ def _rank(scores: np.ndarray, k: int) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -key))[:k]
 
 
-class ICRReranker(BatchMixin):
+class ICRReranker:
     """Zero-shot reranking with any Hugging Face causal LM's attention.
 
     Parameters
     ----------
-    model, tokenizer : a transformers causal LM and its tokenizer (batch size 1 per prompt).
+    model, tokenizer : a transformers causal LM and its tokenizer.
     max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
     reverse_order : put the first-stage top document last, next to the query (ICR's default).
     calibrate : subtract the "N/A" query's attention (ICR's calibration); without it s_t is used directly.
     chat : chat tags ("chatml", "llama3", "mistral", "none"); guessed from the tokenizer when None.
+    progress : a progress bar (tqdm, if installed) over :meth:`rerank_batch`.
+    batch_tokens : :meth:`rerank_batch` runs prompts of similar length together, left-padded, while the batch
+        holds at most this many tokens, padding included; 0 runs one prompt at a time. None (default): 16,384 on
+        a GPU, 0 on the CPU.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_doc_tokens: int = 300, reverse_order: bool = True,
-                 calibrate: bool = True, chat: Optional[str] = None, progress: bool = False) -> None:
+                 calibrate: bool = True, chat: Optional[str] = None, progress: bool = False,
+                 batch_tokens: Optional[int] = None) -> None:
         if not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0:
             raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
         chat = chat or chat_family(tokenizer)
@@ -68,7 +73,9 @@ class ICRReranker(BatchMixin):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_doc_tokens, self.reverse_order, self.calibrate = max_doc_tokens, reverse_order, calibrate
         self.chat, self.progress = chat, progress
-        self._cache_arg = cache_kwarg(model)
+        self.batch_tokens = check_batch_tokens(batch_tokens, model)
+        self._body = getattr(model, "base_model", model)  # the transformer without its LM head: no logits needed
+        self._cache_arg = cache_kwarg(self._body)
 
     # ---- prompt -----------------------------------------------------------------------------------
     def build_prompt(self, docs: Sequence[str]) -> tuple[Prompt, list[int]]:
@@ -96,24 +103,54 @@ class ICRReranker(BatchMixin):
         return encode(self.tokenizer, LATE_INSTRUCTION + SEP + "Query:" + " " + query + CHAT_TAGS[self.chat][1])
 
     # ---- scoring ----------------------------------------------------------------------------------
-    @torch.inference_mode()
     def token_mass(self, prompt: Prompt, queries: Sequence[str]) -> list[np.ndarray]:
         """For each query, the attention mass of its span on every prefix token (the prefix runs once)."""
+        return self.token_masses([prompt], [list(queries)])[0]
+
+    @torch.inference_mode()
+    def token_masses(self, prompts: Sequence[Prompt], queries: Sequence[Sequence[str]]) -> list[list[np.ndarray]]:
+        """``token_mass`` for several prompts in one batch: out[b][j] is the mass of query ``queries[b][j]`` on
+        the tokens of ``prompts[b]``. The prefixes run once, left-padded to a common length; each round j of
+        queries runs right-padded on their KV cache, which is cut back to the prefixes afterwards."""
         from transformers import DynamicCache
 
+        if len(prompts) != len(queries) or len({len(q) for q in queries}) > 1:
+            raise ValueError("token_masses needs one list of queries per prompt, all of the same length")
         dev = next(self.model.parameters()).device
-        ctx = torch.tensor([prompt.ids], device=dev)
+        lens = [len(p.ids) for p in prompts]
+        width = max(lens)
+        pads = [width - n for n in lens]
+        ids, mask = self._padded([p.ids for p in prompts], pads)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
+        out: list[list[np.ndarray]] = [[] for _ in prompts]
         with use_capture_attention(self.model):
-            self.model(ctx, **{self._cache_arg: cache}, use_cache=True)
-            out = []
-            for q in queries:
-                ids = torch.tensor([self.query_ids(q)], device=dev)
-                with capture_mass() as cap:
-                    self.model(ids, **{self._cache_arg: cache}, use_cache=True)
-                cache.crop(-len(ids[0]))  # back to the shared prefix (a negative count works in all versions)
-                out.append(cap.mass[: len(prompt.ids)].cpu().numpy())
+            self._body(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                       **{self._cache_arg: cache}, use_cache=True)
+            for j in range(len(queries[0]) if queries else 0):
+                q_ids = [self.query_ids(q[j]) for q in queries]
+                q_len = max(map(len, q_ids))
+                q_t, q_mask = self._padded(q_ids, [0] * len(q_ids), q_len)
+                q_pos = torch.tensor(lens)[:, None] + torch.arange(q_len)[None]
+                with capture_mass([(pad, len(x)) for pad, x in zip(pads, q_ids)]) as cap:
+                    self._body(q_t.to(dev), attention_mask=torch.cat([mask, q_mask], 1).to(dev),
+                               position_ids=q_pos.to(dev), **{self._cache_arg: cache}, use_cache=True)
+                cache.crop(-q_len)  # back to the shared prefixes (a negative count works in all versions)
+                for b, m in enumerate(cap.masses):
+                    out[b].append(m[: lens[b]].cpu().numpy())
         return out
+
+    def _padded(self, seqs: list[list[int]], left: list[int], width: Optional[int] = None):
+        """Token ids [B, width] with ``left[b]`` pad tokens before sequence b and the rest after; its 0/1 mask."""
+        width = max(p + len(x) for p, x in zip(left, seqs)) if width is None else width
+        tok = self.tokenizer
+        pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, (p, x) in enumerate(zip(left, seqs)):
+            ids[b, p: p + len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[b, p: p + len(x)] = 1
+        return ids, mask
 
     @staticmethod
     def doc_scores(prompt: Prompt, s: np.ndarray, s_na: Optional[np.ndarray]) -> np.ndarray:
@@ -126,17 +163,20 @@ class ICRReranker(BatchMixin):
             c = np.where(c > thr, c, 0.0)
         return np.array([c[a:b].sum() for a, b in prompt.doc_spans], dtype=np.float64)
 
+    def _rounds(self, query: str) -> list[str]:
+        return [query, "N/A"] if self.calibrate else [query]
+
+    def _scores_from(self, prompt: Prompt, masses: list[np.ndarray]) -> np.ndarray:
+        return self.doc_scores(prompt, masses[0], masses[1] if self.calibrate else None)
+
     def score(self, query: str, docs: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """ICR scores of ``docs`` (in the order given) for ``query``, and the indices of truncated documents."""
         docs = check_query_docs(query, docs)
         if not docs:
             return np.zeros(0), []
         prompt, _ = self.build_prompt(docs)
-        masses = self.token_mass(prompt, [query, "N/A"] if self.calibrate else [query])
-        scores = self.doc_scores(prompt, masses[0], masses[1] if self.calibrate else None)
-        if prompt.truncated:
-            warnings.warn(f"ICR: {len(prompt.truncated)} of {len(docs)} documents cut to {self.max_doc_tokens} tokens",
-                          stacklevel=2)
+        scores = self._scores_from(prompt, self.token_mass(prompt, self._rounds(query)))
+        warn_truncated("ICR", [prompt.truncated], [len(docs)], self.max_doc_tokens)
         return scores, prompt.truncated
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
@@ -147,6 +187,35 @@ class ICRReranker(BatchMixin):
         idx = _rank(scores, k)
         return RerankResult(idx, scores[idx], truncated)
 
+    def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list[RerankResult]:
+        """``rerank`` for each (query, documents) pair. Prompts of similar length run together, left-padded, in
+        batches of at most ``batch_tokens`` padded tokens (a longer prompt runs alone); the scores equal
+        one-prompt-at-a-time scoring up to float rounding."""
+        check_k(k)
+        queries, docs = check_batch(queries, docs)
+        out: list[Optional[RerankResult]] = [None] * len(queries)
+        prompts: dict[int, Prompt] = {}
+        for i, d in enumerate(docs):
+            if d:
+                prompts[i] = self.build_prompt(d)[0]
+            else:
+                out[i] = RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+        order = sorted(prompts, key=lambda i: len(prompts[i].ids))
+        bar = _progress(self.progress, len(order), type(self).__name__)
+        for batch in batches(order, [len(prompts[i].ids) for i in order], self.batch_tokens, padded=True):
+            masses = self.token_masses([prompts[i] for i in batch], [self._rounds(queries[i]) for i in batch])
+            for i, m in zip(batch, masses):
+                s = self._scores_from(prompts[i], m)
+                idx = _rank(s, len(s) if k is None else k)
+                out[i] = RerankResult(idx, s[idx], prompts[i].truncated)
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        warn_truncated("ICR", [prompts[i].truncated for i in order], [len(docs[i]) for i in order],
+                       self.max_doc_tokens)
+        return out  # type: ignore[return-value]
+
 
 def icr_token_mass_eager(model: Any, tokenizer_ids: list[int], query_ids: list[int]) -> np.ndarray:
     """Reference: the same per-token mass from an eager forward pass with output_attentions (the model must use
@@ -155,7 +224,7 @@ def icr_token_mass_eager(model: Any, tokenizer_ids: list[int], query_ids: list[i
     ids = torch.tensor([tokenizer_ids + query_ids], device=dev)
     with torch.inference_mode():
         out = model(ids, output_attentions=True)
-    n_ctx, n_q = len(tokenizer_ids), len(query_ids)
+    n_ctx = len(tokenizer_ids)
     total = None
     for a in out.attentions:  # [1, H, T, T]
         m = a[0, :, n_ctx:, :n_ctx].double().sum(0).mean(0)  # heads summed, rows averaged

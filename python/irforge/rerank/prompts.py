@@ -2,6 +2,7 @@
 known exactly. Chat tags follow the model family (ChatML for Qwen/SmolLM2, Llama-3 headers, Mistral [INST])."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,25 +62,48 @@ def check_query_docs(query: Any, docs: Any) -> list:
     return docs
 
 
-class BatchMixin:
-    """``rerank_batch`` for rerankers with ``rerank(query, docs, k)``: one prompt per query, in order, with a
-    progress bar when ``self.progress`` is set (tqdm, if installed)."""
+def check_batch(queries: Any, docs: Any) -> tuple[list[str], list[list[str]]]:
+    """The arguments of ``rerank_batch``: as many document lists as queries, each checked by check_query_docs."""
+    queries, docs = list(queries), list(docs)
+    if len(queries) != len(docs):
+        raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
+    return queries, [check_query_docs(q, d) for q, d in zip(queries, docs)]
 
-    progress = False
 
-    def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list:
-        queries, docs = list(queries), list(docs)
-        if len(queries) != len(docs):
-            raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
-        bar = _progress(self.progress, len(queries), type(self).__name__)
-        out = []
-        for q, d in zip(queries, docs):
-            out.append(self.rerank(q, d, k))
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        return out
+def check_batch_tokens(batch_tokens: Any, model: Any) -> int:
+    """A reranker's ``batch_tokens``: a non-negative int, or None for 16,384 on a GPU and 0 (one prompt per forward
+    pass) on the CPU."""
+    if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
+                                     or batch_tokens < 0):
+        raise ValueError(f"batch_tokens must be a non-negative int or None, got {batch_tokens!r}")
+    if batch_tokens is None:
+        return 16384 if next(model.parameters()).device.type == "cuda" else 0
+    return batch_tokens
+
+
+def batches(items: list, lengths: list[int], budget: int, padded: bool) -> list[list]:
+    """``items`` cut into consecutive batches that cost at most ``budget`` tokens (an item over it goes alone): the
+    sum of their lengths when packed, the count times the longest when padded."""
+    out: list[list] = []
+    cur: list = []
+    total = longest = 0
+    for item, n in zip(items, lengths):
+        cost = (len(cur) + 1) * max(longest, n) if padded else total + n
+        if cur and cost > budget:
+            out.append(cur)
+            cur, total, longest = [], 0, 0
+        cur.append(item)
+        total, longest = total + n, max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def warn_truncated(name: str, truncated: list[list[int]], n_docs: list[int], budget: int) -> None:
+    """One warning for all the documents of a call that were cut to the token budget."""
+    cut = sum(map(len, truncated))
+    if cut:
+        warnings.warn(f"{name}: {cut} of {sum(n_docs)} documents cut to {budget} tokens", stacklevel=3)
 
 
 def check_k(k: Any) -> None:
