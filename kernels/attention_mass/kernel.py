@@ -1,8 +1,10 @@
 """Triton kernel for attention mass: per key token and head, the weighted sum over selected rows of their softmax
 probabilities, without materialising the attention matrix.
 
-Grid: (key blocks of BLOCK_N, query heads). Each program loops over the selected rows in blocks of BLOCK_M,
-recomputes their scores against its keys, masks them (causal within the row's prompt; in "documents" mode, also
+Grid: (key blocks of BLOCK_N, query heads). Each program loops, in blocks of BLOCK_M, over the selected rows
+that can see its keys (rows sorted by position; per key block the host gives the run of rows at or after the
+block whose prompt starts before its end, so packed prompts never meet each other's keys), recomputes their
+scores against its keys, masks them (causal within the row's prompt; in "documents" mode, also
 document keys only), turns them into probabilities with the rows' log-sum-exp, and accumulates weight *
 probability. Memory: O(T * Hq) output, nothing of size R x T. Needs each row's log-sum-exp (the forward pass
 gives it for "causal"; the dispatcher computes it for "documents").
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -28,7 +31,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, MASS, R, T, stride_qr, stride_qh, stride_kt, stride_kh,
+def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, stride_qr, stride_qh, stride_kt, stride_kh,
                  stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
@@ -48,11 +51,13 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, MASS, R, T, stride_qr, stride_qh, 
         kind = tl.load(KIND + offs_n, mask=n_mask, other=0)
         key_ok = key_ok & (kind == 1)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for r0 in range(0, R, BLOCK_M):
+    r_lo = tl.load(ROW_LO + nb)
+    r_hi = tl.load(ROW_HI + nb)
+    for r0 in range(r_lo, r_hi, BLOCK_M):
         offs_m = r0 + tl.arange(0, BLOCK_M)
         if WIDE:
             offs_m = offs_m.to(tl.int64)
-        m_mask = offs_m < R
+        m_mask = offs_m < r_hi
         q = tl.load(Q + offs_m[:, None] * stride_qr + h * stride_qh + offs_d[None, :],
                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
         pos = tl.load(POS + offs_m, mask=m_mask, other=-1)
@@ -81,18 +86,28 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
 
         lse = row_lse(q_rows, rows, k, layout, mode, scale)
     pos, p0 = row_meta(layout, rows)
+    w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev) if weights is None else weights.float()
+    # Rows in position order (their prompt starts then ascend too); per key block [a, b) the rows that can see
+    # it are those at or after a whose prompt starts before b: one run of the sorted rows.
+    order = np.argsort(pos, kind="stable")
+    pos, p0 = pos[order], p0[order]
+    starts = np.arange(0, T, block_n, dtype=np.int64)
+    row_lo = torch.as_tensor(np.searchsorted(pos, starts, side="left"), dtype=torch.int32, device=dev)
+    row_hi = torch.as_tensor(np.searchsorted(p0, np.minimum(starts + block_n, T), side="left"), dtype=torch.int32,
+                             device=dev)
+    order_t = torch.as_tensor(order, device=dev)
+    q_rows, lse, w = q_rows[order_t].contiguous(), lse.float()[order_t].contiguous(), w[order_t].contiguous()
     pos_t = torch.as_tensor(pos, dtype=torch.int64, device=dev)
     p0_t = torch.as_tensor(p0, dtype=torch.int64, device=dev)
     kinds = torch.as_tensor(layout.key_kinds(), dtype=torch.int32, device=dev)
-    w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev) if weights is None else weights.float().contiguous()
-    q_rows, k, lse = q_rows.contiguous(), k.contiguous(), lse.float().contiguous()
+    k = k.contiguous()
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
     if T == 0:
         return mass
     block_d = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(T, block_n), Hq)
-    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, mass, R, T, q_rows.stride(0), q_rows.stride(1),
-                       k.stride(0), k.stride(1), lse.stride(0), lse.stride(1), mass.stride(0), mass.stride(1),
+    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo, row_hi, mass, T,
+                       q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1), mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
                        BLOCK_M=block_m, BLOCK_N=block_n,
                        WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide))

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import (CHAT_TAGS, Prompt, _progress, batches, chat_family, check_batch, check_k, check_query_docs, encode,
-                      truncate, warn_truncated, check_batch_tokens)
+from .prompts import (CHAT_TAGS, Prompt, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
+                      check_query_docs, encode, truncate, warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
 
