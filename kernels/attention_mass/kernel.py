@@ -107,7 +107,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     block_d = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(T, block_n), Hq)
     _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo, row_hi, mass, T,
-                       q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1), mass.stride(0), mass.stride(1),
+                       q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
+                       mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
                        BLOCK_M=block_m, BLOCK_N=block_n,
                        WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide))

@@ -22,7 +22,7 @@ import torch
 from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
-from .icr import RerankResult, _rank
+from .icr import RerankResult
 from .prompts import (CHAT_TAGS, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
                       check_query_docs, encode, truncate, warn_truncated)
 
@@ -196,7 +196,7 @@ class BlockRankReranker:
         todo = []
         for i, (q, d) in enumerate(zip(queries, docs)):
             if not d:
-                out[i] = RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+                out[i] = RerankResult.ranked(np.zeros(0), k, [])
             else:
                 todo.append((i, self._encode(q, d)))
         packs = batches(todo, [len(enc[0]) for _, enc in todo], self.batch_tokens, padded=False)
@@ -205,25 +205,19 @@ class BlockRankReranker:
             with torch.inference_mode():
                 got = self._run([enc[:3] for _, enc in pack])
             for (i, enc), s in zip(pack, got):
-                s = s.double().cpu().numpy()
-                idx = _rank(s, len(s) if k is None else k)
-                out[i] = RerankResult(idx, s[idx], enc[3])
-            if bar is not None:
-                bar.update(len(pack))
-        if bar is not None:
-            bar.close()
+                out[i] = RerankResult.ranked(s.double().cpu().numpy(), k, enc[3])
+            bar.update(len(pack))
+        bar.close()
         warn_truncated("BlockRank", [enc[3] for _, enc in todo], [len(docs[i]) for i, _ in todo], self.max_doc_tokens)
         return out  # type: ignore[return-value]
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
         check_k(k)
         if not docs:
-            return RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+            return RerankResult.ranked(np.zeros(0), k, [])
         with torch.inference_mode():
             s, truncated = self.scores(query, docs)
-        s = s.double().cpu().numpy()
-        idx = _rank(s, len(s) if k is None else k)
-        return RerankResult(idx, s[idx], truncated)
+        return RerankResult.ranked(s.double().cpu().numpy(), k, truncated)
 
     def loss(self, query: str, docs: Sequence[str], positive: int, temperature: float = 0.05) -> torch.Tensor:
         """BlockRank's auxiliary contrastive loss: InfoNCE over S(q, d) / temperature with document ``positive``

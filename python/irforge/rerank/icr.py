@@ -39,6 +39,12 @@ class RerankResult:
     scores: np.ndarray
     truncated: list[int]
 
+    @classmethod
+    def ranked(cls, scores: np.ndarray, k: Optional[int], truncated: list[int]) -> "RerankResult":
+        """The documents ranked by ``scores`` (float64, in input order), at most ``k`` (None: all)."""
+        idx = _rank(scores, len(scores) if k is None else k)
+        return cls(idx, scores[idx], truncated)
+
 
 def _rank(scores: np.ndarray, k: int) -> np.ndarray:
     """Best first; NaN ranks last; ties by input position."""
@@ -59,7 +65,7 @@ class ICRReranker:
     progress : a progress bar (tqdm, if installed) over :meth:`rerank_batch`.
     batch_tokens : :meth:`rerank_batch` runs prompts of similar length together, left-padded, while the batch
         holds at most this many tokens, padding included; 0 runs one prompt at a time. None (default): 16,384 on
-        a GPU, 0 on the CPU.
+        a GPU, 0 on the CPU (where batching measured 1.25x slower: bench/RESULTS.md).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_doc_tokens: int = 300, reverse_order: bool = True,
@@ -116,6 +122,8 @@ class ICRReranker:
 
         if len(prompts) != len(queries) or len({len(q) for q in queries}) > 1:
             raise ValueError("token_masses needs one list of queries per prompt, all of the same length")
+        if not prompts:
+            return []
         dev = next(self.model.parameters()).device
         lens = [len(p.ids) for p in prompts]
         width = max(lens)
@@ -183,9 +191,7 @@ class ICRReranker:
         """Documents ranked by ICR score, best first (at most ``k``)."""
         check_k(k)
         scores, truncated = self.score(query, docs)
-        k = len(scores) if k is None else k
-        idx = _rank(scores, k)
-        return RerankResult(idx, scores[idx], truncated)
+        return RerankResult.ranked(scores, k, truncated)
 
     def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list[RerankResult]:
         """``rerank`` for each (query, documents) pair. Prompts of similar length run together, left-padded, in
@@ -199,19 +205,15 @@ class ICRReranker:
             if d:
                 prompts[i] = self.build_prompt(d)[0]
             else:
-                out[i] = RerankResult(np.zeros(0, dtype=np.int64), np.zeros(0), [])
+                out[i] = RerankResult.ranked(np.zeros(0), k, [])
         order = sorted(prompts, key=lambda i: len(prompts[i].ids))
         bar = _progress(self.progress, len(order), type(self).__name__)
         for batch in batches(order, [len(prompts[i].ids) for i in order], self.batch_tokens, padded=True):
             masses = self.token_masses([prompts[i] for i in batch], [self._rounds(queries[i]) for i in batch])
             for i, m in zip(batch, masses):
-                s = self._scores_from(prompts[i], m)
-                idx = _rank(s, len(s) if k is None else k)
-                out[i] = RerankResult(idx, s[idx], prompts[i].truncated)
-            if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+                out[i] = RerankResult.ranked(self._scores_from(prompts[i], m), k, prompts[i].truncated)
+            bar.update(len(batch))
+        bar.close()
         warn_truncated("ICR", [prompts[i].truncated for i in order], [len(docs[i]) for i in order],
                        self.max_doc_tokens)
         return out  # type: ignore[return-value]

@@ -112,12 +112,21 @@ def check_k(k: Any) -> None:
         raise ValueError(f"k must be a positive int, got {k!r}")
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(enabled: bool, total: int, desc: str = "rerank") -> Any:
-    """A tqdm progress bar when enabled and tqdm is installed, else None."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc)
+    """A tqdm progress bar when enabled and tqdm is installed, else one whose update and close do nothing."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(total=total, desc=desc)
+    return _NoBar()
