@@ -57,12 +57,16 @@ docs_strategy = st.lists(st.lists(st.integers(0, 6), max_size=25), min_size=1, m
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=docs_strategy, patterns=st.lists(st.lists(st.integers(0, 7), min_size=1, max_size=4), min_size=1, max_size=6),
-       sample_rate=st.sampled_from([1, 2, 3, 32]))
-def test_operations_equal_naive_scan(docs, patterns, sample_rate):
-    fm = FMIndex.build(docs, sample_rate=sample_rate)
+       sample_rate=st.sampled_from([1, 2, 3, 32]), next_cache=st.sampled_from([None, 0, 10**6]))
+def test_operations_equal_naive_scan(docs, patterns, sample_rate, next_cache):
+    fm = FMIndex.build(docs, sample_rate=sample_rate, next_cache=next_cache)
     assert fm.n_docs == len(docs) and fm.n_tokens == sum(map(len, docs))
     for p in patterns:
         check_pattern(fm, docs, p)
+    for doc in docs:  # every 2-token prefix of the corpus: with next_cache 10**6, each that occurs twice is cached
+        for i in range(len(doc) - 1):
+            t, c = fm.next_tokens(doc[i:i + 2])
+            assert list(zip(t.tolist(), c.tolist())) == naive_next(docs, doc[i:i + 2])
     for d, doc in enumerate(docs):
         assert fm.extract(d).tolist() == doc
     assert fm.count_batch(patterns).tolist() == [len(naive_occurrences(docs, p)) for p in patterns]
@@ -296,6 +300,70 @@ def test_document_dtypes_mix():
     assert [b.extract(d).tolist() for d in range(4)] == docs
     small = [np.array(d, dtype=np.uint32) for d in docs[:3]]  # uint32 input with small ids is read in place
     assert FMIndex.build(small).next_tokens([6])[0].tolist() == [2, 7]
+
+
+def _zipf_corpus(seed=3, n_docs=300, vocab=400):
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocab + 1)
+    return [rng.choice(vocab, size=int(rng.integers(5, 80)), p=p / p.sum()).tolist() for _ in range(n_docs)]
+
+
+def test_next_token_cache(tmp_path):
+    """Stored distributions of the most frequent 2-token prefixes give exactly what enumeration gives, after
+    save and load too, within the byte budget; the default budget is 1% of the rest of the index."""
+    docs = _zipf_corpus()
+    plain = FMIndex.build(docs, next_cache=0)
+    assert plain.next_cache_ranges == 0
+    default = FMIndex.build(docs)
+    assert 0 < default.next_cache_ranges and default._core.next_cache_bytes <= 0.01 * plain.size_bytes + 1
+    big = FMIndex.build(docs, next_cache=10**6)
+    assert big.next_cache_ranges > default.next_cache_ranges
+    big.save(tmp_path / "fm.irx")
+    prefixes = {tuple(d[i:i + m]) for d in docs for m in (1, 2, 3) for i in range(len(d) - m + 1)}
+    for fm in (default, big, FMIndex.load(tmp_path / "fm.irx"), FMIndex.load(tmp_path / "fm.irx", mmap=False)):
+        assert fm.size_bytes - fm._core.next_cache_bytes == plain.size_bytes - plain._core.next_cache_bytes
+        for p in sorted(prefixes)[::7]:
+            got, want = fm.next_tokens(list(p)), plain.next_tokens(list(p))
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+        r = fm.range([int(docs[0][0])])
+        assert fm.next_tokens(r)[1].sum() == plain.next_tokens(r)[1].sum()
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="next_cache"):
+            FMIndex.build(docs, next_cache=bad)
+
+
+def test_damaged_next_token_cache(tmp_path):
+    """With checksums off, the loader decodes every stored distribution with bounds checks: damage there is a
+    ValueError at load, or leaves distributions that still decode within the stream (never a crash)."""
+    import struct
+
+    fm = FMIndex.build(_zipf_corpus(), next_cache=10**6)
+    path = tmp_path / "fm.irx"
+    fm.save(path)
+    data = bytes(path.read_bytes())
+    n_sections = struct.unpack_from("<I", data, 12)[0]
+    where = {}
+    for k in range(n_sections):
+        sid, _, off, size, _ = struct.unpack_from("<IIQQQ", data, 24 + 32 * k)
+        where[sid] = (off, size)
+    rng = np.random.default_rng(0)
+    errors = 0
+    for sid in (10, 11):  # the cache's keys and bit stream
+        off, size = where[sid]
+        for pos in rng.integers(off, off + size, size=25):
+            bad = bytearray(data)
+            bad[int(pos)] ^= 1 << int(rng.integers(0, 8))
+            (tmp_path / "bad.irx").write_bytes(bytes(bad))
+            with pytest.raises(ValueError, match="checksum"):
+                FMIndex.load(tmp_path / "bad.irx")
+            try:
+                g = FMIndex.load(tmp_path / "bad.irx", verify=False)
+            except ValueError:
+                errors += 1
+                continue
+            for p in ([0, 0], [0, 1], [1, 0], [0], []):
+                g.next_tokens(p)
+    assert errors > 0
 
 
 def test_inconsistent_code_lengths_are_rejected(tmp_path):

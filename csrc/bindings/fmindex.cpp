@@ -102,7 +102,7 @@ void bind_fmindex(py::module_& m) {
         "FM-index query kernels: 'auto' (the best the CPU has), 'scalar', 'avx2' or 'avx512'; returns the kernels "
         "in use. For tests and benchmarks; results are identical.");
   py::class_<PyFM>(m, "FMIndex")
-      .def_static("build", [](py::list docs, uint32_t sample_rate, bool byte_mode) {
+      .def_static("build", [](py::list docs, uint32_t sample_rate, bool byte_mode, int64_t next_cache_bytes) {
              // Documents: C-contiguous uint16 arrays (a vocabulary below 65,536) or uint32 arrays, all of one
              // dtype, read where they lie: no concatenated or widened copy of the corpus.
              const size_t n_docs = docs.size();
@@ -124,10 +124,12 @@ void bind_fmindex(py::module_& m) {
              py::gil_scoped_release nogil;
              if (wide)
                return PyFM{std::make_shared<FMIndex>(FMIndex::build(reinterpret_cast<const uint32_t* const*>(ptrs.data()),
-                                                                    lens.data(), n_docs, sample_rate, byte_mode))};
+                                                                    lens.data(), n_docs, sample_rate, byte_mode,
+                                                                    next_cache_bytes))};
              return PyFM{std::make_shared<FMIndex>(FMIndex::build(reinterpret_cast<const uint16_t* const*>(ptrs.data()),
-                                                                  lens.data(), n_docs, sample_rate, byte_mode))};
-           }, py::arg("docs"), py::arg("sample_rate"), py::arg("byte_mode"))
+                                                                  lens.data(), n_docs, sample_rate, byte_mode,
+                                                                  next_cache_bytes))};
+           }, py::arg("docs"), py::arg("sample_rate"), py::arg("byte_mode"), py::arg("next_cache_bytes") = -1)
       .def_static("load", [](const std::string& path, bool mmap, bool verify) {
              py::gil_scoped_release nogil;
              return PyFM{std::make_shared<FMIndex>(FMIndex::load(path, mmap, verify))};
@@ -266,5 +268,7 @@ void bind_fmindex(py::module_& m) {
       .def_property_readonly("sigma", [](const PyFM& s) { return s.ix->meta().sigma - 2; })
       .def_property_readonly("sample_rate", [](const PyFM& s) { return s.ix->meta().sample_rate; })
       .def_property_readonly("byte_mode", [](const PyFM& s) { return s.ix->meta().byte_mode != 0; })
-      .def_property_readonly("size_bytes", [](const PyFM& s) { return s.ix->size_bytes(); });
+      .def_property_readonly("size_bytes", [](const PyFM& s) { return s.ix->size_bytes(); })
+      .def_property_readonly("next_cache_ranges", [](const PyFM& s) { return s.ix->next_cache_ranges(); })
+      .def_property_readonly("next_cache_bytes", [](const PyFM& s) { return s.ix->next_cache_bytes(); });
 }

@@ -119,8 +119,9 @@ class SectionWriter {
 // An opened, validated file. Sections are views into one buffer (mmap'ed or read).
 class SectionFile {
  public:
+  // Accepts format versions [oldest, version] (oldest 0: exactly `version`).
   SectionFile(const std::string& path, const char (&magic)[kMagicSize + 1], uint32_t version, bool use_mmap,
-              bool verify_checksums)
+              bool verify_checksums, uint32_t oldest = 0)
       : path_(path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw IoError("cannot open " + path + ": " + std::strerror(errno));
@@ -155,7 +156,7 @@ class SectionFile {
       ::close(fd);
       data_ = buffer_.data();
     }
-    parse(magic, version, verify_checksums);
+    parse(magic, version, oldest == 0 ? version : oldest, verify_checksums);
   }
   ~SectionFile() {
     if (map_ != nullptr) ::munmap(map_, size_);
@@ -175,7 +176,13 @@ class SectionFile {
     }
     throw FormatError(path_ + ": section " + name + " is missing");
   }
+  bool has(uint32_t id) const {
+    for (const auto& e : table_)
+      if (e.id == id) return true;
+    return false;
+  }
   const std::string& path() const { return path_; }
+  uint32_t version() const { return version_; }
 
  private:
   std::string path_;
@@ -184,8 +191,9 @@ class SectionFile {
   const unsigned char* data_ = nullptr;
   size_t size_ = 0;
   std::vector<SectionEntry> table_;
+  uint32_t version_ = 0;
 
-  void parse(const char (&magic)[kMagicSize + 1], uint32_t version, bool verify) {
+  void parse(const char (&magic)[kMagicSize + 1], uint32_t version, uint32_t oldest, bool verify) {
     if (std::memcmp(data_, magic, kMagicSize) != 0)
       throw FormatError(path_ + " is not an irforge index of this kind (bad magic bytes)");
     uint32_t ver, n;
@@ -193,9 +201,11 @@ class SectionFile {
     std::memcpy(&ver, data_ + 8, 4);
     std::memcpy(&n, data_ + 12, 4);
     std::memcpy(&file_size, data_ + 16, 8);
-    if (ver != version)
+    if (ver < oldest || ver > version)
       throw FormatError(path_ + ": format version " + std::to_string(ver) + " is not supported (expected " +
-                        std::to_string(version) + ")");
+                        (oldest == version ? std::to_string(version)
+                                           : std::to_string(oldest) + " to " + std::to_string(version)) + ")");
+    version_ = ver;
     if (n > 1024 || header_size(n) > size_)
       throw FormatError(path_ + ": corrupt header (section count " + std::to_string(n) + ")");
     if (file_size != size_)

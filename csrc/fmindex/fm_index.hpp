@@ -6,7 +6,7 @@
 // separator, 2 + rank of the token id among the distinct ids. Suffix array by SA-IS; BWT in a wavelet
 // Huffman-shaped wavelet matrix; suffix array sampled at text positions that are multiples of `sample_rate`
 // (bit-packed, found through a rank bitvector over the rows); bit-packed document starts for positions ->
-// (document, offset).
+// (document, offset); the next-token distributions of the most frequent 2-token prefixes (next_cache.hpp).
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -20,17 +20,20 @@
 #include <vector>
 
 #include "../common/file_format.hpp"
+#include "next_cache.hpp"
 #include "sais.hpp"
 #include "wavelet_matrix.hpp"
 
 namespace irforge::fm {
 
 inline constexpr char kMagic[9] = "IRFFMIX\x1a";
-inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint32_t kFormatVersion = 3;  // 3: the next-token cache; version 2 files still load
+inline constexpr uint32_t kOldestFormatVersion = 2;
 inline constexpr uint64_t kMaxTokenId = 0xFFFFFFFDull;  // ids + 2 must fit in 32 bits
 
 enum SectionId : uint32_t {
-  kSecMeta = 1, kSecAlphabet, kSecC, kSecCodeLen, kSecLevels, kSecSampledBits, kSecSamples, kSecDocStart, kSecSepRow
+  kSecMeta = 1, kSecAlphabet, kSecC, kSecCodeLen, kSecLevels, kSecSampledBits, kSecSamples, kSecDocStart, kSecSepRow,
+  kSecNextKeys, kSecNextBits
 };
 
 struct Meta {
@@ -181,8 +184,9 @@ class FMIndex {
   // Document d is docs[d][0 .. lens[d]), ids <= kMaxTokenId. The documents are read where they lie (no
   // concatenated copy of the corpus).
   template <class Tok>
+  // next_cache_bytes: the budget of the next-token cache (0: none; negative: 1% of the rest of the index).
   static FMIndex build(const Tok* const* docs, const uint64_t* lens, uint64_t n_docs, uint32_t sample_rate,
-                       bool byte_mode) {
+                       bool byte_mode, int64_t next_cache_bytes = -1) {
     if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index over an empty corpus");
     if (sample_rate == 0) throw std::invalid_argument("sample_rate must be positive");
     FMIndex ix;
@@ -227,12 +231,13 @@ class FMIndex {
     if (sigma <= 0x10000) ix.build_with<uint16_t>(docs, lens);
     else ix.build_with<uint32_t>(docs, lens);
     ix.finish_views();
+    ix.build_next_cache(next_cache_bytes < 0 ? ix.size_bytes() / 100 : static_cast<uint64_t>(next_cache_bytes));
     return ix;
   }
 
   static FMIndex load(const std::string& path, bool use_mmap, bool verify) {
     FMIndex ix;
-    ix.file_ = std::make_shared<SectionFile>(path, kMagic, kFormatVersion, use_mmap, verify);
+    ix.file_ = std::make_shared<SectionFile>(path, kMagic, kFormatVersion, use_mmap, verify, kOldestFormatVersion);
     const SectionFile& f = *ix.file_;
     auto bad = [&](const std::string& what) { return FormatError(path + ": " + what); };
     auto [meta, nm] = f.get<Meta>(kSecMeta, "meta");
@@ -318,6 +323,18 @@ class FMIndex {
     }
     ix.sampled_ = RankBits{sb, ix.supers_.back().data(), m.n};
     if (kscalar::rank1(ix.sampled_, m.n) != n_samples) throw bad("sample bitvector does not match the samples");
+    if (f.version() >= 3) {
+      const uint64_t* keys;
+      std::tie(keys, cnt) = f.get<uint64_t>(kSecNextKeys, "next_keys");
+      if (cnt == 0 || cnt % 3 != 1) throw bad("bad next-token cache keys");
+      std::tie(words, ix.next_words_) = f.get<uint64_t>(kSecNextBits, "next_bits");
+      ix.next_ = NextCacheView{keys + 1, cnt / 3, words, keys[0]};
+      try {
+        ix.check_next_cache();
+      } catch (const FormatError& e) {
+        throw bad(e.what());
+      }
+    }
     for (uint32_t d = 0; d < m.n_levels; ++d)
       if (kscalar::rank1(ix.level_bits_[d], ix.shape_.level_n[d]) != ix.shape_.level_n[d] - ix.shape_.zeros[d])
         throw bad("wavelet level " + std::to_string(d) + " does not match the symbol counts");
@@ -341,6 +358,10 @@ class FMIndex {
     w.add(kSecSamples, samples_.words, packed_words((meta_.n - 1) / meta_.sample_rate + 1, meta_.sample_width) * 8);
     w.add(kSecDocStart, doc_start_.words, packed_words(meta_.n_docs + 1, meta_.pos_width) * 8);
     w.add(kSecSepRow, sep_row_.words, packed_words(meta_.n_docs, meta_.pos_width) * 8);
+    std::vector<uint64_t> keys{next_.n_bits};
+    keys.insert(keys.end(), next_.keys, next_.keys + 3 * next_.n);
+    w.add_vector(kSecNextKeys, keys);
+    w.add(kSecNextBits, next_.bits, next_words_ * 8);
     w.write(path, kMagic, kFormatVersion);
   }
 
@@ -390,16 +411,14 @@ class FMIndex {
     return {lo, len - (p - s) - m};
   }
 
-  // Distinct tokens following the pattern whose range is r, with counts, increasing token id.
+  // Distinct tokens following the pattern whose range is r, with counts, increasing token id: from the cache
+  // when r is one of its ranges, else enumerated from the wavelet matrix.
   void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
     NextScratch& scratch = *next_scratch();
     std::vector<std::pair<uint32_t, uint64_t>>& found = scratch.found;
-    found.clear();
-    auto add = [&](uint32_t c, uint64_t k) {
-      if (c >= 2) found.emplace_back(c, k);
-    };
-    IRF_DISPATCH(distinct(core_.wm, r.sp, r.ep, add));
-    sort_by_symbol(found, scratch.tmp);
+    const int64_t cached = r.sp < r.ep ? next_.find(r.sp, r.ep) : -1;
+    if (cached >= 0) next_.decode_fast(cached, found);
+    else enumerate_next(r, found, scratch.tmp);
     tokens.resize(found.size());
     counts.resize(found.size());
     for (size_t k = 0; k < found.size(); ++k) {
@@ -407,6 +426,20 @@ class FMIndex {
       counts[k] = found[k].second;
     }
   }
+
+  // (symbol, count) of the symbols following range r (separators left out), increasing symbol.
+  void enumerate_next(Range r, std::vector<std::pair<uint32_t, uint64_t>>& found,
+                      std::vector<std::pair<uint32_t, uint64_t>>& tmp) const {
+    found.clear();
+    auto add = [&](uint32_t c, uint64_t k) {
+      if (c >= 2) found.emplace_back(c, k);
+    };
+    IRF_DISPATCH(distinct(core_.wm, r.sp, r.ep, add));
+    sort_by_symbol(found, tmp);
+  }
+  // Ranges in the next-token cache and its bytes.
+  uint64_t next_cache_ranges() const { return next_.n; }
+  uint64_t next_cache_bytes() const { return 8 * (1 + 3 * next_.n + next_words_); }
 
   // Sorts (symbol, count) pairs by symbol (symbols are distinct): LSD radix sort on bytes of the symbol for
   // long lists (a comparison sort was a quarter of next_tokens on frequent prefixes), std::sort for short ones.
@@ -443,7 +476,7 @@ class FMIndex {
   uint64_t size_bytes() const {
     uint64_t lines = lines_for(meta_.n);
     for (const auto& b : level_bits_) lines += lines_for(b.n);
-    return sizeof(Meta) + meta_.sigma + lines * 64 +
+    return sizeof(Meta) + meta_.sigma + lines * 64 + next_cache_bytes() +
            8 * (packed_words(meta_.sigma - 2, meta_.id_width) + packed_words(meta_.sigma + 1, meta_.pos_width) +
                 packed_words((meta_.n - 1) / meta_.sample_rate + 1, meta_.sample_width) +
                 packed_words(meta_.n_docs + 1, meta_.pos_width) + packed_words(meta_.n_docs, meta_.pos_width));
@@ -469,6 +502,7 @@ class FMIndex {
   struct Owned {
     std::vector<uint32_t> alphabet;                        // unpacked (packed in the file)
     std::vector<uint64_t> C, samples, doc_start, sep_row;  // C unpacked, the others packed
+    std::vector<uint64_t> next_keys, next_bits;          // the next-token cache (next_cache.hpp)
     std::vector<RankStore> levels;
     RankStore sampled;
   } own_;
@@ -483,6 +517,80 @@ class FMIndex {
   QueryCore core_;
   static constexpr uint64_t kDocTopEvery = 64;
   std::vector<uint64_t> doc_top_;  // doc_start of every 64th document
+  NextCacheView next_;
+  size_t next_words_ = 0;
+
+  // The cache holds the next-token distributions of the most frequent 2-token prefixes, most frequent first,
+  // while it stays within budget bytes. Each stored continuation saves a walk of about 70 ns through the
+  // lower wavelet levels and costs about a byte, so the prefixes met most often come first. Candidates: the
+  // 2-token patterns occurring at least n / 16384 times (at most 16384 of them), found by walks that drop
+  // wavelet nodes below that count.
+  void build_next_cache(uint64_t budget) {
+    own_.next_keys.clear();
+    own_.next_bits.clear();
+    struct Cand {
+      uint64_t freq, sp, ep;
+    };
+    std::vector<Cand> cands;
+    const uint64_t f0 = std::max<uint64_t>(2, meta_.n >> 14);
+    const std::vector<uint64_t>& C = own_.C;
+    for (uint32_t a = 2; a < meta_.sigma && budget > 0; ++a) {
+      if (C[a + 1] - C[a] < f0) continue;
+      const Range ra{C[a], C[a + 1]};
+      auto add = [&](uint32_t b, uint64_t k) {
+        if (b < 2) return;
+        const Range r = extend(ra, token_of(b));
+        cands.push_back({k, r.sp, r.ep});
+      };
+      IRF_DISPATCH(distinct(core_.wm, ra.sp, ra.ep, add, f0));
+    }
+    std::sort(cands.begin(), cands.end(), [](const Cand& x, const Cand& y) {
+      return x.freq != y.freq ? x.freq > y.freq : x.sp < y.sp;
+    });
+    GammaWriter all;
+    std::vector<std::pair<uint32_t, uint64_t>> found, tmp;
+    std::vector<uint64_t> keys;
+    for (const Cand& c : cands) {
+      enumerate_next({c.sp, c.ep}, found, tmp);
+      GammaWriter one;
+      one.put(found.size() + 1);
+      uint32_t prev = 1;
+      for (const auto& [sym, k] : found) {
+        one.put(sym - prev);
+        one.put(k);
+        prev = sym;
+      }
+      const uint64_t words = (all.bits() + one.bits() + 63) / 64;
+      if (8 * (1 + keys.size() + 3 + words + 1) > budget) break;  // + the guard word
+      keys.insert(keys.end(), {c.sp, c.ep, all.bits()});
+      all.append(one);
+    }
+    // Sorted by sp for lookup; the bit stream keeps the order of selection.
+    std::vector<size_t> order(keys.size() / 3);
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return keys[3 * x] < keys[3 * y]; });
+    for (size_t i : order) own_.next_keys.insert(own_.next_keys.end(), {keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]});
+    own_.next_bits = all.words_with_guard();
+    next_ = NextCacheView{own_.next_keys.data(), order.size(), own_.next_bits.data(), all.bits()};
+    next_words_ = own_.next_bits.size();
+    for (uint64_t i = 0; i < next_.n; ++i) next_.min_size = std::min(next_.min_size, keys[3 * i + 1] - keys[3 * i]);
+  }
+
+  // Loader checks of the cache: ranges inside the text, increasing and disjoint, bit offsets inside the stream,
+  // the stream's length within its words (with the guard word). Every distribution is decoded once (symbols,
+  // counts and lengths checked by decode), so that queries can use decode_fast.
+  void check_next_cache() {
+    const NextCacheView& c = next_;
+    if (c.n_bits + 64 > 64 * static_cast<uint64_t>(next_words_)) throw FormatError("next-token cache bits overrun");
+    std::vector<std::pair<uint32_t, uint64_t>> out;
+    for (uint64_t i = 0; i < c.n; ++i) {
+      const uint64_t sp = c.keys[3 * i], ep = c.keys[3 * i + 1];
+      if (sp >= ep || ep > meta_.n || (i > 0 && sp < c.keys[3 * i - 2]) || c.keys[3 * i + 2] >= c.n_bits)
+        throw FormatError("bad next-token cache range " + std::to_string(i));
+      next_.min_size = std::min(next_.min_size, ep - sp);
+      c.decode(static_cast<int64_t>(i), meta_.sigma, out);
+    }
+  }
 
   void finish_views() {
     if (!file_) {

@@ -1,0 +1,144 @@
+// Precomputed next-token distributions for the suffix ranges of the most frequent 2-token prefixes.
+//
+// Why: enumerating the distinct continuations of a range costs about 70 ns each (every continuation walks its
+// own path through the lower wavelet levels, bound by cache misses), and the prefixes that are met most often
+// have thousands of them. Stored, such a distribution decodes at a few ns per continuation.
+//
+// Layout: keys, three words per cached range (sp, ep, first bit), sorted by sp; then one bit stream holding,
+// per range, gamma(m + 1) for its m continuations, then per continuation gamma(symbol gap) and gamma(count),
+// symbols increasing (the first gap counts from symbol 1). Elias gamma, least significant bit first: L zero bits,
+// a one, then the low L bits of x (x >= 1, L = floor(log2 x)). Ranges of different patterns never overlap, so
+// a range is found by its sp alone and checked against ep.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "../common/file_format.hpp"
+
+namespace irforge::fm {
+
+class GammaWriter {
+ public:
+  void put(uint64_t x) {  // x >= 1
+    const unsigned L = 63u - static_cast<unsigned>(__builtin_clzll(x));
+    put_bits(0, L);
+    put_bits(1, 1);
+    put_bits(x & ((1ull << L) - 1), L);
+  }
+  void append(const GammaWriter& o) {
+    for (uint64_t b = 0; b < o.bits_; b += 64) put_bits(o.words_[b / 64], static_cast<unsigned>(std::min<uint64_t>(64, o.bits_ - b)));
+  }
+  uint64_t bits() const { return bits_; }
+  // The stream's words and one zero guard word after them (the fast decoder reads a word past any code).
+  std::vector<uint64_t> words_with_guard() const {
+    std::vector<uint64_t> w = words_;
+    w.push_back(0);
+    return w;
+  }
+
+ private:
+  std::vector<uint64_t> words_;
+  uint64_t bits_ = 0;
+
+  void put_bits(uint64_t v, unsigned n) {  // the low n bits of v (the rest zero), n <= 64
+    if (n == 0) return;
+    const unsigned off = static_cast<unsigned>(bits_ % 64);
+    if (off == 0) words_.push_back(0);
+    words_.back() |= v << off;
+    if (off + n > 64) words_.push_back(v >> (64 - off));
+    bits_ += n;
+  }
+};
+
+class GammaReader {
+ public:
+  GammaReader(const uint64_t* words, uint64_t n_bits, uint64_t pos) : w_(words), end_(n_bits), pos_(pos) {}
+  uint64_t get() {
+    const uint64_t v = peek();
+    if (v == 0) throw FormatError("corrupt next-token cache (gamma code runs past 63 bits)");
+    const unsigned L = static_cast<unsigned>(__builtin_ctzll(v));
+    pos_ += L + 1;
+    uint64_t x = 1ull << L;
+    if (L > 0) {
+      x |= peek() & ((1ull << L) - 1);
+      pos_ += L;
+    }
+    if (pos_ > end_) throw FormatError("corrupt next-token cache (reads past its end)");
+    return x;
+  }
+
+ private:
+  const uint64_t* w_;
+  uint64_t end_, pos_;
+
+  uint64_t peek() const {  // the 64 bits from pos_ (zeros past the end)
+    if (pos_ >= end_) return 0;
+    const uint64_t i = pos_ / 64, o = pos_ % 64;
+    uint64_t v = w_[i] >> o;
+    if (o != 0 && (i + 1) * 64 < end_) v |= w_[i + 1] << (64 - o);
+    return v;
+  }
+};
+
+// The 64 bits from pos; w must hold a word past pos's word.
+inline uint64_t peek64(const uint64_t* w, uint64_t pos) {
+  const uint64_t i = pos >> 6, o = pos & 63;
+  return (w[i] >> o) | ((w[i + 1] << 1) << (63 - o));
+}
+// One gamma code at pos, without checks: for streams that decode() has checked (the loader decodes every range).
+inline uint64_t gamma_fast(const uint64_t* w, uint64_t& pos) {
+  const unsigned L = static_cast<unsigned>(__builtin_ctzll(peek64(w, pos)));
+  pos += L + 1;
+  const uint64_t x = (1ull << L) | (peek64(w, pos) & ((1ull << L) - 1));
+  pos += L;
+  return x;
+}
+
+struct NextCacheView {
+  const uint64_t* keys = nullptr;  // 3 per range: sp, ep, first bit
+  uint64_t n = 0;                  // cached ranges
+  const uint64_t* bits = nullptr;  // n_bits of codes, then at least one zero word
+  uint64_t n_bits = 0;
+  uint64_t min_size = ~0ull;  // the smallest cached range: narrower ones are never looked up
+
+  // Index of the cached range [sp, ep), or -1.
+  int64_t find(uint64_t sp, uint64_t ep) const {
+    if (ep - sp < min_size || n == 0) return -1;
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+      const uint64_t mid = (lo + hi) / 2;
+      if (keys[3 * mid] < sp) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < n && keys[3 * lo] == sp && keys[3 * lo + 1] == ep ? static_cast<int64_t>(lo) : -1;
+  }
+  // The (symbol, count) pairs of checked range k, symbols increasing.
+  void decode_fast(int64_t k, std::vector<std::pair<uint32_t, uint64_t>>& out) const {
+    uint64_t pos = keys[3 * k + 2];
+    out.resize(gamma_fast(bits, pos) - 1);
+    uint64_t sym = 1;
+    for (auto& e : out) {
+      sym += gamma_fast(bits, pos);
+      e.first = static_cast<uint32_t>(sym);
+      e.second = gamma_fast(bits, pos);
+    }
+  }
+  // The same, checked: every code inside the stream, symbols below sigma, no more continuations than rows.
+  void decode(int64_t k, uint32_t sigma, std::vector<std::pair<uint32_t, uint64_t>>& out) const {
+    GammaReader r(bits, n_bits, keys[3 * k + 2]);
+    const uint64_t m = r.get() - 1, size = keys[3 * k + 1] - keys[3 * k];
+    if (m > size) throw FormatError("corrupt next-token cache (more continuations than occurrences)");
+    out.resize(m);
+    uint64_t sym = 1;
+    for (uint64_t e = 0; e < m; ++e) {
+      sym += r.get();
+      if (sym >= sigma) throw FormatError("corrupt next-token cache (symbol out of range)");
+      out[e] = {static_cast<uint32_t>(sym), r.get()};
+    }
+  }
+};
+
+}  // namespace irforge::fm
