@@ -332,6 +332,16 @@ def test_next_token_cache(tmp_path):
             FMIndex.build(docs, next_cache=bad)
 
 
+def test_next_token_cache_with_wide_codes():
+    """A stored continuation whose symbol gap and count take more than 64 bits together (decoded code by code):
+    [1, 2] is followed 140,000 times by the largest of 40,001 ids."""
+    docs = [list(range(40001))] + [[1, 2, 40000]] * 140000 + [[1, 2, 7]] * 3
+    fm = FMIndex.build(docs, next_cache=10**6)
+    assert fm.next_cache_ranges > 0
+    t, c = fm.next_tokens([1, 2])
+    assert t.tolist() == [3, 7, 40000] and c.tolist() == [1, 3, 140000]
+
+
 def test_damaged_next_token_cache(tmp_path):
     """With checksums off, the loader decodes every stored distribution with bounds checks: damage there is a
     ValueError at load, or leaves distributions that still decode within the stream (never a crash)."""

@@ -414,11 +414,14 @@ class FMIndex {
   // Distinct tokens following the pattern whose range is r, with counts, increasing token id: from the cache
   // when r is one of its ranges, else enumerated from the wavelet matrix.
   void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
+    const int64_t cached = r.sp < r.ep ? next_.find(r.sp, r.ep) : -1;
+    if (cached >= 0) {
+      next_.decode_fast(cached, own_.alphabet.data(), tokens, counts);
+      return;
+    }
     NextScratch& scratch = *next_scratch();
     std::vector<std::pair<uint32_t, uint64_t>>& found = scratch.found;
-    const int64_t cached = r.sp < r.ep ? next_.find(r.sp, r.ep) : -1;
-    if (cached >= 0) next_.decode_fast(cached, found);
-    else enumerate_next(r, found, scratch.tmp);
+    enumerate_next(r, found, scratch.tmp);
     tokens.resize(found.size());
     counts.resize(found.size());
     for (size_t k = 0; k < found.size(); ++k) {

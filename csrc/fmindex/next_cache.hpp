@@ -97,6 +97,30 @@ inline uint64_t gamma_fast(const uint64_t* w, uint64_t& pos) {
   return x;
 }
 
+// One (gap, count) entry at pos, without checks: both codes from a single 64-bit window when they fit in it
+// (the common case: small gaps and counts), else code by code. One load and one short dependency chain per
+// entry instead of four: decoding is bound by that chain, each code's position depending on the last.
+inline void entry_fast(const uint64_t* w, uint64_t& pos, uint64_t& gap, uint64_t& count) {
+  const uint64_t v = peek64(w, pos);
+  const unsigned L = static_cast<unsigned>(__builtin_ctzll(v));
+  if (2 * L + 1 < 64) {
+    const unsigned n1 = 2 * L + 1;
+    gap = (1ull << L) | ((v >> (L + 1)) & ((1ull << L) - 1));
+    const uint64_t rest = v >> n1;
+    const unsigned L2 = rest ? static_cast<unsigned>(__builtin_ctzll(rest)) : 64;
+    if (n1 + 2 * L2 + 1 <= 64) {
+      count = (1ull << L2) | ((rest >> (L2 + 1)) & ((1ull << L2) - 1));
+      pos += n1 + 2 * L2 + 1;
+      return;
+    }
+    pos += n1;
+    count = gamma_fast(w, pos);
+    return;
+  }
+  gap = gamma_fast(w, pos);
+  count = gamma_fast(w, pos);
+}
+
 struct NextCacheView {
   const uint64_t* keys = nullptr;  // 3 per range: sp, ep, first bit
   uint64_t n = 0;                  // cached ranges
@@ -115,18 +139,22 @@ struct NextCacheView {
     }
     return lo < n && keys[3 * lo] == sp && keys[3 * lo + 1] == ep ? static_cast<int64_t>(lo) : -1;
   }
-  // The (symbol, count) pairs of checked range k, symbols increasing.
-  void decode_fast(int64_t k, std::vector<std::pair<uint32_t, uint64_t>>& out) const {
+  // The continuations of checked range k, increasing: token ids (alphabet[symbol - 2]) and counts.
+  void decode_fast(int64_t k, const uint32_t* alphabet, std::vector<uint32_t>& tokens,
+                   std::vector<uint64_t>& counts) const {
     uint64_t pos = keys[3 * k + 2];
-    out.resize(gamma_fast(bits, pos) - 1);
-    uint64_t sym = 1;
-    for (auto& e : out) {
-      sym += gamma_fast(bits, pos);
-      e.first = static_cast<uint32_t>(sym);
-      e.second = gamma_fast(bits, pos);
+    const uint64_t m = gamma_fast(bits, pos) - 1;
+    tokens.resize(m);
+    counts.resize(m);
+    uint64_t sym = 1, gap;
+    for (uint64_t e = 0; e < m; ++e) {
+      entry_fast(bits, pos, gap, counts[e]);
+      sym += gap;
+      tokens[e] = alphabet[sym - 2];
     }
   }
-  // The same, checked: every code inside the stream, symbols below sigma, no more continuations than rows.
+  // The (symbol, count) pairs of range k, symbols increasing, checked: every code inside the stream, symbols
+  // below sigma, no more continuations than rows.
   void decode(int64_t k, uint32_t sigma, std::vector<std::pair<uint32_t, uint64_t>>& out) const {
     GammaReader r(bits, n_bits, keys[3 * k + 2]);
     const uint64_t m = r.get() - 1, size = keys[3 * k + 1] - keys[3 * k];
