@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ENGINES = ["irforge", "irforge-avx2", "irforge-portable", "fm-index", "infini-gram", "pydivsufsort"]
 VOCAB = 50_000
@@ -141,7 +142,7 @@ def median_us(f, items):
     return statistics.median(ts) * 1e6
 
 
-def worker(engine: str, max_docs: int, out: str) -> None:
+def worker(engine: str, max_docs: int, out: str, next_cache: Optional[int] = None) -> None:
     import numpy as np
 
     tokens, offsets = corpus_tokens(max_docs)
@@ -158,7 +159,7 @@ def worker(engine: str, max_docs: int, out: str) -> None:
 
             docs = [tokens[offsets[d]:offsets[d + 1]] for d in range(len(offsets) - 1)]
             t = time.perf_counter()
-            fm = irforge.FMIndex.build(docs)
+            fm = irforge.FMIndex.build(docs, next_cache=next_cache)
             res["build_s"] = time.perf_counter() - t
             res["build_rss_mb"] = peak_rss_mb() - before
             fm.save(Path(tmp) / "fm.irx")
@@ -309,18 +310,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=10**9, help="use the first N passages (default all)")
     ap.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    ap.add_argument("--next-cache", type=int, help="irforge's next-token cache in bytes (default: 1%% of the index)")
     ap.add_argument("--write")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], args.docs, args.worker[1])
+        worker(args.worker[0], args.docs, args.worker[1], args.next_cache)
         return
     corpus_tokens(args.docs)  # train/cache once, outside the timed subprocesses
     results = []
     for e in args.engines:
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             print(f"{e} ...", file=sys.stderr, flush=True)
-            p = subprocess.run([sys.executable, __file__, "--docs", str(args.docs), "--worker", e, f.name], capture_output=True, text=True)
+            cache = [] if args.next_cache is None else ["--next-cache", str(args.next_cache)]
+            p = subprocess.run([sys.executable, __file__, "--docs", str(args.docs), *cache, "--worker", e, f.name],
+                               capture_output=True, text=True)
             if p.returncode != 0:
                 err = (p.stderr.strip().splitlines() or ["no output"])[-1]
                 print(f"  failed: {err}", file=sys.stderr)
