@@ -376,6 +376,39 @@ def test_damaged_next_token_cache(tmp_path):
     assert errors > 0
 
 
+def test_version_2_files_load_without_the_cache(tmp_path):
+    """A file of format version 2 (before the next-token cache) loads and answers the same, and saves as the
+    current version; versions outside 2..3 are refused."""
+    import struct
+
+    docs = _zipf_corpus()
+    fm = FMIndex.build(docs)
+    fm.save(tmp_path / "fm.irx")
+    data = bytearray((tmp_path / "fm.irx").read_bytes())
+    hlen = 24 + 32 * struct.unpack_from("<I", data, 12)[0]
+
+    def with_version(v):
+        out = bytearray(data)
+        struct.pack_into("<I", out, 8, v)
+        struct.pack_into("<Q", out, hlen, _core.checksum64(bytes(out[:hlen])))
+        return bytes(out)
+
+    (tmp_path / "v2.irx").write_bytes(with_version(2))
+    old = FMIndex.load(tmp_path / "v2.irx")
+    assert old.next_cache_ranges == 0 and fm.next_cache_ranges > 0
+    old.save(tmp_path / "v3.irx")
+    again = FMIndex.load(tmp_path / "v3.irx")
+    for p in ([int(docs[0][0]), int(docs[0][1])], [int(docs[1][0])], []):
+        want = fm.next_tokens(p)
+        for g in (old, again):
+            got = g.next_tokens(p)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    for v in (1, 4):
+        (tmp_path / "bad.irx").write_bytes(with_version(v))
+        with pytest.raises(ValueError, match=f"format version {v} is not supported"):
+            FMIndex.load(tmp_path / "bad.irx")
+
+
 def test_inconsistent_code_lengths_are_rejected(tmp_path):
     """With checksums off, a structurally wrong code-length table is still caught before use."""
     import struct

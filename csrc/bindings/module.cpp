@@ -226,6 +226,11 @@ PYBIND11_MODULE(_core, m) {
              return out;
            }, py::arg("texts"));
 
+  m.def("checksum64", [](const py::bytes& data, uint64_t seed) {
+          const std::string s = data;
+          return irforge::checksum64(s.data(), s.size(), seed);
+        }, py::arg("data"), py::arg("seed") = 0,
+        "xxHash64 of data, as index files use it (for tests that write damaged or older files).");
   m.def("lucene_english_stopwords", &lucene_english_stopwords);
   m.def("lucene_encode_length", &lucene_norm::encode, py::arg("length"));
   m.def("lucene_decode_length", &lucene_norm::decode, py::arg("byte"));

@@ -183,8 +183,8 @@ class FMIndex {
  public:
   // Document d is docs[d][0 .. lens[d]), ids <= kMaxTokenId. The documents are read where they lie (no
   // concatenated copy of the corpus).
-  template <class Tok>
   // next_cache_bytes: the budget of the next-token cache (0: none; negative: 1% of the rest of the index).
+  template <class Tok>
   static FMIndex build(const Tok* const* docs, const uint64_t* lens, uint64_t n_docs, uint32_t sample_rate,
                        bool byte_mode, int64_t next_cache_bytes = -1) {
     if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index over an empty corpus");
@@ -584,6 +584,7 @@ class FMIndex {
   // counts and lengths checked by decode), so that queries can use decode_fast.
   void check_next_cache() {
     const NextCacheView& c = next_;
+    if (c.n == 0) return;  // no cache (an index loaded from a version 2 file saves none)
     if (c.n_bits + 64 > 64 * static_cast<uint64_t>(next_words_)) throw FormatError("next-token cache bits overrun");
     std::vector<std::pair<uint32_t, uint64_t>> out;
     for (uint64_t i = 0; i < c.n; ++i) {
