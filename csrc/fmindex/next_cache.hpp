@@ -2,7 +2,7 @@
 //
 // Why: enumerating the distinct continuations of a range costs about 70 ns each (every continuation walks its
 // own path through the lower wavelet levels, bound by cache misses), and the prefixes that are met most often
-// have thousands of them. Stored, such a distribution decodes at a few ns per continuation.
+// have thousands of them. Stored, a continuation costs about 8 ns (measured through the Python call).
 //
 // Layout: keys, three words per cached range (sp, ep, first bit), sorted by sp; then one bit stream holding,
 // per range, gamma(m + 1) for its m continuations, then per continuation gamma(symbol gap) and gamma(count),
@@ -29,7 +29,8 @@ class GammaWriter {
     put_bits(x & ((1ull << L) - 1), L);
   }
   void append(const GammaWriter& o) {
-    for (uint64_t b = 0; b < o.bits_; b += 64) put_bits(o.words_[b / 64], static_cast<unsigned>(std::min<uint64_t>(64, o.bits_ - b)));
+    for (uint64_t b = 0; b < o.bits_; b += 64)
+      put_bits(o.words_[b / 64], static_cast<unsigned>(std::min<uint64_t>(64, o.bits_ - b)));
   }
   uint64_t bits() const { return bits_; }
   // The stream's words and one zero guard word after them (the fast decoder reads a word past any code).
