@@ -9,6 +9,7 @@
 // (document, offset); the next-token distributions of the most frequent 2-token prefixes (next_cache.hpp).
 #pragma once
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -552,7 +553,7 @@ class FMIndex {
     });
     GammaWriter all;
     std::vector<std::pair<uint32_t, uint64_t>> found, tmp;
-    std::vector<uint64_t> keys;
+    std::vector<std::array<uint64_t, 3>> keys;  // sp, ep, first bit
     for (const Cand& c : cands) {
       enumerate_next({c.sp, c.ep}, found, tmp);
       GammaWriter one;
@@ -564,19 +565,16 @@ class FMIndex {
         prev = sym;
       }
       const uint64_t words = (all.bits() + one.bits() + 63) / 64;
-      if (8 * (1 + keys.size() + 3 + words + 1) > budget) break;  // + the guard word
-      keys.insert(keys.end(), {c.sp, c.ep, all.bits()});
+      if (8 * (1 + 3 * (keys.size() + 1) + words + 1) > budget) break;  // + the guard word
+      keys.push_back({c.sp, c.ep, all.bits()});
       all.append(one);
     }
-    // Sorted by sp for lookup; the bit stream keeps the order of selection.
-    std::vector<size_t> order(keys.size() / 3);
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return keys[3 * x] < keys[3 * y]; });
-    for (size_t i : order) own_.next_keys.insert(own_.next_keys.end(), {keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]});
+    std::sort(keys.begin(), keys.end());  // by sp, for lookup; the bit stream keeps the order of selection
+    for (const auto& k : keys) own_.next_keys.insert(own_.next_keys.end(), k.begin(), k.end());
     own_.next_bits = all.words_with_guard();
-    next_ = NextCacheView{own_.next_keys.data(), order.size(), own_.next_bits.data(), all.bits()};
+    next_ = NextCacheView{own_.next_keys.data(), keys.size(), own_.next_bits.data(), all.bits()};
     next_words_ = own_.next_bits.size();
-    for (uint64_t i = 0; i < next_.n; ++i) next_.min_size = std::min(next_.min_size, keys[3 * i + 1] - keys[3 * i]);
+    check_next_cache();  // as the loader does: also sets the smallest cached range
   }
 
   // Loader checks of the cache: ranges inside the text, increasing and disjoint, bit offsets inside the stream,
