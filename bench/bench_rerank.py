@@ -11,7 +11,6 @@ to --max-doc-tokens (100 by default: ~2,100-token prompts) for both methods.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 METHODS = ("icr", "icr_batched", "eager", "blockrank", "blockrank_packed", "blockrank_eager")
-BATCHED = {"icr_batched": "icr", "blockrank_packed": "blockrank"}
+BATCHED = ("icr_batched", "blockrank_packed")  # all queries through rerank_batch
 
 
 def _status_mb(field):
@@ -65,6 +64,12 @@ def worker(method: str, n_queries: int, max_doc_tokens: int, out: str) -> None:
     base = _status_mb("VmRSS")
     torch.set_num_threads(2)
     before, after, times, prompt_tokens = {}, {}, [], []
+
+    def prompt_len(query, docs):
+        if method.startswith("blockrank"):
+            return int(br.build(query, docs)[0].shape[1])
+        return len(r.build_prompt(docs)[0].ids)
+
     if method in BATCHED:  # all queries through rerank_batch, 16k-token batches (ICR padded, BlockRank packed)
         first = {q: index.search(ds.queries[q], k=20) for q in qids}
         lists = [[text[i] for i in first[q].ids] for q in qids]
@@ -75,8 +80,7 @@ def worker(method: str, n_queries: int, max_doc_tokens: int, out: str) -> None:
         times = [(time.perf_counter() - t) / len(qids)] * len(qids)
         for q, res, docs in zip(qids, results, lists):
             before[q] = first[q].to_dict()
-            prompt_tokens.append(len(r.build_prompt(docs)[0].ids) if method == "icr_batched"
-                                 else int(br.build(ds.queries[q], docs)[0].shape[1]))
+            prompt_tokens.append(prompt_len(ds.queries[q], docs))
             after[q] = {str(first[q].ids[i]): float(len(res.indices) - rank) for rank, i in enumerate(res.indices)}
     for q in (qids if method not in BATCHED else []):
         hits = index.search(ds.queries[q], k=20)
@@ -95,8 +99,7 @@ def worker(method: str, n_queries: int, max_doc_tokens: int, out: str) -> None:
             s_na = icr_token_mass_eager(model, prompt.ids, r.query_ids("N/A"))
             scores = r.doc_scores(prompt, s, s_na)
         times.append(time.perf_counter() - t)
-        prompt_tokens.append(len(r.build_prompt(docs)[0].ids) if not method.startswith("blockrank")
-                             else int(br.build(ds.queries[q], docs)[0].shape[1]))
+        prompt_tokens.append(prompt_len(ds.queries[q], docs))
         order = np.lexsort((np.arange(len(scores)), -scores))
         after[q] = {str(hits.ids[i]): float(len(order) - rank) for rank, i in enumerate(order)}
     qrels = {q: ds.qrels[q] for q in qids}

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..block_sparse_attention.kernel import needs_wide
-from ..layout import DOCUMENT, SegmentLayout
+from ..layout import SegmentLayout
 from .common import row_meta
 
 LOG2E = 1.4426950408889634
