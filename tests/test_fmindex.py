@@ -342,6 +342,24 @@ def test_next_token_cache_with_wide_codes():
     assert t.tolist() == [3, 7, 40000] and c.tolist() == [1, 3, 140000]
 
 
+@pytest.mark.parametrize("n_follow", [1, 31, 32, 127, 128, 129, 300, 1000])
+def test_long_cached_distributions(n_follow):
+    """Cached distributions decode in blocks of 32 continuations, four blocks at a time, then block by block:
+    lengths around those sizes give exactly what enumeration gives."""
+    rng = np.random.default_rng(n_follow)
+    follow = np.sort(rng.choice(np.arange(3, 5000), size=n_follow, replace=False))
+    docs = [[1, 2, int(t)] * int(rng.integers(1, 4)) for t in follow] + [[1, 2, int(follow[0])]] * 50
+    docs += [rng.integers(3, 5000, size=30).tolist() for _ in range(20)]
+    plain, cached = FMIndex.build(docs, next_cache=0), FMIndex.build(docs, next_cache=10**6)
+    assert cached.next_cache_ranges > 0
+    for p in ([1, 2], [2, 1], [1], [2]):
+        got, want = cached.next_tokens(p), plain.next_tokens(p)
+        assert got[0].dtype == np.int64 and got[1].dtype == np.int64
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    t, c = cached.next_tokens([1, 2])
+    assert t.tolist() == follow.tolist() and int(c.sum()) == plain.count([1, 2])
+
+
 def test_damaged_next_token_cache(tmp_path):
     """With checksums off, the loader decodes every stored distribution with bounds checks: damage there is a
     ValueError at load, or leaves distributions that still decode within the stream (never a crash)."""

@@ -83,16 +83,31 @@ bool list_ids(const py::list& pattern, std::vector<uint64_t>& ids) {
   return true;
 }
 
-template <class Out, class T>
-py::array_t<Out> to_numpy_as(const std::vector<T>& v) {
-  py::array_t<Out> a(v.size());
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  py::array_t<T> a(v.size());
   std::copy(v.begin(), v.end(), a.mutable_data());
   return a;
 }
 
+// Hands a buffer to NumPy without a copy: the array owns it through a capsule.
 template <class T>
-py::array_t<T> to_numpy(const std::vector<T>& v) {
-  return to_numpy_as<T>(v);
+py::array_t<T> take_numpy(RawVector<T>&& v) {
+  if (v.empty()) return py::array_t<T>(0);
+  auto* owned = new RawVector<T>(std::move(v));
+  py::capsule free_it(owned, [](void* p) { delete static_cast<RawVector<T>*>(p); });
+  return py::array_t<T>(static_cast<py::ssize_t>(owned->size()), owned->data(), free_it);
+}
+
+// (tokens, counts) of the continuations of range r, as two int64 arrays; the GIL is released meanwhile
+// (frequent prefixes take hundreds of microseconds).
+py::tuple next_tokens_of(const FMIndex& ix, const uint64_t* pattern, size_t m, const Range* r_given = nullptr) {
+  RawVector<int64_t> toks, counts;
+  {
+    py::gil_scoped_release nogil;
+    ix.next_tokens(r_given ? *r_given : ix.find(pattern, m), toks, counts);
+  }
+  return py::make_tuple(take_numpy(std::move(toks)), take_numpy(std::move(counts)));
 }
 
 }  // namespace
@@ -154,13 +169,7 @@ void bind_fmindex(py::module_& m) {
       .def("next_tokens_ids", [](const PyFM& s, const py::list& pattern) -> py::object {
              std::vector<uint64_t> ids;
              if (!list_ids(pattern, ids)) return py::none();
-             std::vector<uint32_t> toks;
-             std::vector<uint64_t> counts;
-             {
-               py::gil_scoped_release nogil;  // frequent prefixes take hundreds of microseconds
-               s.ix->next_tokens(s.ix->find(ids.data(), ids.size()), toks, counts);
-             }
-             return py::make_tuple(to_numpy_as<int64_t>(toks), to_numpy_as<int64_t>(counts));
+             return next_tokens_of(*s.ix, ids.data(), ids.size());
            }, py::arg("pattern"))
       .def("extend", [](const PyFM& s, uint64_t sp, uint64_t ep, uint64_t token) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
@@ -214,28 +223,16 @@ void bind_fmindex(py::module_& m) {
              return out;
            }, py::arg("tokens"), py::arg("offsets"), py::arg("limit"), py::arg("threads"))
       .def("next_tokens", [](const PyFM& s, const Pattern& p) {
-             std::vector<uint32_t> toks;
-             std::vector<uint64_t> counts;
-             {
-               py::gil_scoped_release nogil;
-               s.ix->next_tokens(s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size()), toks, counts);
-             }
-             return py::make_tuple(to_numpy_as<int64_t>(toks), to_numpy_as<int64_t>(counts));
+             return next_tokens_of(*s.ix, reinterpret_cast<const uint64_t*>(p.data()), p.size());
            }, py::arg("pattern"))
       .def("next_tokens_range", [](const PyFM& s, uint64_t sp, uint64_t ep) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
-             std::vector<uint32_t> toks;
-             std::vector<uint64_t> counts;
-             {
-               py::gil_scoped_release nogil;
-               s.ix->next_tokens({sp, ep}, toks, counts);
-             }
-             return py::make_tuple(to_numpy(toks), to_numpy(counts));
+             const Range r{sp, ep};
+             return next_tokens_of(*s.ix, nullptr, 0, &r);
            }, py::arg("sp"), py::arg("ep"))
       .def("next_tokens_batch", [](const PyFM& s, const Pattern& tokens, const Pattern& offsets, long threads) {
              Batch b = make_batch(tokens, offsets);
-             std::vector<std::vector<uint32_t>> toks(b.size());
-             std::vector<std::vector<uint64_t>> counts(b.size());
+             std::vector<RawVector<int64_t>> toks(b.size()), counts(b.size());
              {
                py::gil_scoped_release nogil;
                parallel_items(resolve_threads(threads), b.size(), [&](size_t, size_t i) {
@@ -245,7 +242,8 @@ void bind_fmindex(py::module_& m) {
                });
              }
              py::list out;
-             for (size_t i = 0; i < b.size(); ++i) out.append(py::make_tuple(to_numpy(toks[i]), to_numpy(counts[i])));
+             for (size_t i = 0; i < b.size(); ++i)
+               out.append(py::make_tuple(take_numpy(std::move(toks[i])), take_numpy(std::move(counts[i]))));
              return out;
            }, py::arg("tokens"), py::arg("offsets"), py::arg("threads"))
       .def("extract", [](const PyFM& s, uint64_t d) {

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "../common/default_init.hpp"
 #include "../common/file_format.hpp"
 #include "next_cache.hpp"
 #include "sais.hpp"
@@ -414,10 +415,12 @@ class FMIndex {
 
   // Distinct tokens following the pattern whose range is r, with counts, increasing token id: from the cache
   // when r is one of its ranges, else enumerated from the wavelet matrix.
-  void next_tokens(Range r, std::vector<uint32_t>& tokens, std::vector<uint64_t>& counts) const {
+  void next_tokens(Range r, RawVector<int64_t>& tokens, RawVector<int64_t>& counts) const {
     const int64_t cached = r.sp < r.ep ? next_.find(r.sp, r.ep) : -1;
     if (cached >= 0) {
-      next_.decode_fast(cached, own_.alphabet.data(), tokens, counts);
+      tokens.resize(next_.size(cached));
+      counts.resize(tokens.size());
+      next_.decode_fast(cached, own_.alphabet.data(), tokens.data(), counts.data());
       return;
     }
     NextScratch& scratch = *next_scratch();
@@ -427,7 +430,7 @@ class FMIndex {
     counts.resize(found.size());
     for (size_t k = 0; k < found.size(); ++k) {
       tokens[k] = token_of(found[k].first);
-      counts[k] = found[k].second;
+      counts[k] = static_cast<int64_t>(found[k].second);
     }
   }
 
@@ -523,6 +526,7 @@ class FMIndex {
   std::vector<uint64_t> doc_top_;  // doc_start of every 64th document
   NextCacheView next_;
   size_t next_words_ = 0;
+  std::unique_ptr<NextBlockTable> next_blocks_;  // behind a pointer: next_ keeps its address across moves
 
   // The cache holds the next-token distributions of the most frequent 2-token prefixes, most frequent first,
   // while it stays within budget bytes. Each stored continuation saves a walk of about 70 ns through the
@@ -579,9 +583,11 @@ class FMIndex {
 
   // Loader checks of the cache: ranges inside the text, increasing and disjoint, bit offsets inside the stream,
   // the stream's length within its words (with the guard word). Every distribution is decoded once (symbols,
-  // counts and lengths checked by decode), so that queries can use decode_fast.
+  // counts and lengths checked by decode), so that queries can use decode_fast; then the block table.
   void check_next_cache() {
     const NextCacheView& c = next_;
+    next_blocks_ = std::make_unique<NextBlockTable>();
+    next_.blocks = next_blocks_.get();
     if (c.n == 0) return;  // no cache (an index loaded from a version 2 file saves none)
     if (c.n_bits + 64 > 64 * static_cast<uint64_t>(next_words_)) throw FormatError("next-token cache bits overrun");
     std::vector<std::pair<uint32_t, uint64_t>> out;
@@ -592,6 +598,7 @@ class FMIndex {
       next_.min_size = std::min(next_.min_size, ep - sp);
       c.decode(static_cast<int64_t>(i), meta_.sigma, out);
     }
+    *next_blocks_ = c.block_table();
   }
 
   void finish_views() {

@@ -260,12 +260,11 @@ class FMIndex:
                 if out is not None:
                     return out
             return self._core.next_tokens(_pattern(prefix, self._byte_mode))
-        toks, counts = self._core.next_tokens_range(int(sp), int(ep))
-        return toks.astype(np.int64), counts.astype(np.int64)
+        return self._core.next_tokens_range(int(sp), int(ep))
 
     def next_tokens_batch(self, prefixes: Iterable[Tokens], *, threads: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
         flat, offsets = _flatten(prefixes, self._byte_mode, allow_empty=True)
-        return [(t.astype(np.int64), c.astype(np.int64)) for t, c in self._core.next_tokens_batch(flat, offsets, check_threads(threads))]
+        return self._core.next_tokens_batch(flat, offsets, check_threads(threads))
 
     def extract(self, doc: int) -> Union[np.ndarray, str]:
         """The tokens of document ``doc`` (a str for indexes built from strings)."""
