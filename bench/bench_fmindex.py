@@ -310,7 +310,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=10**9, help="use the first N passages (default all)")
     ap.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
-    ap.add_argument("--next-cache", type=int, help="irforge's next-token cache in bytes (default: 1%% of the index)")
+    ap.add_argument("--next-cache", type=int, help="irforge's next-token cache in bytes (default: 2.5%% of the index)")
     ap.add_argument("--write")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()

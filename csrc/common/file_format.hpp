@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "checksum.hpp"
+#include "huge_pages.hpp"
 
 namespace irforge {
 
@@ -187,7 +188,7 @@ class SectionFile {
  private:
   std::string path_;
   void* map_ = nullptr;
-  std::vector<unsigned char> buffer_;
+  HugeVector<unsigned char> buffer_;  // a file read in full (huge pages: indexes are read at random)
   const unsigned char* data_ = nullptr;
   size_t size_ = 0;
   std::vector<SectionEntry> table_;

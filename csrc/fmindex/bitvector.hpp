@@ -9,6 +9,8 @@
 #include <cstring>
 #include <vector>
 
+#include "../common/huge_pages.hpp"
+
 namespace irforge::fm {
 
 // A single instruction where the build enables it (x86-64 builds use -mpopcnt; aarch64 has it in NEON).
@@ -40,7 +42,7 @@ struct RankBits {
 
 // Owned lines and superblocks, built from data words (bit j of word k is bit 64k + j).
 struct RankStore {
-  std::vector<RankLine> lines;
+  HugeVector<RankLine> lines;  // huge pages: ranks read lines at random
   std::vector<uint64_t> supers;
   uint64_t n = 0;
   RankBits view() const { return RankBits{lines.data(), supers.data(), n}; }

@@ -89,9 +89,9 @@ inline std::vector<uint8_t> huffman_lengths(const std::vector<uint64_t>& counts,
   }
 }
 
-// The shape for code lengths len[0..sigma) and symbol counts (C[c] is the sum of the counts before c); throws std::invalid_argument when the lengths
-// are not a complete prefix code within kMaxCodeLen bits.
-inline WaveletShape make_shape(const uint8_t* len, const uint64_t* counts, uint64_t sigma) {
+// The tree of code lengths len[0..sigma): n_levels, internal, leaf_off and leaf_syms (what needs no counts);
+// throws std::invalid_argument when the lengths are not a complete prefix code within kMaxCodeLen bits.
+inline WaveletShape code_tree(const uint8_t* len, uint64_t sigma) {
   WaveletShape sh;
   uint32_t maxl = 0;
   for (uint64_t c = 0; c < sigma; ++c) {
@@ -117,6 +117,14 @@ inline WaveletShape make_shape(const uint8_t* len, const uint64_t* counts, uint6
     std::vector<uint64_t> fill(sh.leaf_off.begin(), sh.leaf_off.end());
     for (uint64_t c = 0; c < sigma; ++c) sh.leaf_syms[fill[len[c]]++] = static_cast<uint32_t>(c);
   }
+  return sh;
+}
+
+// The shape for code lengths len[0..sigma) and symbol counts (C[c] is the sum of the counts before c); throws
+// std::invalid_argument when the lengths are not a complete prefix code within kMaxCodeLen bits.
+inline WaveletShape make_shape(const uint8_t* len, const uint64_t* counts, uint64_t sigma) {
+  WaveletShape sh = code_tree(len, sigma);
+  const uint32_t maxl = sh.n_levels;
   // Node counts per depth, bottom-up; run starts are their prefix sums.
   std::vector<std::vector<uint64_t>> cnt(maxl + 1);
   for (uint32_t d = maxl; d >= 1; --d) {
