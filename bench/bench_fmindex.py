@@ -301,7 +301,7 @@ def report(results, command):
         per_tok = f"{r['count_batch_us_8'] / 8:.3f}" if "count_batch_us_8" in r else "-"
         name = f"{r['engine']} ({r['kernels']} kernels)" if "kernels" in r else r["engine"]
         lines.append(f"| {name} | {r.get('version', '-')} | {f('build_s')} | {r['tokens'] / r['build_s'] / 1e6:.2f} | "
-                     f"{f('build_rss_mb', 0)} | {f('bytes_per_token')} | {counts} | {per_tok} | {f('docid_us_per_occ')} | {nxt} | {f('extract_us', 1)} |")
+                     f"{f('build_rss_mb', 0)} | {f('bytes_per_token', 4)} | {counts} | {per_tok} | {f('docid_us_per_occ')} | {nxt} | {f('extract_us', 1)} |")
     lines.append("")
     return "\n".join(lines)
 
