@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attention  # noqa: E402
+from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attention
 
 
 def flex_setup(layout: SegmentLayout, device):

@@ -244,3 +244,26 @@ def test_cli_eval_seal_with_a_model(tokenizer, scifact, tmp_path, capsys):
                  "--max-queries", "2", "--k", "10"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["queries"] == 2 and "constrained beam search" in res["retriever"] and 0.0 <= res["ndcg@10"] <= 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_rerankers_on_cuda_equal_the_cpu(tokenizer, kind):
+    """On a GPU (fp32 weights; the Triton kernels' fp32 dot products run in TF32, hence the tolerance): ICR
+    through the attention hook and the attention-mass kernel, and BlockRank through the block-sparse kernel,
+    score as on the CPU, one prompt at a time and batched (batch_tokens defaults to 16,384 on a GPU)."""
+    from irforge.rerank import BlockRankReranker
+
+    cpu, gpu = tiny(kind), tiny(kind).cuda()
+    queries = ["cats sleep", "fish swim", "dogs bark loudly"]
+    lists = [DOCS, DOCS[:2], DOCS[1:4]]
+    for cls, kw in ((ICRReranker, {}), (BlockRankReranker, dict(layer=1, query_offset=300))):
+        ref = cls(cpu, tokenizer, chat="none", batch_tokens=0, **kw)
+        dev = cls(gpu, tokenizer, chat="none", **kw)
+        assert dev.batch_tokens == 16384
+        for got in (dev.rerank_batch(queries, lists), [dev.rerank(q, d) for q, d in zip(queries, lists)]):
+            for q, d, g in zip(queries, lists, got):
+                r = ref.rerank(q, d)
+                assert sorted(g.indices.tolist()) == list(range(len(d)))
+                np.testing.assert_allclose(g.scores, r.scores, rtol=2e-2, atol=1e-4)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, as one run on a lent machine (the device tool): the GPU-marked tests,
+# bench_kernels.py and bench_rerank.py on the GPU, then the whole kernel test file on the GPU. Each step has its
+# own time limit (about 9 minutes in all, the build included); a step that runs out is reported and the next
+# one starts. Results land in $OUT: RESULTS.md (the tree's, with the GPU sections written in), gpu.txt and
+# one log per step; copy RESULTS.md back into bench/.
+#
+# Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
+# There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
+#              STEP: tests, kernels, rerank, kernel-tests (default: all four, in that order)
+#
+# The machine reaches no network: irforge is built from the tree with the image's own torch, triton,
+# transformers, pybind11, scikit-build-core, cmake and ninja (pip --no-index --no-build-isolation).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+cp bench/RESULTS.md "$OUT/RESULTS.md"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests kernels rerank kernel-tests)
+say() { echo "== $1 ($(date -u +%T))"; }
+limited() {  # seconds, log name, command...
+  local secs=$1 log=$2
+  shift 2
+  timeout "$secs" "$@" >"$OUT/$log" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && echo "(stopped after $secs s)" | tee -a "$OUT/$log"
+  tail -25 "$OUT/$log"
+}
+
+say install
+if ! python3 -m pip install -q --no-index --no-build-isolation --no-deps . >"$OUT/install.log" 2>&1; then
+  tail -30 "$OUT/install.log"
+  exit 1
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+} | tee "$OUT/gpu.txt"
+
+for step in "${steps[@]}"; do
+  say "$step"
+  case $step in
+    tests) limited 90 tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_rerank.py ;;
+    kernels) limited 180 kernels.log python3 bench/bench_kernels.py --write "$OUT/RESULTS.md" ;;
+    rerank) IRFORGE_DATA=.gpu/data limited 180 rerank.log python3 bench/bench_rerank.py --device cuda --dtype bfloat16 \
+              --model random:mistral-7b --tokenizer .gpu/tokenizer --queries 5 --max-doc-tokens 100 --write "$OUT/RESULTS.md" ;;
+    kernel-tests) limited 90 kernel_tests.log python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+say done
