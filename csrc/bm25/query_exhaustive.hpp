@@ -34,7 +34,9 @@ std::vector<ScoredDoc> exhaustive_topk(const Index& ix, const std::vector<Prepar
     acc.assign(N, 0.0);
     seen.assign(N, 0);
   }
-  if (touched.size() < N) touched.resize(N);
+  // N + 1 slots: the loop below writes a slot before it knows whether to keep it, so once every document has
+  // been seen it still writes one past the last kept slot.
+  if (touched.size() < N + 1ull) touched.resize(N + 1ull);
   uint32_t n_touched = 0;
   const Scorer& sc = ix.scorer();
   float contrib[kBlockSize];
