@@ -163,6 +163,37 @@ def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker
     res = json.loads(capsys.readouterr().out)
     assert res["queries"] == 3 and res["reranker"] == reranker and res["rerank_depth"] == 4
     assert {"ndcg@10_before_rerank", "ndcg@10_after_rerank", "rerank_s_per_query"} <= res.keys()
+    assert res["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert res["dtype"] == ("bfloat16" if torch.cuda.is_available() else "float32")
+    args = ["eval", "--data", str(scifact_dir()), "--reranker", reranker, "--model", str(tmp_path / "m"),
+            "--rerank-depth", "4", "--max-queries", "2", "--max-doc-tokens", "16", "--k", "10"]
+    assert main(args + ["--device", "cpu", "--dtype", "bf16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["device"] == "cpu" and res["dtype"] == "bfloat16"
+    with pytest.raises(SystemExit, match="dtype"):
+        main(args + ["--dtype", "int8"])
+
+
+def test_device_and_dtype_choices(tokenizer):
+    """device/dtype move and cast the model in place; bfloat16 and float16 score within a thousandth of the
+    largest float32 score; bad choices are clear errors before anything runs."""
+    from irforge.rerank import BlockRankReranker
+
+    for cls, kw in ((ICRReranker, {}), (BlockRankReranker, dict(layer=1, query_offset=300))):
+        ref = cls(tiny("llama"), tokenizer, chat="none", **kw).rerank("cats sleep", DOCS)
+        for name, dtype in (("bf16", torch.bfloat16), (torch.float16, torch.float16), ("float32", torch.float32)):
+            r = cls(tiny("llama"), tokenizer, chat="none", device="cpu", dtype=name, **kw)
+            assert next(r.model.parameters()).dtype == dtype
+            got = r.rerank("cats sleep", DOCS)
+            np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=1e-3 * np.abs(ref.scores).max())
+        for bad, err in ((dict(dtype="int8"), ValueError), (dict(dtype=torch.int64), ValueError),
+                         (dict(dtype=torch.float64), ValueError), (dict(dtype=3), TypeError),
+                         (dict(device="tpu9"), ValueError), (dict(device=3), TypeError)):
+            with pytest.raises(err, match="device|dtype"):
+                cls(tiny("llama"), tokenizer, chat="none", **bad, **kw)
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="no CUDA device"):
+                cls(tiny("llama"), tokenizer, chat="none", device="cuda", **kw)
 
 
 def test_rerank_batch_for_both_rerankers(tokenizer):

@@ -134,7 +134,7 @@ def _eval_ngram(args, ds) -> int:
     if args.model:
         from .seal_decoding import SEALRetriever
 
-        model, tok = _load_lm(args.model)
+        model, tok = _load_lm(args.model, args.device, args.dtype)
         retriever = SEALRetriever.build([(d["title"] + " " + d["text"]).strip() for d in ds.corpus], model, tok,
                                         doc_ids=[d["id"] for d in ds.corpus])
         name = f"ngram (SEAL: constrained beam search with {args.model})"
@@ -155,9 +155,13 @@ def _eval_ngram(args, ds) -> int:
     return 0
 
 
-def _load_lm(path: str):
-    """A causal LM and tokenizer from a directory, a .gguf file, or a hub name already in the local cache."""
+def _load_lm(path: str, device: str = "auto", dtype: str = "auto"):
+    """A causal LM and tokenizer from a directory, a .gguf file, or a hub name already in the local cache, placed
+    on ``device`` in ``dtype`` ("auto": a GPU in bfloat16 when torch sees one, else the CPU in float32)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .rerank.prompts import place_model
 
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
@@ -166,6 +170,13 @@ def _load_lm(path: str):
     else:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
+    gpu = torch.cuda.is_available()
+    device = ("cuda" if gpu else "cpu") if device == "auto" else device
+    dtype = ("bfloat16" if torch.device(device).type == "cuda" else "float32") if dtype == "auto" else dtype
+    try:
+        place_model(model, device, dtype)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"irforge: {e}") from None
     return model.eval(), tok
 
 
@@ -175,7 +186,7 @@ def _rerank_run(args, ds, qids, texts, run):
 
     if not args.model:
         raise SystemExit("irforge: --reranker needs --model (a model directory or a .gguf file)")
-    model, tok = _load_lm(args.model)
+    model, tok = _load_lm(args.model, args.device, args.dtype)
     if args.reranker == "icr":
         reranker = ICRReranker(model, tok, max_doc_tokens=args.max_doc_tokens, progress=sys.stderr.isatty())
     else:
@@ -196,7 +207,9 @@ def _rerank_run(args, ds, qids, texts, run):
         reranked[q] = new
     seconds = (time.perf_counter() - t0) / max(1, len(qids))
     after = evaluate(reranked, ds.qrels, ["ndcg@10"])["ndcg@10"]
-    return {"reranker": args.reranker, "model": args.model, "rerank_depth": args.rerank_depth,
+    param = next(model.parameters())
+    return {"reranker": args.reranker, "model": args.model, "device": str(param.device),
+            "dtype": str(param.dtype).removeprefix("torch."), "rerank_depth": args.rerank_depth,
             "ndcg@10_before_rerank": round(before, 4), "ndcg@10_after_rerank": round(after, 4),
             "rerank_s_per_query": round(seconds, 3), "documents_truncated": n_trunc,
             "max_doc_tokens": args.max_doc_tokens}, reranked
@@ -291,6 +304,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="rerank the first stage with an LLM (needs torch, transformers)")
     p.add_argument("--model", help="the reranker's causal LM (or, with --retriever ngram, SEAL's): a model "
                                    "directory or a .gguf file")
+    p.add_argument("--device", default="auto", help="where --model runs: auto (a GPU when torch sees one), cpu, "
+                                                   "cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="--model's weights: auto (bfloat16 on a GPU, float32 on the CPU), "
+                                                  "float32, bfloat16 or float16")
     p.add_argument("--rerank-depth", type=int, default=20, help="first-stage hits to rerank (default 20)")
     p.add_argument("--max-doc-tokens", type=int, default=300, help="token budget per document in the prompt")
     p.add_argument("--max-queries", type=int, default=None, help="evaluate the first N judged queries only")

@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .icr import RerankResult
 from .prompts import (CHAT_TAGS, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
-                      check_query_docs, encode, truncate, warn_truncated)
+                      check_query_docs, encode, place_model, truncate, warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -82,6 +82,8 @@ class BlockRankReranker:
     batch_tokens : :meth:`rerank_batch` packs consecutive prompts into one forward pass (the block-sparse layout
         keeps them apart) while their total length stays within this many tokens; 0 runs one prompt at a time.
         None (default): 16,384 on a GPU, 0 on the CPU (where packing measured 1.2x slower: bench/RESULTS.md).
+    device, dtype : when given, the model is moved and cast to them in place ("cuda", torch.bfloat16, ...);
+        None keeps its own.
     """
 
     INSTRUCTION = ("You will be given a query and a list of documents, each between 'ID: i | CONTENT:' and "
@@ -89,7 +91,8 @@ class BlockRankReranker:
 
     def __init__(self, model: Any, tokenizer: Any, *, layer: Optional[int] = None, query_offset: int = 8192,
                  max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto",
-                 progress: bool = False, batch_tokens: Optional[int] = None) -> None:
+                 progress: bool = False, batch_tokens: Optional[int] = None, device: Any = None,
+                 dtype: Any = None) -> None:
         depth = model.config.num_hidden_layers
         self.layer = int(depth * 5 / 8) if layer is None else layer
         if not 0 <= self.layer < depth:
@@ -101,7 +104,7 @@ class BlockRankReranker:
         chat = chat or chat_family(tokenizer)
         if chat not in CHAT_TAGS:
             raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS)}")
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer = place_model(model, device, dtype), tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
         self.progress = progress
         self.batch_tokens = check_batch_tokens(batch_tokens, model)

@@ -21,7 +21,7 @@ import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
 from .prompts import (CHAT_TAGS, Prompt, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
-                      check_query_docs, encode, truncate, warn_truncated)
+                      check_query_docs, encode, place_model, truncate, warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -66,17 +66,19 @@ class ICRReranker:
     batch_tokens : :meth:`rerank_batch` runs prompts of similar length together, left-padded, while the batch
         holds at most this many tokens, padding included; 0 runs one prompt at a time. None (default): 16,384 on
         a GPU, 0 on the CPU (where batching measured 1.25x slower: bench/RESULTS.md).
+    device, dtype : when given, the model is moved and cast to them in place ("cuda", torch.bfloat16, ...);
+        None keeps its own.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_doc_tokens: int = 300, reverse_order: bool = True,
                  calibrate: bool = True, chat: Optional[str] = None, progress: bool = False,
-                 batch_tokens: Optional[int] = None) -> None:
+                 batch_tokens: Optional[int] = None, device: Any = None, dtype: Any = None) -> None:
         if not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0:
             raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
         chat = chat or chat_family(tokenizer)
         if chat not in CHAT_TAGS:
             raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS)}")
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer = place_model(model, device, dtype).eval(), tokenizer
         self.max_doc_tokens, self.reverse_order, self.calibrate = max_doc_tokens, reverse_order, calibrate
         self.chat, self.progress = chat, progress
         self.batch_tokens = check_batch_tokens(batch_tokens, model)

@@ -70,6 +70,39 @@ def check_batch(queries: Any, docs: Any) -> tuple[list[str], list[list[str]]]:
     return queries, [check_query_docs(q, d) for q, d in zip(queries, docs)]
 
 
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def place_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
+    """Moves and casts ``model`` in place (``nn.Module.to``) when ``device`` or ``dtype`` is given: device a
+    ``torch.device`` or its name ("cpu", "cuda", "cuda:1"), dtype torch.float32, bfloat16 or float16 or its name
+    ("float32", "bfloat16", "float16"; "fp32", "bf16", "fp16"). None keeps the model's own. Returns the model."""
+    import torch
+
+    if device is not None:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"unknown device {device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
+    if dtype is not None:
+        if isinstance(dtype, str):
+            if dtype.lower() not in DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(set(DTYPES.values()))}")
+            dtype = getattr(torch, DTYPES[dtype.lower()])
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype or its name, got {dtype!r}")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype {dtype} is not supported by the attention kernels; use float32, bfloat16 or float16")
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
 def check_batch_tokens(batch_tokens: Any, model: Any) -> int:
     """A reranker's ``batch_tokens``: a non-negative int, or None for 16,384 on a GPU and 0 (one prompt per forward
     pass) on the CPU."""
