@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -90,10 +91,15 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
   return a;
 }
 
-// Hands a buffer to NumPy without a copy: the array owns it through a capsule.
+// Hands a buffer to NumPy: large ones without a copy (the array owns the buffer through a capsule), small ones
+// copied into a plain array, which costs less than the capsule's allocations.
 template <class T>
 py::array_t<T> take_numpy(RawVector<T>&& v) {
-  if (v.empty()) return py::array_t<T>(0);
+  if (v.size() <= 2048) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+    return a;
+  }
   auto* owned = new RawVector<T>(std::move(v));
   py::capsule free_it(owned, [](void* p) { delete static_cast<RawVector<T>*>(p); });
   return py::array_t<T>(static_cast<py::ssize_t>(owned->size()), owned->data(), free_it);
