@@ -361,6 +361,25 @@ def test_long_cached_distributions(n_follow):
     assert t.tolist() == follow.tolist() and int(c.sum()) == plain.count([1, 2])
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_64_bit_suffix_array_path_builds_the_same_index(tmp_path, dtype):
+    """Corpora of 2^31 positions and more take the 64-bit SA-IS and BWT path; forced on small corpora, it must
+    write byte for byte the index of the 32-bit path (both symbol widths, with separators and repeats)."""
+    docs = _zipf_corpus(seed=9) + [[403] * 300, [401, 402] * 150, [3]]  # the Zipf corpus uses ids below 400
+    if dtype is np.uint32:  # over 65,536 distinct ids: 32-bit symbols in the text and BWT
+        docs.append(list(range(70_000, 140_000)))
+    arrs = [np.asarray(d, dtype=dtype) for d in docs]
+    for cache in (0, 10**5):
+        narrow = _core.FMIndex.build(arrs, 8, False, cache)
+        wide = _core.FMIndex.build(arrs, 8, False, cache, True)
+        narrow.save(str(tmp_path / "n.irx"))
+        wide.save(str(tmp_path / "w.irx"))
+        assert (tmp_path / "n.irx").read_bytes() == (tmp_path / "w.irx").read_bytes()
+    fm = FMIndex.load(tmp_path / "w.irx")
+    assert fm.count([401, 402]) == 150 and fm.count([403, 403]) == 299
+    assert fm.extract(len(docs) - 1).tolist() == docs[-1]
+
+
 def test_damaged_next_token_cache(tmp_path):
     """With checksums off, the loader decodes every stored distribution with bounds checks: damage there is a
     ValueError at load, or leaves distributions that still decode within the stream (never a crash)."""

@@ -123,7 +123,8 @@ void bind_fmindex(py::module_& m) {
         "FM-index query kernels: 'auto' (the best the CPU has), 'scalar', 'avx2' or 'avx512'; returns the kernels "
         "in use. For tests and benchmarks; results are identical.");
   py::class_<PyFM>(m, "FMIndex")
-      .def_static("build", [](py::list docs, uint32_t sample_rate, bool byte_mode, int64_t next_cache_bytes) {
+      .def_static("build", [](py::list docs, uint32_t sample_rate, bool byte_mode, int64_t next_cache_bytes,
+                              bool wide_sa) {
              // Documents: C-contiguous uint16 arrays (a vocabulary below 65,536) or uint32 arrays, all of one
              // dtype, read where they lie: no concatenated or widened copy of the corpus.
              const size_t n_docs = docs.size();
@@ -146,11 +147,12 @@ void bind_fmindex(py::module_& m) {
              if (wide)
                return PyFM{std::make_shared<FMIndex>(FMIndex::build(reinterpret_cast<const uint32_t* const*>(ptrs.data()),
                                                                     lens.data(), n_docs, sample_rate, byte_mode,
-                                                                    next_cache_bytes))};
+                                                                    next_cache_bytes, wide_sa))};
              return PyFM{std::make_shared<FMIndex>(FMIndex::build(reinterpret_cast<const uint16_t* const*>(ptrs.data()),
                                                                   lens.data(), n_docs, sample_rate, byte_mode,
-                                                                  next_cache_bytes))};
-           }, py::arg("docs"), py::arg("sample_rate"), py::arg("byte_mode"), py::arg("next_cache_bytes") = -1)
+                                                                  next_cache_bytes, wide_sa))};
+           }, py::arg("docs"), py::arg("sample_rate"), py::arg("byte_mode"), py::arg("next_cache_bytes") = -1,
+           py::arg("wide_sa") = false)
       .def_static("load", [](const std::string& path, bool mmap, bool verify) {
              py::gil_scoped_release nogil;
              return PyFM{std::make_shared<FMIndex>(FMIndex::load(path, mmap, verify))};

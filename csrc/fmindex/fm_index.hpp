@@ -199,9 +199,10 @@ class FMIndex {
   // Document d is docs[d][0 .. lens[d]), ids <= kMaxTokenId. The documents are read where they lie (no
   // concatenated copy of the corpus).
   // next_cache_bytes: the budget of the next-token cache (0: none; negative: kDefaultNextCache of the rest).
+  // wide_sa: build with the 64-bit suffix array even below 2^31 positions (for tests: it must give the same index).
   template <class Tok>
   static FMIndex build(const Tok* const* docs, const uint64_t* lens, uint64_t n_docs, uint32_t sample_rate,
-                       bool byte_mode, int64_t next_cache_bytes = -1) {
+                       bool byte_mode, int64_t next_cache_bytes = -1, bool wide_sa = false) {
     if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index over an empty corpus");
     if (sample_rate == 0) throw std::invalid_argument("sample_rate must be positive");
     FMIndex ix;
@@ -243,8 +244,8 @@ class FMIndex {
     m.sample_width = bits_for((n - 1) / sample_rate);
     m.pos_width = bits_for(n);
     m.id_width = bits_for(o.alphabet.empty() ? 0 : o.alphabet.back());
-    if (sigma <= 0x10000) ix.build_with<uint16_t>(docs, lens);
-    else ix.build_with<uint32_t>(docs, lens);
+    if (sigma <= 0x10000) ix.build_with<uint16_t>(docs, lens, wide_sa);
+    else ix.build_with<uint32_t>(docs, lens, wide_sa);
     ix.finish_views();
     ix.build_next_cache(next_cache_bytes < 0 ? static_cast<uint64_t>(kDefaultNextCache * static_cast<double>(ix.size_bytes()))
                                              : static_cast<uint64_t>(next_cache_bytes));
@@ -767,7 +768,7 @@ class FMIndex {
   }
 
   template <class Sym, class Tok>
-  void build_with(const Tok* const* docs, const uint64_t* lens) {
+  void build_with(const Tok* const* docs, const uint64_t* lens, bool wide_sa) {
     const uint64_t n = meta_.n, D = meta_.n_docs;
     const auto& alpha = own_.alphabet;
     // id -> dense symbol: a direct table for small ids, binary search otherwise.
@@ -836,7 +837,7 @@ class FMIndex {
       bwt.resize(n);
       std::memcpy(bwt.data(), raw, n * sizeof(Sym));
     };
-    if (n < (1ULL << 31)) {
+    if (n < (1ULL << 31) && !wide_sa) {
       std::vector<int32_t> SA(n);
       suffix_array<Sym, int32_t>(R.data(), SA.data(), static_cast<int32_t>(n), static_cast<int32_t>(meta_.sigma));
       after_sa(SA.data());
