@@ -578,11 +578,13 @@ class FMIndex {
   FMIndex() = default;
 
   struct Owned {
-    std::vector<uint32_t> alphabet;                        // unpacked (packed in the file)
+    std::vector<uint32_t> alphabet;              // unpacked (packed in the file)
     std::vector<uint64_t> C, doc_rel, sep_rel;  // C unpacked, the others packed
-    HugeVector<uint64_t> samples;  // packed
-    std::vector<uint64_t> next_keys, next_bits;          // the next-token cache (next_cache.hpp)
-    std::vector<RankStore> levels;
+    HugeVector<uint64_t> samples;               // packed
+    std::vector<uint64_t> next_keys, next_bits;  // the next-token cache (next_cache.hpp)
+    std::vector<RankStore> levels;              // built level by level (their superblock counts stay here)
+    HugeVector<RankLine> level_lines;           // then every level's lines in one buffer, as in the file: each
+                                                // level alone is under a huge page (1.6 MB at 13M tokens)
     RankStore sampled;
   } own_;
   std::shared_ptr<SectionFile> file_;
@@ -752,8 +754,21 @@ class FMIndex {
       samples_ = PackedView{own_.samples.data(), meta_.sample_width};
       doc_rel_ = PackedView{own_.doc_rel.data(), meta_.doc_width};
       sep_rel_ = PackedView{own_.sep_rel.data(), meta_.sep_width};
+      if (own_.level_lines.empty()) {
+        uint64_t total = 0;
+        for (const auto& l : own_.levels) total += l.lines.size();
+        own_.level_lines.reserve(total);
+        for (auto& l : own_.levels) {
+          own_.level_lines.insert(own_.level_lines.end(), l.lines.begin(), l.lines.end());
+          HugeVector<RankLine>().swap(l.lines);
+        }
+      }
       level_bits_.clear();
-      for (const auto& l : own_.levels) level_bits_.push_back(l.view());
+      uint64_t at = 0;
+      for (const auto& l : own_.levels) {
+        level_bits_.push_back(RankBits{own_.level_lines.data() + at, l.supers.data(), l.n});
+        at += lines_for(l.n);
+      }
       sampled_ = own_.sampled.view();
     }
     id2sym_.clear();
