@@ -45,12 +45,10 @@ Batch make_batch(const Pattern& tokens, const Pattern& offsets) {
   return b;
 }
 
-void doc_freqs(const FMIndex& ix, Range r, uint64_t m, uint64_t limit, std::vector<uint64_t>& docs,
+void doc_freqs(const FMIndex& ix, Range r, uint64_t limit, std::vector<uint64_t>& docs,
                std::vector<uint64_t>& counts) {
-  std::vector<Occurrence> occ;
-  ix.occurrences({r.sp, std::min<uint64_t>(r.ep, r.sp + limit)}, m, occ);
-  std::vector<uint64_t> all(occ.size());
-  for (size_t k = 0; k < occ.size(); ++k) all[k] = occ[k].doc;
+  std::vector<uint32_t> all;
+  ix.documents({r.sp, std::min<uint64_t>(r.ep, r.sp + limit)}, all);
   std::sort(all.begin(), all.end());
   docs.clear();
   counts.clear();
@@ -223,7 +221,7 @@ void bind_fmindex(py::module_& m) {
                parallel_items(resolve_threads(threads), b.size(), [&](size_t, size_t i) {
                  size_t mlen;
                  const uint64_t* p = b.pattern(i, &mlen);
-                 doc_freqs(*s.ix, s.ix->find(p, mlen), mlen, limit, docs[i], counts[i]);
+                 doc_freqs(*s.ix, s.ix->find(p, mlen), limit, docs[i], counts[i]);
                });
              }
              py::list out;

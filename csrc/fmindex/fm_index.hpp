@@ -204,6 +204,7 @@ class FMIndex {
   static FMIndex build(const Tok* const* docs, const uint64_t* lens, uint64_t n_docs, uint32_t sample_rate,
                        bool byte_mode, int64_t next_cache_bytes = -1, bool wide_sa = false) {
     if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index over an empty corpus");
+    if (n_docs > 0xFFFFFFFFull) throw std::invalid_argument("an FM-index holds at most 2^32 - 1 documents");
     if (sample_rate == 0) throw std::invalid_argument("sample_rate must be positive");
     FMIndex ix;
     auto& o = ix.own_;
@@ -263,7 +264,7 @@ class FMIndex {
     ix.meta_ = *meta;
     Meta& m = ix.meta_;
     const bool v4 = version >= 4;
-    if (m.n_docs == 0 || m.n != m.n_tokens + m.n_docs + 1 || m.sigma < 2 || m.sample_rate == 0 ||
+    if (m.n_docs == 0 || m.n_docs > 0xFFFFFFFFull || m.n != m.n_tokens + m.n_docs + 1 || m.sigma < 2 || m.sample_rate == 0 ||
         m.n_levels == 0 || m.n_levels > kMaxCodeLen || m.sample_width != bits_for((m.n - 1) / m.sample_rate) ||
         m.pos_width != bits_for(m.n) || m.id_width == 0 || m.id_width > 32 || m.alphabet_bitmap > 1 ||
         (v4 ? (m.doc_width == 0 || m.doc_width > m.pos_width || m.sep_width != bits_for(m.n_docs - 1))
@@ -466,19 +467,29 @@ class FMIndex {
     out.resize(rows.size());
     for (uint64_t k = 0; k < rows.size(); ++k) out[k] = position_to_occurrence(pos[k], m);
   }
+  // The documents of the occurrences at rows [sp, ep), in row order (no offsets: what document frequencies need).
+  void documents(Range r, std::vector<uint32_t>& out) const {
+    std::vector<uint64_t> rows(r.size()), pos(r.size());
+    for (uint64_t k = 0; k < rows.size(); ++k) rows[k] = r.sp + k;
+    text_positions(rows.data(), rows.size(), pos.data());
+    out.resize(rows.size());
+    for (uint64_t k = 0; k < rows.size(); ++k) out[k] = static_cast<uint32_t>(doc_of(pos[k]));
+  }
   Occurrence position_to_occurrence(uint64_t p, uint64_t m) const {
-    // The last d with doc_start(d) <= p: first among every 64th start (a small array that stays in cache),
-    // then among the 64 relative starts of that block.
-    const uint64_t b = static_cast<uint64_t>(std::upper_bound(doc_top_.begin(), doc_top_.end(), p) - doc_top_.begin()) - 1;
-    const uint64_t rel = p - doc_top_[b];
-    uint64_t lo = b * kDocBlock, hi = std::min<uint64_t>(meta_.n_docs, lo + kDocBlock);
+    const uint64_t d = doc_of(p), s = doc_start(d), len = doc_start(d + 1) - s - 1;
+    return {d, len - (p - s) - m};
+  }
+  // The document holding text position p: the last d with doc_start(d) <= p, among the documents that the
+  // bucket of p and the next one start in (usually one or two), by binary search.
+  uint64_t doc_of(uint64_t p) const {
+    const uint64_t b = std::min<uint64_t>(p >> kDocBucketShift, doc_at_.size() - 2);
+    uint64_t lo = doc_at_[b], hi = std::min<uint64_t>(meta_.n_docs, doc_at_[b + 1] + 1ull);
     while (hi - lo > 1) {
       const uint64_t mid = (lo + hi) / 2;
-      if (doc_rel_.get(mid) <= rel) lo = mid;
+      if (doc_start(mid) <= p) lo = mid;
       else hi = mid;
     }
-    const uint64_t s = doc_start(lo), len = doc_start(lo + 1) - s - 1;
-    return {lo, len - (p - s) - m};
+    return lo;
   }
   // Where document d starts in R (d = n_docs: the sentinel's position).
   uint64_t doc_start(uint64_t d) const { return doc_top_[d / kDocBlock] + doc_rel_.get(d); }
@@ -600,6 +611,10 @@ class FMIndex {
   QueryCore core_;
   static constexpr uint64_t kDocBlock = 64;
   std::vector<uint64_t> doc_top_;  // the start of every 64th document (of the n_docs + 1 starts)
+  // Per 256 text positions, the document holding the first of them (derived at build and load, not stored:
+  // 4 bytes per 256 tokens). Replaces a binary search over doc_top_ for each located occurrence.
+  static constexpr uint32_t kDocBucketShift = 8;
+  std::vector<uint32_t> doc_at_;
   NextCacheView next_;
   size_t next_words_ = 0;
   std::unique_ptr<NextBlockTable> next_blocks_;  // behind a pointer: next_ keeps its address across moves
@@ -770,6 +785,11 @@ class FMIndex {
         at += lines_for(l.n);
       }
       sampled_ = own_.sampled.view();
+    }
+    doc_at_.assign(((meta_.n - 1) >> kDocBucketShift) + 2, 0);
+    for (uint64_t b = 0, d = 0; b < doc_at_.size(); ++b) {
+      while (d + 1 < meta_.n_docs && doc_start(d + 1) <= (b << kDocBucketShift)) ++d;
+      doc_at_[b] = static_cast<uint32_t>(d);
     }
     id2sym_.clear();
     const uint64_t na = meta_.sigma - 2;
