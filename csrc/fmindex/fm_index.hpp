@@ -620,7 +620,7 @@ class FMIndex {
   std::unique_ptr<NextBlockTable> next_blocks_;  // behind a pointer: next_ keeps its address across moves
 
   // The cache holds the next-token distributions of the most frequent 2-token prefixes, most frequent first,
-  // while it stays within budget bytes. Each stored continuation saves a walk of about 70 ns through the
+  // while it stays within budget bytes. Each stored continuation saves a walk of 50-150 ns through the
   // lower wavelet levels and costs about a byte, so the prefixes met most often come first. Candidates: the
   // 2-token patterns occurring at least n / 16384 times (at most 16384 of them), found by walks that drop
   // wavelet nodes below that count.
