@@ -159,8 +159,8 @@ class FMIndex:
 
         ``next_cache``: bytes for precomputed :meth:`next_tokens` distributions of the most frequent 2-token
         prefixes, most frequent first (None: 2.5% of the rest of the index; 0: none). Enumerating a prefix's
-        continuations costs about 50-100 ns each, and the most frequent prefixes have thousands; a stored
-        continuation costs about 4 ns. Results are the same with or without it.
+        continuations costs 50-150 ns each, and the most frequent prefixes have thousands; a stored
+        continuation costs about 3 ns. Results are the same with or without it.
         """
         if isinstance(docs, (str, bytes, np.ndarray)) and not (isinstance(docs, np.ndarray) and docs.ndim == 2):
             raise TypeError("docs must be an iterable of documents, not a single document")
