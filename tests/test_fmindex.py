@@ -380,6 +380,28 @@ def test_64_bit_suffix_array_path_builds_the_same_index(tmp_path, dtype):
     assert fm.extract(len(docs) - 1).tolist() == docs[-1]
 
 
+def test_large_buffers_on_huge_pages(tmp_path):
+    """An index of 2M tokens: its wavelet levels (gathered into one buffer), samples and a file read in full are
+    over 2 MB, so they come from the huge-page allocator's own mappings. Built, mapped and read-in-full indexes
+    answer alike, and dropping them releases the mappings cleanly."""
+    import gc
+
+    rng = np.random.default_rng(4)
+    p = 1.0 / np.arange(1, 3001)
+    docs = [rng.choice(3000, size=200, p=p / p.sum()).astype(np.uint16) for _ in range(10_000)]
+    fm = FMIndex.build(docs)
+    assert fm.size_bytes > 3 * 2**20
+    fm.save(tmp_path / "big.irx")
+    pats = [docs[7][10:12].tolist(), docs[99][0:3].tolist(), [int(docs[5][0])]]
+    want = [(fm.count(q), fm.locate(q, limit=50).tolist(), [a.tolist() for a in fm.next_tokens(q)]) for q in pats]
+    for mmap in (True, False):
+        g = FMIndex.load(tmp_path / "big.irx", mmap=mmap)
+        assert [(g.count(q), g.locate(q, limit=50).tolist(), [a.tolist() for a in g.next_tokens(q)]) for q in pats] == want
+        assert g.extract(9_999).tolist() == docs[9_999].tolist()
+        del g
+        gc.collect()
+
+
 def test_damaged_next_token_cache(tmp_path):
     """With checksums off, the loader decodes every stored distribution with bounds checks: damage there is a
     ValueError at load, or leaves distributions that still decode within the stream (never a crash)."""
