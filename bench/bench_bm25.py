@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -354,7 +353,8 @@ def machine() -> dict:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent).stdout.strip()
     except OSError:
-        sha = "unknown"
+        sha = ""
+    sha = sha or os.environ.get("IRFORGE_GIT", "unknown")  # a copy of the tree without .git (a GPU machine)
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem, 1), "python": platform.python_version(),
             "os": f"{platform.system()} {platform.release()}", "git": sha,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -28,10 +28,19 @@ limited() {  # seconds, log name, command...
   tail -25 "$OUT/$log"
 }
 
+[ -f .gpu/commit ] && export IRFORGE_GIT=$(cat .gpu/commit)
+gpu_tests=(tests/test_kernels.py tests/test_rerank.py)
 say install
 if ! python3 -m pip install -q --no-index --no-build-isolation --no-deps . >"$OUT/install.log" 2>&1; then
   tail -30 "$OUT/install.log"
-  exit 1
+  # The kernels need no C++: a package holding only them still runs the kernel tests and benchmark.
+  echo "C++ build failed: kernel steps only"
+  mkdir -p /tmp/irforge_kernels_only/irforge
+  : >/tmp/irforge_kernels_only/irforge/__init__.py
+  ln -sfn "$PWD/kernels" /tmp/irforge_kernels_only/irforge/kernels
+  export PYTHONPATH=/tmp/irforge_kernels_only
+  steps=($(printf '%s\n' "${steps[@]}" | grep -v '^rerank$'))
+  gpu_tests=(tests/test_kernels.py)
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -41,7 +50,7 @@ fi
 for step in "${steps[@]}"; do
   say "$step"
   case $step in
-    tests) limited 90 tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_rerank.py ;;
+    tests) limited 90 tests.log python3 -m pytest -q -p no:cacheprovider -m gpu "${gpu_tests[@]}" ;;
     kernels) limited 180 kernels.log python3 bench/bench_kernels.py --write "$OUT/RESULTS.md" ;;
     rerank) IRFORGE_DATA=.gpu/data limited 180 rerank.log python3 bench/bench_rerank.py --device cuda --dtype bfloat16 \
               --model random:mistral-7b --tokenizer .gpu/tokenizer --queries 5 --max-doc-tokens 100 --write "$OUT/RESULTS.md" ;;
