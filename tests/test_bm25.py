@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from irforge import ALGORITHMS, METHODS, Analyzer, BM25Index, metrics
+from irforge import ALGORITHMS, METHODS, BM25Index, metrics
 
 from .reference import bm25_scores
 

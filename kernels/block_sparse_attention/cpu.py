@@ -50,7 +50,6 @@ def _heads(x, group):
 def _segments(q, k, v, starts, length, prefix, scale, group, out, lse):
     """Equal-length segments sharing one prefix range: one batched call per part, then the merge."""
     n = len(starts)
-    Hq, D = q.shape[1], q.shape[2]
     idx = torch.as_tensor(starts, device=q.device)[:, None] + torch.arange(length, device=q.device)[None, :]
     qs = _heads(q[idx], 1)  # [n, Hq, L, D]
     o, m = _flash(qs, _heads(k[idx], group), _heads(v[idx], group), True, scale)
