@@ -74,6 +74,10 @@ void sais(const Sym* T, I* SA, I n, I K) {
   std::fill(SA + n1, SA + n, I(-1));
   I name = 0, prev = -1;
   for (I i = 0; i < n1; ++i) {
+    if (i + 16 < n1) {  // the substrings sit at random text positions: fetch ahead
+      __builtin_prefetch(T + SA[i + 16]);
+      __builtin_prefetch(t.w.data() + static_cast<uint64_t>(SA[i + 16]) / 64);
+    }
     const I pos = SA[i];
     bool diff = false;
     for (I d = 0;; ++d) {
