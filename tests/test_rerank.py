@@ -172,6 +172,8 @@ def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker
     assert res["device"] == "cpu" and res["dtype"] == "bfloat16"
     with pytest.raises(SystemExit, match="dtype"):
         main(args + ["--dtype", "int8"])
+    with pytest.raises(SystemExit, match="device"):
+        main(args + ["--device", "tpu9"])
 
 
 def test_device_and_dtype_choices(tokenizer):

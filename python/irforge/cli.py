@@ -161,8 +161,14 @@ def _load_lm(path: str, device: str = "auto", dtype: str = "auto"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .rerank.prompts import place_model
+    from .rerank.prompts import check_device_dtype
 
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    try:
+        dev, _ = check_device_dtype(device, None)
+        _, dt = check_device_dtype(None, ("bfloat16" if dev.type == "cuda" else "float32") if dtype == "auto" else dtype)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"irforge: {e}") from None
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
         tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
@@ -170,14 +176,7 @@ def _load_lm(path: str, device: str = "auto", dtype: str = "auto"):
     else:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
-    gpu = torch.cuda.is_available()
-    device = ("cuda" if gpu else "cpu") if device == "auto" else device
-    dtype = ("bfloat16" if torch.device(device).type == "cuda" else "float32") if dtype == "auto" else dtype
-    try:
-        place_model(model, device, dtype)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"irforge: {e}") from None
-    return model.eval(), tok
+    return model.to(device=dev, dtype=dt).eval(), tok
 
 
 def _rerank_run(args, ds, qids, texts, run):

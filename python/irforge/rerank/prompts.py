@@ -74,10 +74,10 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
-def place_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
-    """Moves and casts ``model`` in place (``nn.Module.to``) when ``device`` or ``dtype`` is given: device a
-    ``torch.device`` or its name ("cpu", "cuda", "cuda:1"), dtype torch.float32, bfloat16 or float16 or its name
-    ("float32", "bfloat16", "float16"; "fp32", "bf16", "fp16"). None keeps the model's own. Returns the model."""
+def check_device_dtype(device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """(torch.device or None, torch.dtype or None) from a device (a ``torch.device`` or its name: "cpu", "cuda",
+    "cuda:1") and a dtype (torch.float32, bfloat16 or float16, or its name: "float32", "bfloat16", "float16";
+    "fp32", "bf16", "fp16"); None stays None. Raises TypeError or ValueError naming the problem."""
     import torch
 
     if device is not None:
@@ -98,6 +98,13 @@ def place_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
             raise TypeError(f"dtype must be a torch.dtype or its name, got {dtype!r}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype {dtype} is not supported by the attention kernels; use float32, bfloat16 or float16")
+    return device, dtype
+
+
+def place_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
+    """Moves and casts ``model`` in place (``nn.Module.to``) when ``device`` or ``dtype`` is given (see
+    :func:`check_device_dtype`); None keeps the model's own. Returns the model."""
+    device, dtype = check_device_dtype(device, dtype)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
