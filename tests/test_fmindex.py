@@ -283,8 +283,12 @@ def test_alphabet_above_16_bits(tmp_path):
     fm = FMIndex.build(docs)
     assert fm.alphabet_size == 70_000
     _check_corpus_against_numpy(fm, docs, rng, n_checks=15)
-    t, c = fm.next_tokens([])  # 70,000 continuations: the radix-sorted path, over 17-bit symbols
+    t, c = fm.next_tokens([])  # 70,000 continuations, straight from the symbol counts
     assert list(zip(t.tolist(), c.tolist())) == sorted(Counter(tokens.tolist()).items())
+    top = Counter(tokens.tolist()).most_common(1)[0][0]  # hundreds of continuations: the radix-sorted path,
+    t, c = fm.next_tokens([top])                         # over 17-bit symbols
+    want = Counter(d[i + 1] for d in docs for i in range(len(d) - 1) if d[i] == top)
+    assert len(want) >= 64 and list(zip(t.tolist(), c.tolist())) == sorted(want.items())
     fm.save(tmp_path / "big.irx")
     g = FMIndex.load(tmp_path / "big.irx")
     for d in (0, 499, 999):

@@ -497,6 +497,15 @@ class FMIndex {
   // Distinct tokens following the pattern whose range is r, with counts, increasing token id: from the cache
   // when r is one of its ranges, else enumerated from the wavelet matrix.
   void next_tokens(Range r, RawVector<int64_t>& tokens, RawVector<int64_t>& counts) const {
+    if (r.sp == 0 && r.ep == meta_.n) {  // the empty pattern: every token with its count, from C (no walk)
+      tokens.resize(meta_.sigma - 2);
+      counts.resize(tokens.size());
+      for (uint64_t c = 2; c < meta_.sigma; ++c) {
+        tokens[c - 2] = own_.alphabet[c - 2];
+        counts[c - 2] = static_cast<int64_t>(own_.C[c + 1] - own_.C[c]);
+      }
+      return;
+    }
     const int64_t cached = r.sp < r.ep ? next_.find(r.sp, r.ep) : -1;
     if (cached >= 0) {
       tokens.resize(next_.size(cached));
