@@ -177,11 +177,6 @@ class SectionFile {
     }
     throw FormatError(path_ + ": section " + name + " is missing");
   }
-  bool has(uint32_t id) const {
-    for (const auto& e : table_)
-      if (e.id == id) return true;
-    return false;
-  }
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }
 

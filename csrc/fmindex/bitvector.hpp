@@ -54,21 +54,24 @@ inline void set_line_bit(RankLine* lines, uint64_t i) {
   lines[i / kBitsPerLine].words[p / 64] |= 1ULL << (p % 64);
 }
 
-// Fills the in-line counts and the superblock counts once the data bits are set.
-inline void finish_rank(RankStore& s) {
-  s.supers.assign(supers_for(s.n), 0);
+// Fills the in-line counts of the lines_for(n) lines of an n-bit vector once its data bits are set; returns its
+// superblock counts.
+inline std::vector<uint64_t> finish_rank(RankLine* lines, uint64_t n) {
+  std::vector<uint64_t> supers(supers_for(n), 0);
   uint64_t total = 0, base = 0;
-  for (uint64_t li = 0; li < s.lines.size(); ++li) {
+  for (uint64_t li = 0; li < lines_for(n); ++li) {
     if ((li & ((1ULL << kSuperShift) - 1)) == 0) {
       base = total;
-      s.supers[li >> kSuperShift] = base;
+      supers[li >> kSuperShift] = base;
     }
-    RankLine& l = s.lines[li];
+    RankLine& l = lines[li];
     l.words[0] = (l.words[0] & ~kCountMask) | (total - base);
     total += popcount64(l.words[0] & ~kCountMask);
     for (int k = 1; k < 8; ++k) total += popcount64(l.words[k]);
   }
+  return supers;
 }
+inline void finish_rank(RankStore& s) { s.supers = finish_rank(s.lines.data(), s.n); }
 
 // Superblock counts of lines read from a file (derived, not stored).
 inline std::vector<uint64_t> supers_of(const RankLine* lines, uint64_t n_bits) {

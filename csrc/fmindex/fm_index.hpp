@@ -602,9 +602,7 @@ class FMIndex {
     std::vector<uint64_t> C, doc_rel, sep_rel;  // C unpacked, the others packed
     HugeVector<uint64_t> samples;               // packed
     std::vector<uint64_t> next_keys, next_bits;  // the next-token cache (next_cache.hpp)
-    std::vector<RankStore> levels;              // built level by level (their superblock counts stay here)
-    HugeVector<RankLine> level_lines;           // then every level's lines in one buffer, as in the file: each
-                                                // level alone is under a huge page (1.6 MB at 13M tokens)
+    HugeVector<RankLine> level_lines;           // every level's lines, one after another (wavelet_matrix.hpp)
     RankStore sampled;
   } own_;
   std::shared_ptr<SectionFile> file_;
@@ -613,7 +611,7 @@ class FMIndex {
   PackedView doc_rel_;  // document starts relative to their block's first (in doc_top_)
   PackedView sep_rel_;  // per document, the row of the separator after it, less C[1]
   WaveletShape shape_;
-  std::vector<std::vector<uint64_t>> supers_;  // superblock counts of mapped bitvectors
+  std::vector<std::vector<uint64_t>> supers_;  // superblock counts: per level, and (loaded) the sampled rows
   std::vector<RankBits> level_bits_;
   RankBits sampled_;
   std::vector<uint32_t> id2sym_;  // token id -> dense symbol, when the largest id is small
@@ -778,20 +776,11 @@ class FMIndex {
       samples_ = PackedView{own_.samples.data(), meta_.sample_width};
       doc_rel_ = PackedView{own_.doc_rel.data(), meta_.doc_width};
       sep_rel_ = PackedView{own_.sep_rel.data(), meta_.sep_width};
-      if (own_.level_lines.empty()) {
-        uint64_t total = 0;
-        for (const auto& l : own_.levels) total += l.lines.size();
-        own_.level_lines.reserve(total);
-        for (auto& l : own_.levels) {
-          own_.level_lines.insert(own_.level_lines.end(), l.lines.begin(), l.lines.end());
-          HugeVector<RankLine>().swap(l.lines);
-        }
-      }
       level_bits_.clear();
       uint64_t at = 0;
-      for (const auto& l : own_.levels) {
-        level_bits_.push_back(RankBits{own_.level_lines.data() + at, l.supers.data(), l.n});
-        at += lines_for(l.n);
+      for (uint32_t d = 0; d < shape_.n_levels; ++d) {
+        level_bits_.push_back(RankBits{own_.level_lines.data() + at, supers_[d].data(), shape_.level_n[d]});
+        at += lines_for(shape_.level_n[d]);
       }
       sampled_ = own_.sampled.view();
     }
@@ -894,7 +883,9 @@ class FMIndex {
     set_doc_starts(doc_start);
     for (uint64_t& r : sep_row) r -= own_.C[1];
     set_sep_rows(sep_row);
-    own_.levels = build_wavelet_levels<Sym>(std::move(bwt), shape_);
+    WaveletLevels levels = build_wavelet_levels<Sym>(std::move(bwt), shape_);
+    own_.level_lines = std::move(levels.lines);
+    supers_ = std::move(levels.supers);
   }
 };
 

@@ -190,20 +190,28 @@ struct WaveletView {
   // Walks over the matrix live in query_kernels.inc (compiled per instruction set).
 };
 
+// Every level's rank lines, one level after another in one buffer as in the file (each level alone is under a
+// huge page at 13M tokens: 1.6 MB), and each level's superblock counts.
+struct WaveletLevels {
+  HugeVector<RankLine> lines;
+  std::vector<std::vector<uint64_t>> supers;
+};
+
 // Builds the levels for seq (consumed) under the shape. One pass per level: 16-bit chunks of the level's
 // bitvector are assembled in a register while the symbols are partitioned (branch-free) for the next level;
 // symbols whose code ends at this level land at the end of the partition and are dropped.
 template <class Sym>
-std::vector<RankStore> build_wavelet_levels(std::vector<Sym> seq, const WaveletShape& sh) {
-  std::vector<RankStore> out(sh.n_levels);
+WaveletLevels build_wavelet_levels(std::vector<Sym> seq, const WaveletShape& sh) {
+  WaveletLevels out;
+  uint64_t total = 0;
+  for (uint64_t x : sh.level_n) total += lines_for(x);
+  out.lines.assign(total, RankLine{});
   std::vector<Sym> next(seq.size());
   const SymCode* code = sh.sym.data();
+  RankLine* lines = out.lines.data();
   for (uint32_t d = 0; d < sh.n_levels; ++d) {
     const uint64_t n = sh.level_n[d];
     if (seq.size() != n) throw std::logic_error("wavelet build: level size mismatch");
-    RankStore& rs = out[d];
-    rs.n = n;
-    rs.lines.assign(lines_for(n), RankLine{});
     uint64_t a = 0, b = sh.zeros[d];
     const Sym* src = seq.data();
     Sym* dst = next.data();
@@ -221,10 +229,11 @@ std::vector<RankStore> build_wavelet_levels(std::vector<Sym> seq, const WaveletS
       // A line is 32 slots of 16 bits: the count, then 31 chunks of data.
       constexpr uint64_t kSlots = kBitsPerLine / kCountBits;
       const uint64_t slot = k % kSlots + 1;
-      rs.lines[k / kSlots].words[slot / 4] |= chunk << (kCountBits * (slot % 4));
+      lines[k / kSlots].words[slot / 4] |= chunk << (kCountBits * (slot % 4));
     }
     if (a != sh.zeros[d] || b != n) throw std::logic_error("wavelet build: zero count mismatch");
-    finish_rank(rs);
+    out.supers.push_back(finish_rank(lines, n));
+    lines += lines_for(n);
     next.resize(d + 1 < sh.n_levels ? sh.level_n[d + 1] : 0);
     seq.swap(next);
     next.resize(seq.size());
