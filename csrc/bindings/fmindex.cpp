@@ -105,11 +105,11 @@ py::array_t<T> take_numpy(RawVector<T>&& v) {
 
 // (tokens, counts) of the continuations of range r, as two int64 arrays; the GIL is released meanwhile
 // (frequent prefixes take hundreds of microseconds).
-py::tuple next_tokens_of(const FMIndex& ix, const uint64_t* pattern, size_t m, const Range* r_given = nullptr) {
+py::tuple next_tokens_of(const FMIndex& ix, Range r) {
   RawVector<int64_t> toks, counts;
   {
     py::gil_scoped_release nogil;
-    ix.next_tokens(r_given ? *r_given : ix.find(pattern, m), toks, counts);
+    ix.next_tokens(r, toks, counts);
   }
   return py::make_tuple(take_numpy(std::move(toks)), take_numpy(std::move(counts)));
 }
@@ -175,7 +175,7 @@ void bind_fmindex(py::module_& m) {
       .def("next_tokens_ids", [](const PyFM& s, const py::list& pattern) -> py::object {
              std::vector<uint64_t> ids;
              if (!list_ids(pattern, ids)) return py::none();
-             return next_tokens_of(*s.ix, ids.data(), ids.size());
+             return next_tokens_of(*s.ix, s.ix->find(ids.data(), ids.size()));
            }, py::arg("pattern"))
       .def("extend", [](const PyFM& s, uint64_t sp, uint64_t ep, uint64_t token) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
@@ -229,12 +229,11 @@ void bind_fmindex(py::module_& m) {
              return out;
            }, py::arg("tokens"), py::arg("offsets"), py::arg("limit"), py::arg("threads"))
       .def("next_tokens", [](const PyFM& s, const Pattern& p) {
-             return next_tokens_of(*s.ix, reinterpret_cast<const uint64_t*>(p.data()), p.size());
+             return next_tokens_of(*s.ix, s.ix->find(reinterpret_cast<const uint64_t*>(p.data()), p.size()));
            }, py::arg("pattern"))
       .def("next_tokens_range", [](const PyFM& s, uint64_t sp, uint64_t ep) {
              if (sp > ep || ep > s.ix->meta().n) throw py::value_error("invalid suffix range");
-             const Range r{sp, ep};
-             return next_tokens_of(*s.ix, nullptr, 0, &r);
+             return next_tokens_of(*s.ix, Range{sp, ep});
            }, py::arg("sp"), py::arg("ep"))
       .def("next_tokens_batch", [](const PyFM& s, const Pattern& tokens, const Pattern& offsets, long threads) {
              Batch b = make_batch(tokens, offsets);
