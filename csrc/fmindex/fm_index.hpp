@@ -681,22 +681,20 @@ class FMIndex {
 
   // Loader checks of the cache: ranges inside the text, increasing and disjoint, bit offsets inside the stream,
   // the stream's length within its words (with the guard word). Every distribution is decoded once (symbols,
-  // counts and lengths checked by decode), so that queries can use decode_fast; then the block table.
+  // counts and lengths checked while the block table is built), so that queries can use decode_fast.
   void check_next_cache() {
     const NextCacheView& c = next_;
     next_blocks_ = std::make_unique<NextBlockTable>();
     next_.blocks = next_blocks_.get();
     if (c.n == 0) return;  // no cache (an index loaded from a version 2 file saves none)
     if (c.n_bits + 64 > 64 * static_cast<uint64_t>(next_words_)) throw FormatError("next-token cache bits overrun");
-    std::vector<std::pair<uint32_t, uint64_t>> out;
     for (uint64_t i = 0; i < c.n; ++i) {
       const uint64_t sp = c.keys[3 * i], ep = c.keys[3 * i + 1];
       if (sp >= ep || ep > meta_.n || (i > 0 && sp < c.keys[3 * i - 2]) || c.keys[3 * i + 2] >= c.n_bits)
         throw FormatError("bad next-token cache range " + std::to_string(i));
       next_.min_size = std::min(next_.min_size, ep - sp);
-      c.decode(static_cast<int64_t>(i), meta_.sigma, out);
     }
-    *next_blocks_ = c.block_table();
+    *next_blocks_ = c.checked_block_table(meta_.sigma);
   }
 
   // The document map from absolute starts (n_docs + 1, increasing): every 64th into doc_top_, the others
