@@ -38,6 +38,7 @@ inline constexpr char kMagic[9] = "IRFFMIX\x1a";
 inline constexpr uint32_t kFormatVersion = 4;  // 3: the next-token cache; 4: no C table, relative document map
 inline constexpr uint32_t kOldestFormatVersion = 2;
 inline constexpr uint64_t kMaxTokenId = 0xFFFFFFFDull;  // ids + 2 must fit in 32 bits
+inline constexpr uint64_t kMaxDocs = 0xFFFFFFFFull;     // the position -> document table holds 32-bit numbers
 // The default next-token cache, a fraction of the rest of the index: on a 50k-token BPE corpus about 0.05 of
 // the rest's 1.94 bytes per token, which keeps the whole under 2.
 inline constexpr double kDefaultNextCache = 0.025;
@@ -204,7 +205,7 @@ class FMIndex {
   static FMIndex build(const Tok* const* docs, const uint64_t* lens, uint64_t n_docs, uint32_t sample_rate,
                        bool byte_mode, int64_t next_cache_bytes = -1, bool wide_sa = false) {
     if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index over an empty corpus");
-    if (n_docs > 0xFFFFFFFFull) throw std::invalid_argument("an FM-index holds at most 2^32 - 1 documents");
+    if (n_docs > kMaxDocs) throw std::invalid_argument("an FM-index holds at most 2^32 - 1 documents");
     if (sample_rate == 0) throw std::invalid_argument("sample_rate must be positive");
     FMIndex ix;
     auto& o = ix.own_;
@@ -264,7 +265,7 @@ class FMIndex {
     ix.meta_ = *meta;
     Meta& m = ix.meta_;
     const bool v4 = version >= 4;
-    if (m.n_docs == 0 || m.n_docs > 0xFFFFFFFFull || m.n != m.n_tokens + m.n_docs + 1 || m.sigma < 2 || m.sample_rate == 0 ||
+    if (m.n_docs == 0 || m.n_docs > kMaxDocs || m.n != m.n_tokens + m.n_docs + 1 || m.sigma < 2 || m.sample_rate == 0 ||
         m.n_levels == 0 || m.n_levels > kMaxCodeLen || m.sample_width != bits_for((m.n - 1) / m.sample_rate) ||
         m.pos_width != bits_for(m.n) || m.id_width == 0 || m.id_width > 32 || m.alphabet_bitmap > 1 ||
         (v4 ? (m.doc_width == 0 || m.doc_width > m.pos_width || m.sep_width != bits_for(m.n_docs - 1))
@@ -574,7 +575,7 @@ class FMIndex {
     uint64_t lines = lines_for(meta_.n);
     for (const auto& b : level_bits_) lines += lines_for(b.n);
     return sizeof(Meta) + meta_.sigma + lines * 64 + next_cache_bytes() +
-           8 * (alphabet_words(alphabet_as_bitmap()).size() +
+           8 * (alphabet_word_count() +
                 packed_words((meta_.n - 1) / meta_.sample_rate + 1, meta_.sample_width) +
                 packed_words(doc_top_.size(), meta_.pos_width) + packed_words(meta_.n_docs + 1, meta_.doc_width) +
                 packed_words(meta_.n_docs, meta_.sep_width));
@@ -723,6 +724,11 @@ class FMIndex {
   bool alphabet_as_bitmap() const {
     const std::vector<uint32_t>& a = own_.alphabet;
     return !a.empty() && a.back() / 64 + 1 < packed_words(a.size(), meta_.id_width);
+  }
+  // Words of the alphabet section as save() writes it.
+  uint64_t alphabet_word_count() const {
+    const std::vector<uint32_t>& a = own_.alphabet;
+    return alphabet_as_bitmap() ? a.back() / 64 + 1 : packed_words(a.size(), meta_.id_width);
   }
   std::vector<uint64_t> alphabet_words(bool bitmap) const {
     const std::vector<uint32_t>& a = own_.alphabet;
