@@ -70,38 +70,53 @@ class SegmentLayout:
     def total_tokens(self) -> int:
         return int(self.cu_seqlens[-1])
 
+    def memo(self, key, build):
+        """``build()``, computed once per layout and key (device tables the kernels reuse on every call: a model
+        calls the kernels once per layer with the same layout)."""
+        cache = self.__dict__.setdefault("_memo", {})
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
+    def _segment_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per segment: start, end, start of its prompt, end of its prompt's instruction."""
+        a, b = self.cu_seqlens[:-1], self.cu_seqlens[1:]
+        inst = np.flatnonzero(self.kinds == INSTRUCTION)
+        prompt = np.cumsum(self.kinds == INSTRUCTION) - 1
+        return a, b, a[inst][prompt], b[inst][prompt]
+
     def segments(self):
         """(start, end, kind, prompt start, instruction end) per segment."""
-        p0 = i1 = 0
-        for s, k in enumerate(self.kinds.tolist()):
-            a, b = int(self.cu_seqlens[s]), int(self.cu_seqlens[s + 1])
-            if k == INSTRUCTION:
-                p0, i1 = a, b
-            yield a, b, k, p0, i1
+        a, b, p0, i1 = self._segment_arrays()
+        return zip(a.tolist(), b.tolist(), self.kinds.tolist(), p0.tolist(), i1.tolist())
+
+    def _segment_ranges(self) -> np.ndarray:
+        """Per segment: [prefix start, prefix end, causal start], int64 [S, 3]."""
+        a, _, p0, i1 = self._segment_arrays()
+        doc = self.kinds == DOCUMENT
+        return np.stack([np.where(doc, p0, 0), np.where(doc, i1, 0), np.where(self.kinds == QUERY, p0, a)], 1)
 
     def row_ranges(self) -> np.ndarray:
         """Per token: [prefix start, prefix end, causal start], int64 [T, 3]; the row attends
         [prefix start, prefix end) and [causal start, row]."""
-        out = np.zeros((self.total_tokens, 3), dtype=np.int64)
-        for a, b, k, p0, i1 in self.segments():
-            if k == DOCUMENT:
-                out[a:b] = (p0, i1, a)
-            elif k == INSTRUCTION:
-                out[a:b] = (0, 0, p0)
-            else:
-                out[a:b] = (0, 0, p0)
-        return out
+        return self._segment_ranges()[self.segment_ids()]
+
+    def prompt_starts(self) -> np.ndarray:
+        """Per token: the first token of its prompt, int64 [T]."""
+        return self._segment_arrays()[2][self.segment_ids()]
 
     def tiles(self, block_m: int) -> np.ndarray:
         """Query tiles that never straddle a segment: int32 [n_tiles, 5] of
         (row start, row end, prefix start, prefix end, causal start)."""
-        rows = []
-        for a, b, k, p0, i1 in self.segments():
-            pre = (p0, i1) if k == DOCUMENT else (0, 0)
-            causal = a if k != QUERY else p0
-            for s in range(a, b, block_m):
-                rows.append((s, min(s + block_m, b), pre[0], pre[1], causal))
-        return np.asarray(rows, dtype=np.int32).reshape(-1, 5)
+        if block_m < 1:
+            raise ValueError(f"block_m must be positive, got {block_m}")
+        a, b = self.cu_seqlens[:-1], self.cu_seqlens[1:]
+        per_seg = -(-(b - a) // block_m)
+        seg = np.repeat(np.arange(len(a)), per_seg)
+        j = np.arange(len(seg)) - np.repeat(np.cumsum(per_seg) - per_seg, per_seg)
+        start = a[seg] + j * block_m
+        return np.column_stack([start, np.minimum(start + block_m, b[seg]), self._segment_ranges()[seg]]).astype(
+            np.int32).reshape(-1, 5)
 
     def allowed_pairs(self) -> int:
         """Number of (query, key) pairs the layout allows."""
@@ -119,10 +134,7 @@ class SegmentLayout:
 
     def key_kinds(self) -> np.ndarray:
         """Segment kind of every token, int64 [T]."""
-        out = np.zeros(self.total_tokens, dtype=np.int64)
-        for a, b, k, _, _ in self.segments():
-            out[a:b] = k
-        return out
+        return self.kinds[self.segment_ids()]
 
     def segment_ids(self) -> np.ndarray:
         """Segment index of every token, int64 [T]."""

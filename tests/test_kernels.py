@@ -37,6 +37,7 @@ LAYOUTS = {
     "two_prompts": [(2, [5, 1], 3), (0, [4], 2)],
     "three_prompts": [(3, [10, 20], 5), (2, [7], 9), (4, [1, 1, 30], 6)],  # key tiles straddle prompts
     "no_docs": [(7, [], 5)],
+    "long_instruction": [(70, [40, 3], 33)],  # whole and partial prefix blocks
 }
 # (dtype, atol, rtol): tolerances per dtype; bfloat16 only on a GPU (the interpreter's bf16 dot is wrong)
 DTYPES = [(torch.float32, 2e-5, 1e-4), (torch.float16, 2e-2, 2e-2)]
@@ -79,6 +80,41 @@ def test_64bit_offsets_give_the_same_results(D, hq, hkv):
     got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode="causal", block_m=16, block_n=32, wide=True)
     close(got, ref, 1e-6, 1e-4, "wide mass")
     assert not bsa_kernel.needs_wide(q, k, v)
+
+
+@pytest.mark.parametrize("max_blocks", [1, 2, 3])
+@pytest.mark.parametrize("layout_name", ["long_instruction", "long_doc", "three_prompts"])
+def test_split_tiles_merge_to_the_reference(layout_name, max_blocks):
+    """Tiles cut into chunks of key blocks (prefix and causal range), run as separate programs and merged by
+    log-sum-exp, give the unsplit result."""
+    layout, q, k, v = make(layout_name, 64, 4, 2, torch.float32, seed=2)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((q.shape[0], 4), float("nan"), device=q.device)
+    bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=16,
+                                      max_blocks=max_blocks)
+    close(out, ref_o, 2e-5, 1e-4, "split out")
+    close(lse, ref_l, 2e-5, 1e-4, "split lse")
+
+
+def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
+    layout = SegmentLayout.from_lengths([(70, [40, 3, 130], 200), (5, [9], 4)])
+    tiles = layout.tiles(32)
+    for max_blocks in (0, 1, 3, 7, 1000):
+        table, groups = bsa_kernel.schedule(tiles, 16, max_blocks)
+        cost = bsa_kernel.key_blocks(table.astype(np.int64), 16)
+        assert (np.diff(cost) <= 0).all()  # longest first
+        if max_blocks:
+            assert cost.max() <= max_blocks
+        # every tile's prefix and causal keys are covered exactly once by its rows' chunks
+        for r0, r1, p0, p1, c0 in tiles.tolist():
+            mine = table[(table[:, 0] == r0) & (table[:, 1] == r1)]
+            pre = sorted((a, b) for a, b in mine[:, 2:4].tolist() if b > a)
+            cau = sorted((a, b) for a, b in mine[:, 4:6].tolist() if b > a)
+            assert [x for a, b in pre for x in range(a, b)] == list(range(p0, p1))
+            assert [x for a, b in cau for x in range(a, b)] == list(range(c0, r1))
+            assert (len(mine) > 1) == (mine[0, 6] >= 0)  # a split tile writes partials, a whole one writes out
+        assert sorted(table[table[:, 6] >= 0, 6].tolist()) == list(range(int(groups[:, 3].sum()) if len(groups) else 0))
 
 
 def test_tiles_never_straddle_segments_and_skip_masked_blocks():

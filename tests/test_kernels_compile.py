@@ -18,15 +18,16 @@ pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 SKIP = 77
-SCRIPT = textwrap.dedent("""
-    import json, sys
+SCRIPT = textwrap.dedent(r"""
+    import json, re, subprocess, sys, tempfile
     import triton
     from triton.backends import backends
     if "nvidia" not in backends:
         sys.exit(77)
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
     from irforge.kernels.attention_mass.kernel import _mass_kernel
-    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd
+    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_options
 
     def signature(fn, pointers, consts):
         return {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
@@ -36,17 +37,35 @@ SCRIPT = textwrap.dedent("""
     for cc, dt, D, wide, docs in json.loads(sys.argv[1]):
         block_d = max(16, triton.next_power_of_2(D))
         consts = dict(GROUP=4, D=D, BLOCK_D=block_d, BLOCK_M=64, BLOCK_N=64, WIDE=wide)
-        ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", TILES="*i32")
+        ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
+                    TILES="*i32")
+        merge_consts = dict(D=D, BLOCK_D=block_d, BLOCK_M=64, WIDE=wide)
+        merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
         mass_consts = dict(GROUP=4, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", KIND="*i32",
-                         ROW_LO="*i32", ROW_HI="*i32", MASS="*fp32")
-        for fn, p, c in ((_bsa_fwd, ptrs, consts), (_mass_kernel, mass_ptrs, mass_consts)):
+                         ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
+        for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, launch_options(block_d, 4 if dt == "fp32" else 2)),
+                               (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
+                               (_mass_kernel, mass_ptrs, mass_consts, {})):
             try:
-                k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature(fn, p, c), constexprs=c),
-                                   target=GPUTarget("cuda", cc, 32))
+                # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
+                attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                         if n in p or n.startswith("stride") or n == "HQ"}
+                k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature(fn, p, c), constexprs=c,
+                                                             attrs=attrs), target=GPUTarget("cuda", cc, 32),
+                                   options=opts)
             except FileNotFoundError:  # no ptxas
                 sys.exit(77)
-            done.append([fn.__name__, cc, dt, D, wide, len(k.asm["cubin"])])
+            # registers and spills as ptxas reports them (the cubin's own counts are read only on a GPU)
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+                f.write(k.asm["ptx"])
+                f.flush()
+                arch = "sm_90a" if cc == 90 else f"sm_{cc}"
+                v = subprocess.run([get_ptxas(cc).path, "-v", f"--gpu-name={arch}", f.name, "-o",
+                                    "/dev/null"], capture_output=True, text=True).stderr
+            regs = int(re.search(r"Used (\d+) registers", v).group(1))
+            spills = int(re.search(r"(\d+) bytes spill stores", v).group(1))
+            done.append([fn.__name__, cc, dt, D, wide, len(k.asm["cubin"]), regs, spills])
     print(json.dumps(done))
 """)
 
@@ -64,5 +83,7 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
         pytest.skip("this triton build has no NVIDIA backend or ptxas")
     assert p.returncode == 0, p.stderr[-3000:]
     done = json.loads(p.stdout.strip().splitlines()[-1])
-    assert len(done) == 2 * len(CONFIGS)
-    assert all(size > 10_000 for *_, size in done), done  # a real cubin for every kernel and configuration
+    assert len(done) == 3 * len(CONFIGS)
+    assert all(size > 5_000 for *_, size, _, _ in done), done  # a real cubin for every kernel and configuration
+    # no register spills to local memory in the configurations users launch
+    assert all(spills == 0 for *_, spills in done), [d for d in done if d[-1]]

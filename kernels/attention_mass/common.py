@@ -12,7 +12,5 @@ def row_meta(layout: SegmentLayout, rows: torch.Tensor) -> tuple[np.ndarray, np.
     pos = rows.detach().cpu().numpy().astype(np.int64)
     if pos.size and (pos.min() < 0 or pos.max() >= layout.total_tokens):
         raise IndexError(f"row positions must lie in [0, {layout.total_tokens}), got {pos.min()}..{pos.max()}")
-    prompt_start = np.zeros(layout.total_tokens, dtype=np.int64)
-    for a, b, _, p0, _ in layout.segments():
-        prompt_start[a:b] = p0
+    prompt_start = layout.memo("prompt_starts", layout.prompt_starts)
     return pos, prompt_start[pos] if pos.size else pos

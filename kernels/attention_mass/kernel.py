@@ -51,8 +51,8 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, stride_qr
         kind = tl.load(KIND + offs_n, mask=n_mask, other=0)
         key_ok = key_ok & (kind == 1)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    r_lo = tl.load(ROW_LO + nb)
-    r_hi = tl.load(ROW_HI + nb)
+    r_lo = tl.load(ROW_LO + nb).to(tl.int32)  # row indices (below 2^31; int64 in the table)
+    r_hi = tl.load(ROW_HI + nb).to(tl.int32)
     for r0 in range(r_lo, r_hi, BLOCK_M):
         offs_m = r0 + tl.arange(0, BLOCK_M)
         if WIDE:
@@ -92,21 +92,22 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     order = np.argsort(pos, kind="stable")
     pos, p0 = pos[order], p0[order]
     starts = np.arange(0, T, block_n, dtype=np.int64)
-    row_lo = torch.as_tensor(np.searchsorted(pos, starts, side="left"), dtype=torch.int32, device=dev)
-    row_hi = torch.as_tensor(np.searchsorted(p0, np.minimum(starts + block_n, T), side="left"), dtype=torch.int32,
-                             device=dev)
-    order_t = torch.as_tensor(order, device=dev)
+    row_lo = np.searchsorted(pos, starts, side="left")
+    row_hi = np.searchsorted(p0, np.minimum(starts + block_n, T), side="left")
+    # one host-to-device copy for the per-call tables: order, positions, prompt starts, row runs
+    meta = torch.as_tensor(np.concatenate([order, pos, p0, row_lo, row_hi]), device=dev)
+    order_t, pos_t, p0_t = meta[:R], meta[R:2 * R], meta[2 * R:3 * R]
+    row_lo_t, row_hi_t = meta[3 * R:3 * R + len(starts)], meta[3 * R + len(starts):]
     q_rows, lse, w = q_rows[order_t].contiguous(), lse.float()[order_t].contiguous(), w[order_t].contiguous()
-    pos_t = torch.as_tensor(pos, dtype=torch.int64, device=dev)
-    p0_t = torch.as_tensor(p0, dtype=torch.int64, device=dev)
-    kinds = torch.as_tensor(layout.key_kinds(), dtype=torch.int32, device=dev)
+    kinds = layout.memo(("key_kinds", str(dev)), lambda: torch.as_tensor(layout.key_kinds(), dtype=torch.int32,
+                                                                           device=dev))
     k = k.contiguous()
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
     if T == 0:
         return mass
     block_d = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(T, block_n), Hq)
-    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo, row_hi, mass, T,
+    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T,
                        q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                        mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,

@@ -1,22 +1,30 @@
 """Triton kernel for block-sparse in-context attention (forward only).
 
 Each program takes one query tile (at most BLOCK_M rows of one segment; tiles never straddle a segment) and one
-query head. It visits exactly the keys its rows may see: the instruction prefix (document tiles; no mask but the
-range end) and its causal range [start, last row] (causal mask only on the diagonal blocks). Fully masked key
-blocks are never loaded, so the cost follows the allowed (q, k) pairs, not T^2. Online softmax in float32 with
-exp2; grouped-query attention by mapping query head h to key/value head h // (Hq / Hkv).
+query head. It visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal
+range [start, last row]. Fully masked key blocks are never loaded, so the cost follows the allowed (q, k) pairs,
+not T^2. Key blocks that every row of the tile may see in full run without any mask; only a range's last partial
+block and the blocks crossing the diagonal are masked. Online softmax in float32 with exp2; grouped-query attention
+by mapping query head h to key/value head h // (Hq / Hkv).
+
+Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
+and run alone at the end), and the query heads of one tile are adjacent, so the heads that share a key/value head
+read its keys from L2. A tile whose key range is much longer than the average load per SM (a long prompt's query
+segment) is split into chunks of key blocks that run as separate programs; a second small kernel merges their
+partial outputs by log-sum-exp.
 
 Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 works; D is padded to a power of
 two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T, Hq] (float32, natural log).
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``), so that long packed
 prompts at large shapes (e.g. 524k tokens x 32 heads x 128) address correctly.
-Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU).
+Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU; compiled for sm_80 and sm_90 in the tests).
 """
 from __future__ import annotations
 
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -24,26 +32,46 @@ import triton.language as tl
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
+COLS = 7  # launch table: row start, row end, prefix start, prefix end, causal start, causal end, partial slot
+
+
+@triton.jit
+def _load(ptrs, row_mask, col_mask, ROWS: tl.constexpr, COLS_: tl.constexpr):
+    """A [rows, BLOCK_D] tile, masked only along the dimensions that need it."""
+    if ROWS and COLS_:
+        x = tl.load(ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+    elif ROWS:
+        x = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+    elif COLS_:
+        x = tl.load(ptrs, mask=col_mask[None, :], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
 
 
 @triton.jit
 def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, offs_m,
-               m_mask, m_i, l_i, acc, qk_scale, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
-    """Keys [start, min(start + BLOCK_N, end)) into the tile's online softmax; CAUSAL masks keys after a row."""
+               m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+               D_PAD: tl.constexpr, WIDE: tl.constexpr):
+    """Keys [start, start + BLOCK_N) into the tile's online softmax. MASKED: keys at or past ``end`` are cut and,
+    with CAUSAL, keys after a row; unmasked blocks are wholly visible to every row of the tile."""
     offs_n = start + tl.arange(0, BLOCK_N)
     if WIDE:
         offs_n = offs_n.to(tl.int64)
     n_mask = offs_n < end
-    kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-    allowed = n_mask[None, :] & m_mask[:, None]
-    if CAUSAL:
-        allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+    k = _load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], n_mask, d_mask, MASKED, D_PAD)
+    v = _load(V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], n_mask, d_mask, MASKED, D_PAD)
     s = tl.dot(q, tl.trans(k)) * qk_scale
-    s = tl.where(allowed, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if MASKED:
+        allowed = n_mask[None, :]
+        if CAUSAL:
+            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees none of these keys (yet)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = m_new
     p = tl.exp2(s - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -52,18 +80,22 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
 
 
 @triton.jit
-def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
-    tile = tl.program_id(0)
-    h = tl.program_id(1)
+    pid = tl.program_id(0)
+    tile = pid // HQ
+    h = pid % HQ
     kvh = h // GROUP
-    row_s = tl.load(TILES + tile * 5 + 0)
-    row_e = tl.load(TILES + tile * 5 + 1)
-    pre_s = tl.load(TILES + tile * 5 + 2)
-    pre_e = tl.load(TILES + tile * 5 + 3)
-    cau_s = tl.load(TILES + tile * 5 + 4)
+    row_s = tl.load(TILES + tile * 7 + 0)
+    row_e = tl.load(TILES + tile * 7 + 1)
+    pre_s = tl.load(TILES + tile * 7 + 2)
+    pre_e = tl.load(TILES + tile * 7 + 3)
+    cau_s = tl.load(TILES + tile * 7 + 4)
+    cau_e = tl.load(TILES + tile * 7 + 5)
+    part = tl.load(TILES + tile * 7 + 6)
+    D_PAD: tl.constexpr = BLOCK_D != D
 
     offs_m = row_s + tl.arange(0, BLOCK_M)
     if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
@@ -71,51 +103,183 @@ def _bsa_fwd(Q, K, V, O, LSE, TILES, stride_qt, stride_qh, stride_kt, stride_kh,
     m_mask = offs_m < row_e
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    q = tl.load(Q + offs_m[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    q = _load(Q + offs_m[:, None] * stride_qt + h * stride_qh + offs_d[None, :], m_mask, d_mask, True, D_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # The instruction prefix (document tiles): every row sees every key.
-    for start in range(pre_s, pre_e, BLOCK_N):
+    # The instruction prefix (document tiles): every row sees every key; only a last partial block is masked.
+    pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
+    for start in range(pre_s, pre_mid, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_mask, m_i, l_i, acc, qk_scale, False, BLOCK_N, WIDE)
-    # The causal range: keys [cau_s, row], blocks up to the tile's last row only.
-    for start in range(cau_s, row_e, BLOCK_N):
-        m_i, l_i, acc = _key_block(q, K, V, start, row_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_mask, m_i, l_i, acc, qk_scale, True, BLOCK_N, WIDE)
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, False, BLOCK_N, D_PAD, WIDE)
+    for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
+        m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, False, BLOCK_N, D_PAD, WIDE)
+    # The causal range [cau_s, cau_e): blocks that end at or before the tile's first row are seen whole by every
+    # row; the rest (the diagonal and a last partial block) are masked.
+    full_end = tl.minimum(cau_e, row_s + 1)
+    cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
+    for start in range(cau_s, cau_mid, BLOCK_N):
+        m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, True, BLOCK_N, D_PAD, WIDE)
+    for start in range(cau_mid, cau_e, BLOCK_N):
+        m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, True, BLOCK_N, D_PAD, WIDE)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
-    tl.store(O + offs_m[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=m_mask[:, None] & d_mask[None, :])
-    lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634
-    tl.store(LSE + offs_m * stride_lt + h * stride_lh, lse, mask=m_mask)
+    lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634  # -inf for a row that saw no key (split chunks only)
+    if part < 0:
+        tl.store(O + offs_m[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(LSE + offs_m * stride_lt + h * stride_lh, lse, mask=m_mask)
+    else:  # one chunk of a split tile: float32 partials [part, BLOCK_M, HQ, D] and [part, BLOCK_M, HQ]
+        r = tl.arange(0, BLOCK_M)
+        slot = part.to(tl.int64) * BLOCK_M * HQ
+        tl.store(PO + ((slot + r[:, None] * HQ + h) * D + offs_d[None, :]), out, mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(PL + slot + r * HQ + h, lse, mask=m_mask)
+
+
+@triton.jit
+def _merge(PO, PL, O, LSE, GROUPS, HQ, stride_ot, stride_oh, stride_lt, stride_lh, D: tl.constexpr,
+           BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+    """The chunks of one split tile and head, merged by log-sum-exp into out and lse."""
+    pid = tl.program_id(0)
+    g = pid // HQ
+    h = pid % HQ
+    row_s = tl.load(GROUPS + g * 4 + 0)
+    row_e = tl.load(GROUPS + g * 4 + 1)
+    first = tl.load(GROUPS + g * 4 + 2)
+    n = tl.load(GROUPS + g * 4 + 3)
+    r = tl.arange(0, BLOCK_M)
+    offs_m = row_s + r
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+    m_mask = offs_m < row_e
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    slot0 = first.to(tl.int64) * BLOCK_M * HQ  # chunk j's partials start at slot0 + j * BLOCK_M * HQ
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for j in range(0, n):
+        m = tl.maximum(m, tl.load(PL + slot0 + j * BLOCK_M * HQ + r * HQ + h, mask=m_mask, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for j in range(0, n):
+        slot = slot0 + j * BLOCK_M * HQ
+        w = tl.exp(tl.load(PL + slot + r * HQ + h, mask=m_mask, other=float("-inf")) - m_safe)
+        o = tl.load(PO + ((slot + r[:, None] * HQ + h) * D + offs_d[None, :]), mask=m_mask[:, None] & d_mask[None, :],
+                    other=0.0)
+        den += w
+        acc += w[:, None] * o
+    den_safe = tl.where(den > 0, den, 1.0)
+    tl.store(O + offs_m[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+             (acc / den_safe[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(LSE + offs_m * stride_lt + h * stride_lh, m_safe + tl.log(den_safe), mask=m_mask)
+
+
+def launch_table(tiles: np.ndarray) -> np.ndarray:
+    """Layout tiles (int [n, 5]) as launch rows, int64 [n, 7]: the causal range ends at the tile's last row and
+    no partial slot (-1)."""
+    t = tiles.astype(np.int64)
+    return np.column_stack([t, t[:, 1], np.full(len(t), -1, dtype=np.int64)])
+
+
+def key_blocks(table: np.ndarray, block_n: int) -> np.ndarray:
+    """Key blocks each launch row visits (prefix and causal range), int64 [n]."""
+    return -(-(table[:, 3] - table[:, 2]) // block_n) + -(-(table[:, 5] - table[:, 4]) // block_n)
+
+
+def schedule(tiles: np.ndarray, block_n: int, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The launch table (int32 [n, 7], longest first) and the merge groups (int32 [g, 4]: row start, row end,
+    first partial slot, chunks). A tile that visits more than ``max_blocks`` key blocks (0: never split) becomes
+    chunks of at most that many blocks, each with its own partial slot."""
+    table = launch_table(tiles)
+    cost = key_blocks(table, block_n)
+    split = np.flatnonzero(cost > max_blocks) if max_blocks > 0 else np.zeros(0, dtype=np.int64)
+    rows, groups = [table[np.setdiff1d(np.arange(len(table)), split)]], []
+    slot = 0
+    for i in split.tolist():
+        r0, r1, p0, p1, c0 = table[i, :5].tolist()
+        n_pre = -(-(p1 - p0) // block_n)  # the visited keys as one list of blocks, the prefix's first
+        first_slot = slot
+        for first in range(0, int(cost[i]), max_blocks):
+            last = min(first + max_blocks, int(cost[i]))
+            pre = (min(p0 + first * block_n, p1), min(p0 + last * block_n, p1))
+            a, b = max(first - n_pre, 0), max(last - n_pre, 0)
+            rows.append(np.array([[r0, r1, *pre, min(c0 + a * block_n, r1), min(c0 + b * block_n, r1), slot]]))
+            slot += 1
+        groups.append((r0, r1, first_slot, slot - first_slot))
+    table = np.concatenate(rows)
+    order = np.argsort(-key_blocks(table, block_n), kind="stable")
+    return table[order].astype(np.int32), np.asarray(groups, dtype=np.int32).reshape(-1, 4)
+
+
+def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device) -> int:
+    """Split where one program would outlast half the average load of an SM: ceil(total key blocks x heads /
+    (2 x SMs)), and never below 64 blocks (4,096 keys at the default key block). 0 (no split) off CUDA."""
+    if device.type != "cuda":
+        return 0
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(64, -(-int(key_blocks(launch_table(tiles), block_n).sum()) * heads // (2 * sms)))
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
                            scale: Optional[float] = None, block_m: int = 64, block_n: int = 64,
                            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
-                           wide: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           wide: Optional[bool] = None, max_blocks: Optional[int] = None,
+                           num_warps: Optional[int] = None, num_stages: Optional[int] = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
-    ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more)."""
+    ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
+    blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
+    ``num_stages``: Triton launch options (None: :func:`launch_options`). The launch table is built once per layout
+    and device and kept on the layout."""
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
-    tiles = torch.as_tensor(layout.tiles(block_m), device=q.device)
+    tiles = layout.memo(("tiles", block_m), lambda: layout.tiles(block_m))
     if len(tiles) == 0:
         return out, lse
+    if max_blocks is None:
+        max_blocks = auto_max_blocks(tiles, block_n, Hq, q.device)
+
+    def build():
+        table, groups = schedule(tiles, block_n, max_blocks)
+        return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
+                int(groups[:, 3].sum()) if len(groups) else 0)
+
+    table, groups, parts = layout.memo(("bsa", block_m, block_n, max_blocks, str(q.device)), build)
     block_d = max(16, triton.next_power_of_2(D))
-    grid = (len(tiles), Hq)
-    _bsa_fwd[grid](q, k, v, out, lse, tiles, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-                   v.stride(1), out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E,
-                   GROUP=Hq // Hkv, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                   WIDE=needs_wide(q, k, v, out) if wide is None else bool(wide))
+    wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
+    part_o = torch.empty(max(parts, 1) * block_m * Hq * D, dtype=torch.float32, device=q.device)
+    part_l = torch.empty(max(parts, 1) * block_m * Hq, dtype=torch.float32, device=q.device)
+    opts = launch_options(block_d, q.element_size(), num_warps, num_stages)
+    _bsa_fwd[(len(table) * Hq,)](q, k, v, out, lse, part_o, part_l, table, Hq, q.stride(0), q.stride(1),
+                                 k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+                                 lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=Hq // Hkv, D=D, BLOCK_D=block_d,
+                                 BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide, **opts)
+    if len(groups):
+        _merge[(len(groups) * Hq,)](part_o, part_l, out, lse, groups, Hq, out.stride(0), out.stride(1),
+                                    lse.stride(0), lse.stride(1), D=D, BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide,
+                                    num_warps=8)
     return out, lse
+
+
+def launch_options(block_d: int, itemsize: int, num_warps: Optional[int] = None,
+                   num_stages: Optional[int] = None) -> dict:
+    """Triton launch options. 8 warps where a row of a tile holds 256 bytes or more (D 128 in 16 bits, D 64 in
+    float32), else 4: at 4 warps the 64 x D float32 accumulator, the query tile and the key/value tiles need more
+    than 255 registers per thread there and ptxas spills on sm_80 and sm_90 (tests/test_kernels_compile.py checks
+    the shipped choices; float32 with D 128 still spills on sm_90). Triton's default stages."""
+    opts = {"num_warps": num_warps if num_warps is not None else (8 if block_d * itemsize >= 256 else 4)}
+    if num_stages is not None:
+        opts["num_stages"] = num_stages
+    return opts
 
 
 def needs_wide(*tensors: torch.Tensor) -> bool:
