@@ -2,7 +2,7 @@
 the mask, FlexAttention with the equivalent BlockMask (its construction timed alone and included), and the
 reference where it fits in memory.
 
-    python bench/bench_kernels.py [--write bench/RESULTS.md]
+    python bench/bench_kernels.py [--write bench/RESULTS.md] [--sweep]
 
 GPU (when CUDA is present): Mistral-7B-like shapes (32 query heads, 8 KV heads, D 128, bf16): a 64-token
 instruction + 100 documents x 160 tokens + a 50-token query (16,114 tokens), and 500 x 200 (100,114 tokens).
@@ -90,6 +90,8 @@ def cpu_section() -> list[str]:
 def gpu_section() -> list[str]:
     import triton
 
+    from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
+
     out = []
     dev = "cuda"
     for n_docs, doc_len in ((100, 160), (500, 200)):
@@ -99,7 +101,9 @@ def gpu_section() -> list[str]:
         qb, kb, vb = (x.transpose(0, 1)[None] for x in (q, k, v))
         frac = layout.allowed_pairs() / (T * (T + 1) / 2)
         bench = lambda f: triton.testing.do_bench(f, quantiles=[0.5, 0.2, 0.8])  # noqa: E731
-        res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton")))]
+        res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton"))),
+               ("irforge Triton, long tiles not split", bench(lambda: bsa_kernel.block_sparse_attention(
+                   q, k, v, layout, max_blocks=0)))]
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             causal = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True))
         res.append(("SDPA dense causal (flash)", causal))
@@ -147,14 +151,49 @@ def gpu_section() -> list[str]:
     return out
 
 
+def sweep_section() -> list[str]:
+    """Launch configurations of the block-sparse kernel on the two GPU shapes: key block, warps, stages."""
+    import triton
+
+    from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
+
+    configs = [(64, w, st) for w in (4, 8) for st in (2, 3, 4)] + [(32, None, None), (128, None, None)]
+    out = [f"GPU {torch.cuda.get_device_name()}: block-sparse kernel launch configurations (query tiles of 64 "
+           f"rows; none: the default of launch_options). Median ms by triton.testing.do_bench.", "",
+           "| shape | key block | warps | stages | median ms |", "|---|---|---|---|---|"]
+    for n_docs, doc_len in ((100, 160), (500, 200)):
+        layout = SegmentLayout.from_lengths([(64, [doc_len] * n_docs, 50)])
+        T = layout.total_tokens
+        q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
+        for bn, w, st in configs:
+            try:
+                ms = f"{triton.testing.do_bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_n=bn, num_warps=w, num_stages=st)):.3f}"
+            except Exception as e:  # noqa: BLE001 - e.g. shared memory over the limit: report it
+                ms = f"failed ({type(e).__name__})"
+            out.append(f"| 64 + {n_docs} x {doc_len} + 50 | {bn} | {w or 'default'} | {st or 'default'} | {ms} |")
+            print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write")
+    ap.add_argument("--sweep", action="store_true", help="only the GPU launch-configuration sweep")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_bm25 import machine, write_section
 
     meta = machine()
+    if args.sweep:
+        if not torch.cuda.is_available():
+            sys.exit("--sweep needs a CUDA device")
+        text = "\n".join(["## Kernel launch configurations (bench/bench_kernels.py --sweep)", "",
+                          f"Date: {meta['date']}; irforge git {meta['git']}; torch {torch.__version__}.", ""]
+                         + sweep_section()) + "\n"
+        print(text)
+        if args.write:
+            write_section(Path(args.write), text, marker="## Kernel launch configurations")
+        return
     lines = ["## Kernels (bench/bench_kernels.py)", "",
              f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}. Date: {meta['date']}; irforge git "
              f"{meta['git']}. Command: `python bench/bench_kernels.py {' '.join(sys.argv[1:])}`.", ""]
