@@ -203,6 +203,23 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
 
 
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+def test_gpu_attention_mass_with_rows_and_weights_on_either_device(mode):
+    """Rows and weights given on the CPU (no synchronisation: copied through pinned memory) or on the GPU."""
+    layout = SegmentLayout.from_lengths([(64, [160] * 12, 50), (30, [97, 1, 63], 7)])
+    g = torch.Generator().manual_seed(0)
+    T = layout.total_tokens
+    q, k = (torch.randn(T, h, 128, generator=g).cuda() for h in (8, 2))
+    rows = torch.arange(T - 57, T)
+    w = torch.rand(len(rows), generator=g)
+    ref = attention_mass(q[rows.cuda()], rows, k, layout, weights=w, mode=mode, backend="naive")
+    for r, weights in ((rows, w), (rows.cuda(), w.cuda()), (rows, w.cuda())):
+        got = attention_mass(q[rows.cuda()], r, k, layout, weights=weights, mode=mode, backend="triton")
+        close(got, ref, 1e-5, 1e-3, f"gpu mass, rows on {r.device}, weights on {weights.device}")
+
+
 def test_cpu_path_fallback_without_the_flash_op(monkeypatch):
     from irforge.kernels.block_sparse_attention import cpu
 

@@ -27,7 +27,8 @@ SCRIPT = textwrap.dedent(r"""
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
     from irforge.kernels.attention_mass.kernel import _mass_kernel
-    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_options
+    import torch
+    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
     def signature(fn, pointers, consts):
         return {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
@@ -36,17 +37,20 @@ SCRIPT = textwrap.dedent(r"""
     done = []
     for cc, dt, D, wide, docs in json.loads(sys.argv[1]):
         block_d = max(16, triton.next_power_of_2(D))
-        consts = dict(GROUP=4, D=D, BLOCK_D=block_d, BLOCK_M=64, BLOCK_N=64, WIDE=wide)
+        prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
+        cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d)
+        consts = dict(GROUP=4, D=D, BLOCK_D=block_d, BLOCK_M=cfg.pop("block_m"), BLOCK_N=cfg.pop("block_n"),
+                      WIDE=wide, PREC=prec)
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
-        merge_consts = dict(D=D, BLOCK_D=block_d, BLOCK_M=64, WIDE=wide)
+        merge_consts = dict(D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
-        mass_consts = dict(GROUP=4, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide)
+        mass_consts = dict(GROUP=4, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide,
+                           PREC=prec)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", KIND="*i32",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
-        for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, launch_options(block_d, 4 if dt == "fp32" else 2)),
-                               (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
-                               (_mass_kernel, mass_ptrs, mass_consts, {})):
+        for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
+                               (_mass_kernel, mass_ptrs, mass_consts, dict(num_warps=8 if prec == "ieee" else 4))):
             try:
                 # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
                 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)

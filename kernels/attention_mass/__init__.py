@@ -11,6 +11,7 @@ import torch
 
 from .._checks import DTYPES, pick_backend
 from ..layout import SegmentLayout
+from .common import to_device
 
 __all__ = ["attention_mass"]
 MODES = ("causal", "documents")
@@ -25,7 +26,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     Parameters
     ----------
     q_rows : [R, Hq, D] query vectors of the selected rows (e.g. the query segment's tokens).
-    rows : [R] integer token positions of those rows in the packed sequence.
+    rows : [R] integer token positions of those rows in the packed sequence, on any device (on the CPU they
+        cost no synchronisation with a GPU).
     k : [T, Hkv, D] all keys (Hq a multiple of Hkv).
     layout : the segments of the packed prompts.
     lse : [R, Hq] the rows' log-sum-exp over the keys their softmax covers (natural log), e.g. from
@@ -53,12 +55,16 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         raise ValueError(f"rows must be an integer tensor of shape [{R}]")
     if lse is not None and (lse.shape != (R, Hq)):
         raise ValueError(f"lse must have shape [{R}, {Hq}], got {tuple(lse.shape)}")
+    if weights is not None and not isinstance(weights, torch.Tensor):
+        raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
     if weights is not None and (weights.shape != (R,)):
         raise ValueError(f"weights must have shape [{R}], got {tuple(weights.shape)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
+    if weights is not None:
+        weights = to_device(weights.float(), q_rows.device)
     which = pick_backend(backend, q_rows.device)
     if which == "naive":
         from .naive import attention_mass as impl

@@ -1,4 +1,4 @@
-"""Row metadata shared by the attention-mass implementations."""
+"""Row metadata and host-to-device copies shared by the attention-mass implementations."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,18 @@ import torch
 from ..layout import SegmentLayout
 
 
+def to_device(x, device: torch.device) -> torch.Tensor:
+    """A host array or tensor on ``device``. To a GPU through pinned memory without blocking the host: a copy
+    from pageable memory would wait for all the work queued before it (in a model, the layers so far)."""
+    t = torch.as_tensor(x)
+    if t.device.type == "cpu" and torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def row_meta(layout: SegmentLayout, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(token position, start of its prompt) of each selected row."""
+    """(token position, start of its prompt) of each selected row. Rows on a GPU are read back (a
+    synchronisation); rows given on the CPU cost nothing."""
     pos = rows.detach().cpu().numpy().astype(np.int64)
     if pos.size and (pos.min() < 0 or pos.max() >= layout.total_tokens):
         raise IndexError(f"row positions must lie in [0, {layout.total_tokens}), got {pos.min()}..{pos.max()}")

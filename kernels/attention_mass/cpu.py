@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..layout import DOCUMENT, SegmentLayout
-from .common import row_meta
+from .common import row_meta, to_device
 
 KEY_CHUNK = 2048
 
@@ -19,11 +19,11 @@ def _chunks(layout, rows, mode, device):
     c0, c1, allowed [rows, c1 - c0]). Rows meet only their own prompt's keys, so packed prompts cost what they
     would alone."""
     pos, p0 = row_meta(layout, rows)
-    doc = torch.as_tensor(layout.key_kinds() == DOCUMENT, device=device) if mode == "documents" else None
+    doc = layout.memo(("documents", str(device)), lambda: torch.as_tensor(layout.key_kinds() == DOCUMENT,
+                                                                         device=device)) if mode == "documents" else None
     for start in np.unique(p0).tolist():
         sel = np.nonzero(p0 == start)[0]
-        pos_t = torch.as_tensor(pos[sel], device=device)
-        sel_t = torch.as_tensor(sel, device=device)
+        pos_t, sel_t = to_device(np.stack([pos[sel], sel]), device)
         for c0 in range(start, int(pos[sel].max()) + 1, KEY_CHUNK):
             c1 = min(int(pos[sel].max()) + 1, c0 + KEY_CHUNK)
             ok = torch.arange(c0, c1, device=device)[None, :] <= pos_t[:, None]

@@ -23,9 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..block_sparse_attention.kernel import needs_wide
+from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
-from .common import row_meta
+from .common import row_meta, to_device
 
 LOG2E = 1.4426950408889634
 
@@ -34,7 +34,7 @@ LOG2E = 1.4426950408889634
 def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, stride_qr, stride_qh, stride_kt, stride_kh,
                  stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     nb = tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // GROUP
@@ -64,7 +64,7 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, stride_qr
         p0 = tl.load(P0 + offs_m, mask=m_mask, other=0)
         lse = tl.load(LSE + offs_m * stride_lr + h * stride_lh, mask=m_mask, other=0.0)
         w = tl.load(W + offs_m, mask=m_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
         p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
         acc += tl.sum(p * w[:, None], 0)
@@ -95,7 +95,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     row_lo = np.searchsorted(pos, starts, side="left")
     row_hi = np.searchsorted(p0, np.minimum(starts + block_n, T), side="left")
     # one host-to-device copy for the per-call tables: order, positions, prompt starts, row runs
-    meta = torch.as_tensor(np.concatenate([order, pos, p0, row_lo, row_hi]), device=dev)
+    meta = to_device(np.concatenate([order, pos, p0, row_lo, row_hi]), dev)
     order_t, pos_t, p0_t = meta[:R], meta[R:2 * R], meta[2 * R:3 * R]
     row_lo_t, row_hi_t = meta[3 * R:3 * R + len(starts)], meta[3 * R + len(starts):]
     q_rows, lse, w = q_rows[order_t].contiguous(), lse.float()[order_t].contiguous(), w[order_t].contiguous()
@@ -106,11 +106,13 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     if T == 0:
         return mass
     block_d = max(16, triton.next_power_of_2(D))
+    prec = dot_precision(q_rows.dtype)
     grid = (triton.cdiv(T, block_n), Hq)
     _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T,
                        q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                        mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-                       BLOCK_M=block_m, BLOCK_N=block_n,
-                       WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide))
+                       BLOCK_M=block_m, BLOCK_N=block_n, PREC=prec,
+                       WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide),
+                       num_warps=8 if prec == "ieee" else 4)  # full-precision float32 spills at 4 (sm_80, sm_90)
     return mass

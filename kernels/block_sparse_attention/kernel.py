@@ -52,7 +52,7 @@ def _load(ptrs, row_mask, col_mask, ROWS: tl.constexpr, COLS_: tl.constexpr):
 @triton.jit
 def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, offs_m,
                m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-               D_PAD: tl.constexpr, WIDE: tl.constexpr):
+               D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     """Keys [start, start + BLOCK_N) into the tile's online softmax. MASKED: keys at or past ``end`` are cut and,
     with CAUSAL, keys after a row; unmasked blocks are wholly visible to every row of the tile."""
     offs_n = start + tl.arange(0, BLOCK_N)
@@ -61,7 +61,7 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
     n_mask = offs_n < end
     k = _load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], n_mask, d_mask, MASKED, D_PAD)
     v = _load(V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], n_mask, d_mask, MASKED, D_PAD)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if MASKED:
         allowed = n_mask[None, :]
         if CAUSAL:
@@ -75,7 +75,7 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
     p = tl.exp2(s - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return m_new, l_i, acc
 
 
@@ -83,7 +83,7 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
 def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
+             BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HQ
     h = pid % HQ
@@ -112,20 +112,20 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt
     pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
     for start in range(pre_s, pre_mid, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, False, BLOCK_N, D_PAD, WIDE)
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, False, BLOCK_N, D_PAD, WIDE, PREC)
     for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
         m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, False, BLOCK_N, D_PAD, WIDE)
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, False, BLOCK_N, D_PAD, WIDE, PREC)
     # The causal range [cau_s, cau_e): blocks that end at or before the tile's first row are seen whole by every
     # row; the rest (the diagonal and a last partial block) are masked.
     full_end = tl.minimum(cau_e, row_s + 1)
     cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
     for start in range(cau_s, cau_mid, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, True, BLOCK_N, D_PAD, WIDE)
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, True, BLOCK_N, D_PAD, WIDE, PREC)
     for start in range(cau_mid, cau_e, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, True, BLOCK_N, D_PAD, WIDE)
+                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, True, BLOCK_N, D_PAD, WIDE, PREC)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -226,7 +226,8 @@ def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.d
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
-                           scale: Optional[float] = None, block_m: int = 64, block_n: int = 64,
+                           scale: Optional[float] = None, block_m: Optional[int] = None,
+                           block_n: Optional[int] = None,
                            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None
@@ -234,14 +235,17 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
-    ``num_stages``: Triton launch options (None: :func:`launch_options`). The launch table is built once per layout
-    and device and kept on the layout."""
+    ``num_stages``: Triton launch options; ``block_m``/``block_n``: query/key tile sizes (None: from
+    :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
+    block_d = max(16, triton.next_power_of_2(D))
+    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages)
+    block_m, block_n = cfg.pop("block_m"), cfg.pop("block_n")
     tiles = layout.memo(("tiles", block_m), lambda: layout.tiles(block_m))
     if len(tiles) == 0:
         return out, lse
@@ -254,15 +258,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                 int(groups[:, 3].sum()) if len(groups) else 0)
 
     table, groups, parts = layout.memo(("bsa", block_m, block_n, max_blocks, str(q.device)), build)
-    block_d = max(16, triton.next_power_of_2(D))
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
-    part_o = torch.empty(max(parts, 1) * block_m * Hq * D, dtype=torch.float32, device=q.device)
-    part_l = torch.empty(max(parts, 1) * block_m * Hq, dtype=torch.float32, device=q.device)
-    opts = launch_options(block_d, q.element_size(), num_warps, num_stages)
+    part_o = torch.empty(max(parts * block_m * Hq * D, 1), dtype=torch.float32, device=q.device)
+    part_l = torch.empty(max(parts * block_m * Hq, 1), dtype=torch.float32, device=q.device)
     _bsa_fwd[(len(table) * Hq,)](q, k, v, out, lse, part_o, part_l, table, Hq, q.stride(0), q.stride(1),
                                  k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
                                  lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=Hq // Hkv, D=D, BLOCK_D=block_d,
-                                 BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide, **opts)
+                                 BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide, PREC=dot_precision(q.dtype), **cfg)
     if len(groups):
         _merge[(len(groups) * Hq,)](part_o, part_l, out, lse, groups, Hq, out.stride(0), out.stride(1),
                                     lse.stride(0), lse.stride(1), D=D, BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide,
@@ -270,16 +272,32 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     return out, lse
 
 
-def launch_options(block_d: int, itemsize: int, num_warps: Optional[int] = None,
-                   num_stages: Optional[int] = None) -> dict:
-    """Triton launch options. 8 warps where a row of a tile holds 256 bytes or more (D 128 in 16 bits, D 64 in
-    float32), else 4: at 4 warps the 64 x D float32 accumulator, the query tile and the key/value tiles need more
-    than 255 registers per thread there and ptxas spills on sm_80 and sm_90 (tests/test_kernels_compile.py checks
-    the shipped choices; float32 with D 128 still spills on sm_90). Triton's default stages."""
-    opts = {"num_warps": num_warps if num_warps is not None else (8 if block_d * itemsize >= 256 else 4)}
+def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
+                  num_warps: Optional[int] = None, num_stages: Optional[int] = None) -> dict:
+    """Tile sizes and Triton launch options, each taken from the caller when given. Chosen so that ptxas spills
+    no registers in the shipped configurations (tests/test_kernels_compile.py reads its counts for sm_80 and
+    sm_90):
+    - 64 x 64 tiles; 8 warps where a tile row holds 256 bytes or more (D 128 in 16 bits), else 4. At 4 warps the
+      64 x D float32 accumulator, the query tile and the key/value tiles need more than 255 registers per thread
+      there.
+    - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
+      registers): 32 x 32 tiles and 8 warps; D 128 still spills on sm_90. With TF32 allowed: 64 x 64 tiles, 8
+      warps from D 64.
+    Triton's default stages."""
+    ieee = dot_precision(dtype) == "ieee"
+    wide_rows = block_d * torch.finfo(dtype).bits // 8 >= 256
+    cfg = {"block_m": block_m or (32 if ieee else 64), "block_n": block_n or (32 if ieee else 64),
+           "num_warps": num_warps or (8 if ieee or wide_rows else 4)}
     if num_stages is not None:
-        opts["num_stages"] = num_stages
-    return opts
+        cfg["num_stages"] = num_stages
+    return cfg
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: float32 inputs follow torch.get_float32_matmul_precision() ("highest", torch's
+    default: full float32; "high"/"medium": TF32 tensor cores), as torch's own matrix products do. 16-bit
+    inputs are exact in either."""
+    return "ieee" if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def needs_wide(*tensors: torch.Tensor) -> bool:

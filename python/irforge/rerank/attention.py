@@ -26,6 +26,7 @@ class _Capture:
     def __init__(self, spans: Optional[list[tuple[int, int]]]) -> None:
         self.spans = spans  # per batch row: (first valid key, query rows); None: one prompt, every key valid
         self.masses: list[Optional[torch.Tensor]] = [None] * (len(spans) if spans else 1)  # per prompt, float64
+        self.packing: Optional[tuple] = None  # ((query rows, keys), rows, weights, lengths, layout) of the last layer
         self.layers = 0
 
     @property
@@ -47,22 +48,27 @@ def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
             raise ValueError(f"attention capture was given {len(spans)} prompts but the batch holds {query.shape[0]}")
         # Prompt b's valid keys are [first, n_keys - n_q + n_rows): left padding before them, right padding of
         # the query rows after. They are packed into one sequence of causal prompts for a single kernel call.
-        keys, q_rows, rows, weights, lens, layout = [], [], [], [], [], []
-        off = 0
-        for b, (first, n_rows) in enumerate(spans):
-            end = n_keys - n_q + n_rows
-            n_ctx = end - first - n_rows
-            keys.append(key[b, :, first:end])
-            q_rows.append(query[b, :, :n_rows])
-            rows.append(torch.arange(off + n_ctx, off + n_ctx + n_rows, device=query.device))
-            weights += [1.0 / n_rows] * n_rows  # the mean over each prompt's rows
-            lens.append(end - first)
-            layout.append((n_ctx, [], n_rows))
-            off += end - first
+        # Rows, weights and layout are host-side and the same for every layer of a forward pass: built once, so
+        # that no layer waits for the GPU.
+        if cap.packing is None or cap.packing[0] != (n_q, n_keys):
+            rows, weights, lens, layout = [], [], [], []
+            off = 0
+            for first, n_rows in spans:
+                end = n_keys - n_q + n_rows
+                n_ctx = end - first - n_rows
+                rows.append(torch.arange(off + n_ctx, off + n_ctx + n_rows))
+                weights += [1.0 / n_rows] * n_rows  # the mean over each prompt's rows
+                lens.append(end - first)
+                layout.append((n_ctx, [], n_rows))
+                off += end - first
+            cap.packing = ((n_q, n_keys), torch.cat(rows), torch.tensor(weights), lens,
+                           SegmentLayout.from_lengths(layout))
+        _, rows, weights, lens, layout = cap.packing
+        keys = [key[b, :, first:n_keys - n_q + n_rows] for b, (first, n_rows) in enumerate(spans)]
+        q_rows = [query[b, :, :n_rows] for b, (_, n_rows) in enumerate(spans)]
         scaling = kwargs.get("scaling") or module.scaling
-        m = attention_mass(torch.cat(q_rows, 1).transpose(0, 1), torch.cat(rows), torch.cat(keys, 1).transpose(0, 1),
-                           SegmentLayout.from_lengths(layout), weights=torch.tensor(weights, device=query.device),
-                           mode="causal", scale=float(scaling), sum_heads=True).double()
+        m = attention_mass(torch.cat(q_rows, 1).transpose(0, 1), rows, torch.cat(keys, 1).transpose(0, 1), layout,
+                           weights=weights, mode="causal", scale=float(scaling), sum_heads=True).double()
         for b, part in enumerate(torch.split(m, lens)):
             cap.masses[b] = part if cap.masses[b] is None else cap.masses[b] + part
         cap.layers += 1
