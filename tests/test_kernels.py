@@ -180,6 +180,9 @@ def test_bad_inputs():
         SegmentLayout.from_lengths([(2, [3], 1)]).__class__(np.array([0, 2, 5]), np.array([0, 1]))
     with pytest.raises(ValueError, match="non-negative"):
         SegmentLayout.from_lengths([(2, [-1], 1)])
+    for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            bsa_kernel.block_sparse_attention(q, k, v, layout, **bad)
     rows = torch.tensor([0, 3])
     with pytest.raises(IndexError):
         attention_mass(q[rows], torch.tensor([0, 10_000]), k, layout)

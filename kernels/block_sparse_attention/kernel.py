@@ -237,6 +237,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
     ``num_stages``: Triton launch options; ``block_m``/``block_n``: query/key tile sizes (None: from
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
+    for name, val in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps)):
+        low = 1 if name == "num_warps" else 16  # tl.dot needs tiles of at least 16
+        if val is not None and (not isinstance(val, int) or val < low or val & (val - 1)):
+            raise ValueError(f"{name} must be a power of two of at least {low}, got {val!r}")
+    if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 0):
+        raise ValueError(f"max_blocks must be a non-negative int (0: never split), got {max_blocks!r}")
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
