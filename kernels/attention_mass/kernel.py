@@ -1,9 +1,10 @@
 """Triton kernel for attention mass: per key token and head, the weighted sum over selected rows of their softmax
 probabilities, without materialising the attention matrix.
 
-Grid: (key blocks of BLOCK_N, query heads). Each program loops, in blocks of BLOCK_M, over the selected rows
-that can see its keys (rows sorted by position; per key block the host gives the run of rows at or after the
-block whose prompt starts before its end, so packed prompts never meet each other's keys), recomputes their
+Grid: key blocks of BLOCK_N x query heads, heads fastest (the heads that share a key/value head read its block
+together, from L2). Each program loops, in blocks of BLOCK_M, over the selected rows that can see its keys (rows
+sorted by position; per key block the host gives the run of rows at or after the block whose prompt starts
+before its end, so packed prompts never meet each other's keys), recomputes their
 scores against its keys, masks them (causal within the row's prompt; in "documents" mode, also
 document keys only), turns them into probabilities with the rows' log-sum-exp, and accumulates weight *
 probability. Memory: O(T * Hq) output, nothing of size R x T. Needs each row's log-sum-exp (the forward pass
@@ -31,12 +32,13 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, stride_qr, stride_qh, stride_kt, stride_kh,
-                 stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
+def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HQ, stride_qr, stride_qh, stride_kt,
+                 stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
-    nb = tl.program_id(0)
-    h = tl.program_id(1)
+    pid = tl.program_id(0)
+    nb = pid // HQ  # heads fastest: the query heads that share a key/value head read its key block together
+    h = pid % HQ
     kvh = h // GROUP
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
@@ -89,7 +91,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev) if weights is None else weights.float()
     # Rows in position order (their prompt starts then ascend too); per key block [a, b) the rows that can see
     # it are those at or after a whose prompt starts before b: one run of the sorted rows.
-    order = np.argsort(pos, kind="stable")
+    in_order = bool(np.all(pos[1:] >= pos[:-1]))  # the usual case (a query span): no reordering on the device
+    order = np.arange(R) if in_order else np.argsort(pos, kind="stable")
     pos, p0 = pos[order], p0[order]
     starts = np.arange(0, T, block_n, dtype=np.int64)
     row_lo = np.searchsorted(pos, starts, side="left")
@@ -98,7 +101,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     meta = to_device(np.concatenate([order, pos, p0, row_lo, row_hi]), dev)
     order_t, pos_t, p0_t = meta[:R], meta[R:2 * R], meta[2 * R:3 * R]
     row_lo_t, row_hi_t = meta[3 * R:3 * R + len(starts)], meta[3 * R + len(starts):]
-    q_rows, lse, w = q_rows[order_t].contiguous(), lse.float()[order_t].contiguous(), w[order_t].contiguous()
+    if not in_order:
+        q_rows, lse, w = q_rows[order_t], lse[order_t], w[order_t]
+    q_rows, lse, w = q_rows.contiguous(), lse.float().contiguous(), w.contiguous()
     kinds = layout.memo(("key_kinds", str(dev)), lambda: torch.as_tensor(layout.key_kinds(), dtype=torch.int32,
                                                                            device=dev))
     k = k.contiguous()
@@ -107,8 +112,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         return mass
     block_d = max(16, triton.next_power_of_2(D))
     prec = dot_precision(q_rows.dtype)
-    grid = (triton.cdiv(T, block_n), Hq)
-    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T,
+    grid = (triton.cdiv(T, block_n) * Hq,)
+    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T, Hq,
                        q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                        mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
