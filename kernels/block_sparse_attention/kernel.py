@@ -256,7 +256,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     if len(tiles) == 0:
         return out, lse
     if max_blocks is None:
-        max_blocks = auto_max_blocks(tiles, block_n, Hq, q.device)
+        max_blocks = layout.memo(("max_blocks", block_m, block_n, Hq, str(q.device)),
+                                 lambda: auto_max_blocks(tiles, block_n, Hq, q.device))
 
     def build():
         table, groups = schedule(tiles, block_n, max_blocks)
