@@ -69,7 +69,10 @@ SCRIPT = textwrap.dedent(r"""
                                     "/dev/null"], capture_output=True, text=True).stderr
             regs = int(re.search(r"Used (\d+) registers", v).group(1))
             spills = int(re.search(r"(\d+) bytes spill stores", v).group(1))
-            done.append([fn.__name__, cc, dt, D, wide, len(k.asm["cubin"]), regs, spills])
+            ptx = k.asm["ptx"]
+            mma = "wgmma" if cc >= 90 else "mma.sync"
+            done.append([fn.__name__, cc, dt, D, wide, "cp.async" in ptx, mma in ptx, len(k.asm["cubin"]), regs,
+                         spills])
     print(json.dumps(done))
 """)
 
@@ -91,3 +94,8 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     assert all(size > 5_000 for *_, size, _, _ in done), done  # a real cubin for every kernel and configuration
     # no register spills to local memory in the configurations users launch
     assert all(spills == 0 for *_, spills in done), [d for d in done if d[-1]]
+    # the block-sparse key loop is software-pipelined (asynchronous copies of the next key/value blocks), and
+    # 16-bit products run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
+    bsa = [d for d in done if d[0] == "_bsa_fwd"]
+    assert all(d[5] for d in bsa), bsa
+    assert all(d[6] for d in bsa if d[2] != "fp32"), bsa
