@@ -82,6 +82,17 @@ def test_64bit_offsets_give_the_same_results(D, hq, hkv):
     assert not bsa_kernel.needs_wide(q, k, v)
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
+    """The tile sizes users get by default (64 x 64 in 16 bits, 32 x 32 for full-precision float32)."""
+    layout, q, k, v = make("three_prompts", 128, 4, 2, dtype, seed=3)
+    assert bsa_kernel.launch_config(dtype, 128)["block_m"] == (32 if dtype == torch.float32 else 64)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = block_sparse_attention(q, k, v, layout, backend="triton")
+    close(o, ref_o, atol, rtol, "default-config out")
+    close(l, ref_l, atol, rtol, "default-config lse")
+
+
 @pytest.mark.parametrize("max_blocks", [1, 2, 3])
 @pytest.mark.parametrize("layout_name", ["long_instruction", "long_doc", "three_prompts"])
 def test_split_tiles_merge_to_the_reference(layout_name, max_blocks):
