@@ -32,17 +32,16 @@ import triton.language as tl
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
-COLS = 7  # launch table: row start, row end, prefix start, prefix end, causal start, causal end, partial slot
 
 
 @triton.jit
-def _load(ptrs, row_mask, col_mask, ROWS: tl.constexpr, COLS_: tl.constexpr):
+def _load(ptrs, row_mask, col_mask, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
     """A [rows, BLOCK_D] tile, masked only along the dimensions that need it."""
-    if ROWS and COLS_:
+    if MASK_ROWS and MASK_COLS:
         x = tl.load(ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
-    elif ROWS:
+    elif MASK_ROWS:
         x = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
-    elif COLS_:
+    elif MASK_COLS:
         x = tl.load(ptrs, mask=col_mask[None, :], other=0.0)
     else:
         x = tl.load(ptrs)
@@ -88,6 +87,7 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt
     tile = pid // HQ
     h = pid % HQ
     kvh = h // GROUP
+    # launch row: row start, row end, prefix start, prefix end, causal start, causal end, partial slot (-1: none)
     row_s = tl.load(TILES + tile * 7 + 0)
     row_e = tl.load(TILES + tile * 7 + 1)
     pre_s = tl.load(TILES + tile * 7 + 2)
