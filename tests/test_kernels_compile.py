@@ -39,11 +39,11 @@ SCRIPT = textwrap.dedent(r"""
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
         cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d)
-        consts = dict(GROUP=4, D=D, BLOCK_D=block_d, BLOCK_M=cfg.pop("block_m"), BLOCK_N=cfg.pop("block_n"),
+        consts = dict(GROUP=4, GP=4, D=D, BLOCK_D=block_d, BLOCK_M=cfg.pop("block_m"), BLOCK_N=cfg.pop("block_n"),
                       WIDE=wide, PREC=prec)
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
-        merge_consts = dict(D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
+        merge_consts = dict(GROUP=4, GP=4, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
         mass_consts = dict(GROUP=4, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide,
                            PREC=prec)
@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent(r"""
             try:
                 # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
                 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-                         if n in p or n.startswith("stride") or n == "HQ"}
+                         if n in p or n.startswith("stride")}
                 k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature(fn, p, c), constexprs=c,
                                                              attrs=attrs), target=GPUTarget("cuda", cc, 32),
                                    options=opts)

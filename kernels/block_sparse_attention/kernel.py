@@ -1,17 +1,18 @@
 """Triton kernel for block-sparse in-context attention (forward only).
 
-Each program takes one query tile (at most BLOCK_M rows of one segment; tiles never straddle a segment) and one
-query head. It visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal
+Each program takes one query tile (token rows of one segment; tiles never straddle a segment) and one key/value
+head, with every query head that shares it (grouped-query attention packed into the rows of the products, as
+FlashAttention-3's PackGQA does: BLOCK_M rows = token rows x the group, padded to a power of two). Each key block
+is then loaded once for the whole group, and a tile holds fewer tokens (16 for Mistral's groups of 4), so less of
+it is padding. It visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal
 range [start, last row]. Fully masked key blocks are never loaded, so the cost follows the allowed (q, k) pairs,
 not T^2. Key blocks that every row of the tile may see in full run without any mask; only a range's last partial
-block and the blocks crossing the diagonal are masked. Online softmax in float32 with exp2; grouped-query attention
-by mapping query head h to key/value head h // (Hq / Hkv).
+block and the blocks crossing the diagonal are masked. Online softmax in float32 with exp2.
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
-and run alone at the end), and the query heads of one tile are adjacent, so the heads that share a key/value head
-read its keys from L2. A tile whose key range is much longer than the average load per SM (a long prompt's query
-segment) is split into chunks of key blocks that run as separate programs; a second small kernel merges their
-partial outputs by log-sum-exp.
+and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
+the average load per SM (a long prompt's query segment) is split into chunks of key blocks that run as separate
+programs; a second small kernel merges their partial outputs by log-sum-exp.
 
 Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 works; D is padded to a power of
 two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T, Hq] (float32, natural log).
@@ -79,14 +80,13 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
 
 
 @triton.jit
-def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
-             GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+             GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
-    tile = pid // HQ
-    h = pid % HQ
-    kvh = h // GROUP
+    tile = pid // HKV
+    kvh = pid % HKV
     # launch row: row start, row end, prefix start, prefix end, causal start, causal end, partial slot (-1: none)
     row_s = tl.load(TILES + tile * 7 + 0)
     row_e = tl.load(TILES + tile * 7 + 1)
@@ -97,13 +97,19 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt
     part = tl.load(TILES + tile * 7 + 6)
     D_PAD: tl.constexpr = BLOCK_D != D
 
-    offs_m = row_s + tl.arange(0, BLOCK_M)
+    # Row i of the tile's product is token row_s + i // GP and query head kvh * GROUP + i % GP: the query heads
+    # that share this key/value head (GP: GROUP padded to a power of two) read each key block once.
+    offs_i = tl.arange(0, BLOCK_M)
+    g = offs_i % GP
+    tok = row_s + offs_i // GP
+    head = kvh * GROUP + g
     if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < row_e
+        tok = tok.to(tl.int64)
+    m_mask = (tok < row_e) & (g < GROUP)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    q = _load(Q + offs_m[:, None] * stride_qt + h * stride_qh + offs_d[None, :], m_mask, d_mask, True, D_PAD)
+    q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
+              D_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -112,71 +118,72 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HQ, stride_qt, stride_qh, stride_kt
     pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
     for start in range(pre_s, pre_mid, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, False, BLOCK_N, D_PAD, WIDE, PREC)
+                                   d_mask, tok, m_i, l_i, acc, qk_scale, False, False, BLOCK_N, D_PAD, WIDE, PREC)
     for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
         m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, False, BLOCK_N, D_PAD, WIDE, PREC)
-    # The causal range [cau_s, cau_e): blocks that end at or before the tile's first row are seen whole by every
-    # row; the rest (the diagonal and a last partial block) are masked.
+                                   d_mask, tok, m_i, l_i, acc, qk_scale, True, False, BLOCK_N, D_PAD, WIDE, PREC)
+    # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole by
+    # every row; the rest (the diagonal and a last partial block) are masked.
     full_end = tl.minimum(cau_e, row_s + 1)
     cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
     for start in range(cau_s, cau_mid, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, False, True, BLOCK_N, D_PAD, WIDE, PREC)
+                                   d_mask, tok, m_i, l_i, acc, qk_scale, False, True, BLOCK_N, D_PAD, WIDE, PREC)
     for start in range(cau_mid, cau_e, BLOCK_N):
         m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, offs_m, m_i, l_i, acc, qk_scale, True, True, BLOCK_N, D_PAD, WIDE, PREC)
+                                   d_mask, tok, m_i, l_i, acc, qk_scale, True, True, BLOCK_N, D_PAD, WIDE, PREC)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634  # -inf for a row that saw no key (split chunks only)
     if part < 0:
-        tl.store(O + offs_m[:, None] * stride_ot + h * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=m_mask[:, None] & d_mask[None, :])
-        tl.store(LSE + offs_m * stride_lt + h * stride_lh, lse, mask=m_mask)
-    else:  # one chunk of a split tile: float32 partials [part, BLOCK_M, HQ, D] and [part, BLOCK_M, HQ]
-        r = tl.arange(0, BLOCK_M)
-        slot = part.to(tl.int64) * BLOCK_M * HQ
-        tl.store(PO + ((slot + r[:, None] * HQ + h) * D + offs_d[None, :]), out, mask=m_mask[:, None] & d_mask[None, :])
-        tl.store(PL + slot + r * HQ + h, lse, mask=m_mask)
+        tl.store(O + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(LSE + tok * stride_lt + head * stride_lh, lse, mask=m_mask)
+    else:  # one chunk of a split tile: float32 partials [part, HKV, BLOCK_M, D] and [part, HKV, BLOCK_M]
+        slot = (part.to(tl.int64) * HKV + kvh) * BLOCK_M
+        tl.store(PO + (slot + offs_i[:, None]) * D + offs_d[None, :], out, mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(PL + slot + offs_i, lse, mask=m_mask)
 
 
 @triton.jit
-def _merge(PO, PL, O, LSE, GROUPS, HQ, stride_ot, stride_oh, stride_lt, stride_lh, D: tl.constexpr,
-           BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
-    """The chunks of one split tile and head, merged by log-sum-exp into out and lse."""
+def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_lh, GROUP: tl.constexpr,
+           GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+    """The chunks of one split tile and key/value head, merged by log-sum-exp into out and lse."""
     pid = tl.program_id(0)
-    g = pid // HQ
-    h = pid % HQ
-    row_s = tl.load(GROUPS + g * 4 + 0)
-    row_e = tl.load(GROUPS + g * 4 + 1)
-    first = tl.load(GROUPS + g * 4 + 2)
-    n = tl.load(GROUPS + g * 4 + 3)
-    r = tl.arange(0, BLOCK_M)
-    offs_m = row_s + r
+    grp = pid // HKV
+    kvh = pid % HKV
+    row_s = tl.load(GROUPS + grp * 4 + 0)
+    row_e = tl.load(GROUPS + grp * 4 + 1)
+    first = tl.load(GROUPS + grp * 4 + 2)
+    n = tl.load(GROUPS + grp * 4 + 3)
+    offs_i = tl.arange(0, BLOCK_M)
+    g = offs_i % GP
+    tok = row_s + offs_i // GP
+    head = kvh * GROUP + g
     if WIDE:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < row_e
+        tok = tok.to(tl.int64)
+    m_mask = (tok < row_e) & (g < GROUP)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    slot0 = first.to(tl.int64) * BLOCK_M * HQ  # chunk j's partials start at slot0 + j * BLOCK_M * HQ
+    slot0 = (first.to(tl.int64) * HKV + kvh) * BLOCK_M  # chunk j's partials start at slot0 + j * HKV * BLOCK_M
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for j in range(0, n):
-        m = tl.maximum(m, tl.load(PL + slot0 + j * BLOCK_M * HQ + r * HQ + h, mask=m_mask, other=float("-inf")))
+        m = tl.maximum(m, tl.load(PL + slot0 + j * HKV * BLOCK_M + offs_i, mask=m_mask, other=float("-inf")))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     den = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for j in range(0, n):
-        slot = slot0 + j * BLOCK_M * HQ
-        w = tl.exp(tl.load(PL + slot + r * HQ + h, mask=m_mask, other=float("-inf")) - m_safe)
-        o = tl.load(PO + ((slot + r[:, None] * HQ + h) * D + offs_d[None, :]), mask=m_mask[:, None] & d_mask[None, :],
+        slot = slot0 + j * HKV * BLOCK_M
+        w = tl.exp(tl.load(PL + slot + offs_i, mask=m_mask, other=float("-inf")) - m_safe)
+        o = tl.load(PO + (slot + offs_i[:, None]) * D + offs_d[None, :], mask=m_mask[:, None] & d_mask[None, :],
                     other=0.0)
         den += w
         acc += w[:, None] * o
     den_safe = tl.where(den > 0, den, 1.0)
-    tl.store(O + offs_m[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+    tl.store(O + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              (acc / den_safe[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
-    tl.store(LSE + offs_m * stride_lt + h * stride_lh, m_safe + tl.log(den_safe), mask=m_mask)
+    tl.store(LSE + tok * stride_lt + head * stride_lh, m_safe + tl.log(den_safe), mask=m_mask)
 
 
 def launch_table(tiles: np.ndarray) -> np.ndarray:
@@ -235,7 +242,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
-    ``num_stages``: Triton launch options; ``block_m``/``block_n``: query/key tile sizes (None: from
+    ``num_stages``: Triton launch options; ``block_m``: rows of each product (token rows x the query heads per
+    key/value head, padded to a power of two; at least one token row), ``block_n``: keys per block (None: from
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
     for name, val in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps)):
         low = 1 if name == "num_warps" else 16  # tl.dot needs tiles of at least 16
@@ -245,16 +253,43 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         raise ValueError(f"max_blocks must be a non-negative int (0: never split), got {max_blocks!r}")
     T, Hq, D = q.shape
     Hkv = k.shape[1]
+    group = Hq // Hkv
+    gp = triton.next_power_of_2(group)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
     block_d = max(16, triton.next_power_of_2(D))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages)
-    block_m, block_n = cfg.pop("block_m"), cfg.pop("block_n")
-    tiles = layout.memo(("tiles", block_m), lambda: layout.tiles(block_m))
+    block_n = cfg.pop("block_n")
+    rows = max(1, cfg.pop("block_m") // gp)  # token rows per tile; the product has rows x gp rows
+    block_m = rows * gp
+    tiles = layout.memo(("tiles", rows), lambda: layout.tiles(rows))
     if len(tiles) == 0:
         return out, lse
+    if max_blocks is None:
+        max_blocks = layout.memo(("max_blocks", rows, block_n, Hkv, str(q.device)),
+                                 lambda: auto_max_blocks(tiles, block_n, Hkv, q.device))
+
+    def build():
+        table, groups = schedule(tiles, block_n, max_blocks)
+        return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
+                int(groups[:, 3].sum()) if len(groups) else 0)
+
+    table, groups, parts = layout.memo(("bsa", rows, block_n, max_blocks, str(q.device)), build)
+    wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
+    part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
+    part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
+    _bsa_fwd[(len(table) * Hkv,)](q, k, v, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
+                                  k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+                                  lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group, GP=gp, D=D,
+                                  BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
+                                  PREC=dot_precision(q.dtype), **cfg)
+    if len(groups):
+        _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
+                                     lse.stride(0), lse.stride(1), GROUP=group, GP=gp, D=D, BLOCK_D=block_d,
+                                     BLOCK_M=block_m, WIDE=wide, num_warps=8)
+    return out, lse
     if max_blocks is None:
         max_blocks = layout.memo(("max_blocks", block_m, block_n, Hq, str(q.device)),
                                  lambda: auto_max_blocks(tiles, block_n, Hq, q.device))
@@ -284,12 +319,12 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
     """Tile sizes and Triton launch options, each taken from the caller when given. Chosen so that ptxas spills
     no registers in the shipped configurations (tests/test_kernels_compile.py reads its counts for sm_80 and
     sm_90):
-    - 64 x 64 tiles; 8 warps where a tile row holds 256 bytes or more (D 128 in 16 bits), else 4. At 4 warps the
-      64 x D float32 accumulator, the query tile and the key/value tiles need more than 255 registers per thread
-      there.
+    - Products of 64 rows (token rows x the padded query-head group) by 64 keys; 8 warps where a row holds 256
+      bytes or more (D 128 in 16 bits), else 4. At 4 warps the 64 x D float32 accumulator, the query tile and
+      the key/value tiles need more than 255 registers per thread there.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
-      registers): 32 x 32 tiles and 8 warps; D 128 still spills on sm_90. With TF32 allowed: 64 x 64 tiles, 8
-      warps from D 64.
+      registers): 32 x 32 and 8 warps; D 128 still spills on sm_90. With TF32 allowed: 64 x 64, 8 warps from
+      D 64.
     Triton's default stages."""
     ieee = dot_precision(dtype) == "ieee"
     wide_rows = block_d * torch.finfo(dtype).bits // 8 >= 256
