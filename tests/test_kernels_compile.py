@@ -35,17 +35,18 @@ SCRIPT = textwrap.dedent(r"""
                 for n in fn.arg_names}
 
     done = []
-    for cc, dt, D, wide, docs in json.loads(sys.argv[1]):
+    for cc, dt, D, wide, docs, grp in json.loads(sys.argv[1]):
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
         cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d)
-        consts = dict(GROUP=4, GP=4, D=D, BLOCK_D=block_d, BLOCK_M=cfg.pop("block_m"), BLOCK_N=cfg.pop("block_n"),
+        bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
+        consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
                       WIDE=wide, PREC=prec)
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
-        merge_consts = dict(GROUP=4, GP=4, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
+        merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
-        mass_consts = dict(GROUP=4, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide,
+        mass_consts = dict(GROUP=grp, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide,
                            PREC=prec)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", KIND="*i32",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
@@ -76,9 +77,10 @@ SCRIPT = textwrap.dedent(r"""
     print(json.dumps(done))
 """)
 
-# (compute capability, dtype, head dim, 64-bit offsets, attention mass over documents only)
-CONFIGS = [(90, "bf16", 128, False, True), (90, "fp16", 80, True, False), (90, "fp32", 64, False, False),
-           (80, "bf16", 128, False, False)]
+# (compute capability, dtype, head dim, 64-bit offsets, attention mass over documents only, query heads per
+# key/value head)
+CONFIGS = [(90, "bf16", 128, False, True, 4), (90, "fp16", 80, True, False, 4), (90, "fp32", 64, False, False, 4),
+           (80, "bf16", 128, False, False, 4), (90, "bf16", 64, False, False, 3)]
 
 
 def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):

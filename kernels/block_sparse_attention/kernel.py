@@ -2,9 +2,9 @@
 
 Each program takes one query tile (token rows of one segment; tiles never straddle a segment) and one key/value
 head, with every query head that shares it (grouped-query attention packed into the rows of the products, as
-FlashAttention-3's PackGQA does: BLOCK_M rows = token rows x the group, padded to a power of two). Each key block
-is then loaded once for the whole group, and a tile holds fewer tokens (16 for Mistral's groups of 4), so less of
-it is padding. It visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal
+FlashAttention-3's PackGQA does: BLOCK_M rows hold BLOCK_M // group tokens x the group). Each key block is then
+loaded once for the whole group, and a tile holds fewer tokens (16 for Mistral's groups of 4, 21 for SmolLM2's
+groups of 3), so less of it is padding. It visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal
 range [start, last row]. Fully masked key blocks are never loaded, so the cost follows the allowed (q, k) pairs,
 not T^2. Key blocks that every row of the tile may see in full run without any mask; only a range's last partial
 block and the blocks crossing the diagonal are masked. Online softmax in float32 with exp2.
@@ -82,8 +82,8 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
 @triton.jit
 def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
-             GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
+             GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
@@ -97,15 +97,15 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     part = tl.load(TILES + tile * 7 + 6)
     D_PAD: tl.constexpr = BLOCK_D != D
 
-    # Row i of the tile's product is token row_s + i // GP and query head kvh * GROUP + i % GP: the query heads
-    # that share this key/value head (GP: GROUP padded to a power of two) read each key block once.
+    # Row i < ROWS * GROUP of the tile's product is token row_s + i // GROUP and query head kvh * GROUP +
+    # i % GROUP: the query heads that share this key/value head read each key block once. Rows past
+    # ROWS * GROUP pad the product to a power of two.
     offs_i = tl.arange(0, BLOCK_M)
-    g = offs_i % GP
-    tok = row_s + offs_i // GP
-    head = kvh * GROUP + g
+    tok = row_s + offs_i // GROUP
+    head = kvh * GROUP + offs_i % GROUP
     if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
         tok = tok.to(tl.int64)
-    m_mask = (tok < row_e) & (g < GROUP)
+    m_mask = (tok < row_e) & (offs_i < ROWS * GROUP)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
@@ -148,7 +148,7 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
 
 @triton.jit
 def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_lh, GROUP: tl.constexpr,
-           GP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+           ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
     """The chunks of one split tile and key/value head, merged by log-sum-exp into out and lse."""
     pid = tl.program_id(0)
     grp = pid // HKV
@@ -158,12 +158,11 @@ def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_
     first = tl.load(GROUPS + grp * 4 + 2)
     n = tl.load(GROUPS + grp * 4 + 3)
     offs_i = tl.arange(0, BLOCK_M)
-    g = offs_i % GP
-    tok = row_s + offs_i // GP
-    head = kvh * GROUP + g
+    tok = row_s + offs_i // GROUP
+    head = kvh * GROUP + offs_i % GROUP
     if WIDE:
         tok = tok.to(tl.int64)
-    m_mask = (tok < row_e) & (g < GROUP)
+    m_mask = (tok < row_e) & (offs_i < ROWS * GROUP)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     slot0 = (first.to(tl.int64) * HKV + kvh) * BLOCK_M  # chunk j's partials start at slot0 + j * HKV * BLOCK_M
@@ -242,8 +241,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
-    ``num_stages``: Triton launch options; ``block_m``: rows of each product (token rows x the query heads per
-    key/value head, padded to a power of two; at least one token row), ``block_n``: keys per block (None: from
+    ``num_stages``: Triton launch options; ``block_m``: rows of each product (block_m // group token rows x the
+    group of query heads per key/value head, at least one token row), ``block_n``: keys per block (None: from
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
     for name, val in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps)):
         low = 1 if name == "num_warps" else 16  # tl.dot needs tiles of at least 16
@@ -254,7 +253,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
-    gp = triton.next_power_of_2(group)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if out is None else out
@@ -262,8 +260,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     block_d = max(16, triton.next_power_of_2(D))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages)
     block_n = cfg.pop("block_n")
-    rows = max(1, cfg.pop("block_m") // gp)  # token rows per tile; the product has rows x gp rows
-    block_m = rows * gp
+    rows = max(1, cfg.pop("block_m") // group)  # token rows per tile; the product has rows x group rows, padded
+    block_m = max(16, triton.next_power_of_2(rows * group))
     tiles = layout.memo(("tiles", rows), lambda: layout.tiles(rows))
     if len(tiles) == 0:
         return out, lse
@@ -282,12 +280,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
     _bsa_fwd[(len(table) * Hkv,)](q, k, v, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
                                   k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-                                  lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group, GP=gp, D=D,
+                                  lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group, ROWS=rows, D=D,
                                   BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
                                   PREC=dot_precision(q.dtype), **cfg)
     if len(groups):
         _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
-                                     lse.stride(0), lse.stride(1), GROUP=group, GP=gp, D=D, BLOCK_D=block_d,
+                                     lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d,
                                      BLOCK_M=block_m, WIDE=wide, num_warps=8)
     return out, lse
     if max_blocks is None:
