@@ -159,6 +159,23 @@ def test_attention_mass_matches_reference(mode, layout_name, D, hq, hkv):
     close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="torch"), ref, 1e-6, 1e-4, "cpu mass")
 
 
+def test_attention_mass_row_tables_kept_per_layout_never_stale():
+    """The kernel keeps the tables of the last rows and host weights on the layout (a model passes the same rows
+    in every layer); other rows or weights must rebuild them."""
+    layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=4)
+    T = layout.total_tokens
+    a, b = torch.arange(T - 6, T), torch.tensor([T - 1, 3, 20, T - 7])
+    wa, wb = torch.rand(len(a)), torch.rand(len(a))
+    calls = [(a, None), (a, None), (b, None), (a, wa), (a, wa), (a, wb), (b, torch.rand(len(b)))]
+    seen = []
+    for rows, w in calls:
+        ref = attention_mass(q[rows], rows, k, layout, weights=w, backend="naive")
+        close(attention_mass(q[rows], rows, k, layout, weights=w, backend="triton"), ref, 1e-6, 1e-4, "mass")
+        seen.append(layout.memo(("mass_rows", 64, "cpu"), list)[0][1])
+    assert seen[1] is seen[0] and seen[4] is seen[3]  # the same rows and weights again: nothing rebuilt
+    assert len({id(t) for t in seen}) == 5
+
+
 def test_attention_mass_with_forward_lse_and_reductions():
     layout, q, k, v = make("two_prompts", 64, 4, 2, torch.float32)
     out, lse = block_sparse_attention(q, k, v, layout, backend="torch")

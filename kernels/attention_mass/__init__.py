@@ -63,9 +63,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
-    if weights is not None:
-        weights = to_device(weights.float(), q_rows.device)
     which = pick_backend(backend, q_rows.device)
+    if weights is not None and which != "triton":  # the Triton path keeps host weights with its row tables
+        weights = to_device(weights.float(), q_rows.device)
     if which == "naive":
         from .naive import attention_mass as impl
     elif which == "torch":

@@ -16,10 +16,10 @@ def to_device(x, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def row_meta(layout: SegmentLayout, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(token position, start of its prompt) of each selected row. Rows on a GPU are read back (a
-    synchronisation); rows given on the CPU cost nothing."""
-    pos = rows.detach().cpu().numpy().astype(np.int64)
+def row_meta(layout: SegmentLayout, rows) -> tuple[np.ndarray, np.ndarray]:
+    """(token position, start of its prompt) of each selected row (a tensor or an array). Rows on a GPU are
+    read back (a synchronisation); rows given on the CPU cost nothing."""
+    pos = (rows if isinstance(rows, np.ndarray) else rows.detach().cpu().numpy()).astype(np.int64)
     if pos.size and (pos.min() < 0 or pos.max() >= layout.total_tokens):
         raise IndexError(f"row positions must lie in [0, {layout.total_tokens}), got {pos.min()}..{pos.max()}")
     prompt_start = layout.memo("prompt_starts", layout.prompt_starts)

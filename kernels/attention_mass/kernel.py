@@ -73,6 +73,41 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HQ, strid
     tl.store(MASS + offs_n * stride_mt + h * stride_mh, acc, mask=n_mask)
 
 
+def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[torch.Tensor], T: int, block_n: int,
+                dev: torch.device):
+    """(order or None when the rows are already in position order, positions, prompt starts, per key block the
+    run of rows that see it, weights in that order) on ``dev``. Rows in position order have ascending prompt
+    starts too; per key block [a, b) the rows that can see it are those at or after a whose prompt starts
+    before b: one run of the sorted rows. The tables for the last rows and host weights seen are kept on the
+    layout: a model passes the same rows in every layer, and then no table is rebuilt or copied."""
+    pos = rows.detach().cpu().numpy().astype(np.int64)  # a synchronisation only for rows on a GPU
+    w_host = weights.detach().float().numpy() if weights is not None and weights.device.type == "cpu" else None
+    sig = (pos.tobytes(), None if weights is None else (w_host.tobytes() if w_host is not None else "device"))
+    last = layout.memo(("mass_rows", block_n, str(dev)), lambda: [None])  # [(signature, tables)]
+    entry = last[0]
+    if entry is None or entry[0] != sig:
+        pos, p0 = row_meta(layout, pos)
+        R = len(pos)
+        in_order = bool(np.all(pos[1:] >= pos[:-1]))  # the usual case (a query span)
+        order = np.arange(R) if in_order else np.argsort(pos, kind="stable")
+        pos, p0 = pos[order], p0[order]
+        starts = np.arange(0, T, block_n, dtype=np.int64)
+        row_lo = np.searchsorted(pos, starts, side="left")
+        row_hi = np.searchsorted(p0, np.minimum(starts + block_n, T), side="left")
+        meta = to_device(np.concatenate([order, pos, p0, row_lo, row_hi]), dev)  # one host-to-device copy
+        if weights is None:
+            w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev)
+        else:
+            w = to_device(w_host[order], dev) if w_host is not None else None
+        entry = (sig, (None if in_order else meta[:R], meta[R:2 * R], meta[2 * R:3 * R],
+                       meta[3 * R:3 * R + len(starts)], meta[3 * R + len(starts):], w))
+        last[0] = entry  # one assignment: another thread sees the old entry or this one, never a mix
+    order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = entry[1]
+    if w is None:  # weights on the device: taken as given, in the rows' order
+        w = weights.float() if order_t is None else weights.float()[order_t]
+    return order_t, pos_t, p0_t, row_lo_t, row_hi_t, w
+
+
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
                    scale: Optional[float] = None, block_m: int = 16, block_n: int = 64,
@@ -87,22 +122,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         from .cpu import row_lse
 
         lse = row_lse(q_rows, rows, k, layout, mode, scale)
-    pos, p0 = row_meta(layout, rows)
-    w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev) if weights is None else weights.float()
-    # Rows in position order (their prompt starts then ascend too); per key block [a, b) the rows that can see
-    # it are those at or after a whose prompt starts before b: one run of the sorted rows.
-    in_order = bool(np.all(pos[1:] >= pos[:-1]))  # the usual case (a query span): no reordering on the device
-    order = np.arange(R) if in_order else np.argsort(pos, kind="stable")
-    pos, p0 = pos[order], p0[order]
-    starts = np.arange(0, T, block_n, dtype=np.int64)
-    row_lo = np.searchsorted(pos, starts, side="left")
-    row_hi = np.searchsorted(p0, np.minimum(starts + block_n, T), side="left")
-    # one host-to-device copy for the per-call tables: order, positions, prompt starts, row runs
-    meta = to_device(np.concatenate([order, pos, p0, row_lo, row_hi]), dev)
-    order_t, pos_t, p0_t = meta[:R], meta[R:2 * R], meta[2 * R:3 * R]
-    row_lo_t, row_hi_t = meta[3 * R:3 * R + len(starts)], meta[3 * R + len(starts):]
-    if not in_order:
-        q_rows, lse, w = q_rows[order_t], lse[order_t], w[order_t]
+    order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev)
+    if order_t is not None:  # rows not in position order: sort them on the device
+        q_rows, lse = q_rows[order_t], lse[order_t]
     q_rows, lse, w = q_rows.contiguous(), lse.float().contiguous(), w.contiguous()
     kinds = layout.memo(("key_kinds", str(dev)), lambda: torch.as_tensor(layout.key_kinds(), dtype=torch.int32,
                                                                            device=dev))
