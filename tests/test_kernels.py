@@ -159,6 +159,19 @@ def test_attention_mass_matches_reference(mode, layout_name, D, hq, hkv):
     close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="torch"), ref, 1e-6, 1e-4, "cpu mass")
 
 
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+@pytest.mark.parametrize("dtype,hq,hkv", [(torch.float16, 8, 2), (torch.float16, 8, 1), (torch.float32, 6, 2)])
+def test_attention_mass_default_products_match_reference(mode, dtype, hq, hkv):
+    """Default product rows (64 in 16 bits, 16 for full-precision float32) with groups of 4, 8 and 3 query heads
+    per key/value head."""
+    layout, q, k, _ = make("three_prompts", 64, hq, hkv, dtype, seed=5)
+    T = layout.total_tokens
+    rows = torch.tensor([3, 9, 20, 33, 40, T - 3, T - 2, T - 1])
+    ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
+    got = attention_mass(q[rows], rows, k, layout, mode=mode, backend="triton")
+    close(got, ref, 1e-3 if dtype == torch.float16 else 1e-6, 1e-2 if dtype == torch.float16 else 1e-4, "mass")
+
+
 def test_attention_mass_row_tables_kept_per_layout_never_stale():
     """The kernel keeps the tables of the last rows and host weights on the layout (a model passes the same rows
     in every layer); other rows or weights must rebuild them."""

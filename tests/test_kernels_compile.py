@@ -46,8 +46,9 @@ SCRIPT = textwrap.dedent(r"""
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
-        mass_consts = dict(GROUP=grp, DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=16, BLOCK_N=64, WIDE=wide,
-                           PREC=prec)
+        mass_m = 16 if prec == "ieee" else 64  # the wrapper's default product rows
+        mass_consts = dict(GROUP=grp, GP=triton.next_power_of_2(grp), ROWS=max(1, mass_m // grp), DOCS_ONLY=docs,
+                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=64, WIDE=wide, PREC=prec)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", KIND="*i32",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
         for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),

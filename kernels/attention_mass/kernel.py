@@ -1,18 +1,19 @@
 """Triton kernel for attention mass: per key token and head, the weighted sum over selected rows of their softmax
 probabilities, without materialising the attention matrix.
 
-Grid: key blocks of BLOCK_N x query heads, heads fastest (the heads that share a key/value head read its block
-together, from L2). Each program loops, in blocks of BLOCK_M, over the selected rows that can see its keys (rows
-sorted by position; per key block the host gives the run of rows at or after the block whose prompt starts
-before its end, so packed prompts never meet each other's keys), recomputes their
-scores against its keys, masks them (causal within the row's prompt; in "documents" mode, also
-document keys only), turns them into probabilities with the rows' log-sum-exp, and accumulates weight *
-probability. Memory: O(T * Hq) output, nothing of size R x T. Needs each row's log-sum-exp (the forward pass
-gives it for "causal"; the dispatcher computes it for "documents").
+Grid: key blocks of BLOCK_N x key/value heads, heads fastest. Each program loads its key block once for every
+query head that shares the key/value head (grouped-query heads packed into the rows of the products, as in the
+block-sparse kernel) and loops over the selected rows that can see its keys (rows sorted by position; per key
+block the host gives the run of rows at or after the block whose prompt starts before its end, so packed
+prompts never meet each other's keys). It recomputes their scores against its keys, masks them (causal within
+the row's prompt; in "documents" mode, also document keys only), turns them into probabilities with the rows'
+log-sum-exp, and accumulates weight * probability per head. Memory: O(T * Hq) output, nothing of size R x T.
+Needs each row's log-sum-exp (the forward pass gives it for "causal"; the dispatcher computes it for
+"documents").
 
 Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
-Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU).
+Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU; compiled for sm_80 and sm_90 in the tests).
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HQ, stride_qr, stride_qh, stride_kt,
+def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HKV, stride_qr, stride_qh, stride_kt,
                  stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
-                 GROUP: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
+                 GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr,
+                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 WIDE: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
-    nb = pid // HQ  # heads fastest: the query heads that share a key/value head read its key block together
-    h = pid % HQ
-    kvh = h // GROUP
+    nb = pid // HKV  # key/value heads fastest: neighbouring programs share the key block's rows in L2
+    kvh = pid % HKV
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
         offs_n = offs_n.to(tl.int64)
@@ -52,25 +53,34 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HQ, strid
     if DOCS_ONLY:
         kind = tl.load(KIND + offs_n, mask=n_mask, other=0)
         key_ok = key_ok & (kind == 1)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # Product row i < ROWS * GROUP is selected row r0 + i // GROUP under query head kvh * GROUP + i % GROUP: the
+    # key block is loaded once for all the query heads that share it.
+    offs_i = tl.arange(0, BLOCK_M)
+    g_of_i = offs_i % GROUP
+    head = kvh * GROUP + g_of_i
+    gcol = tl.arange(0, GP)
+    acc = tl.zeros([BLOCK_N, GP], dtype=tl.float32)  # per key, per query head of the group
     r_lo = tl.load(ROW_LO + nb).to(tl.int32)  # row indices (below 2^31; int64 in the table)
     r_hi = tl.load(ROW_HI + nb).to(tl.int32)
-    for r0 in range(r_lo, r_hi, BLOCK_M):
-        offs_m = r0 + tl.arange(0, BLOCK_M)
+    for r0 in range(r_lo, r_hi, ROWS):
+        r = r0 + offs_i // GROUP
         if WIDE:
-            offs_m = offs_m.to(tl.int64)
-        m_mask = offs_m < r_hi
-        q = tl.load(Q + offs_m[:, None] * stride_qr + h * stride_qh + offs_d[None, :],
+            r = r.to(tl.int64)
+        m_mask = (r < r_hi) & (offs_i < ROWS * GROUP)
+        q = tl.load(Q + r[:, None] * stride_qr + head[:, None] * stride_qh + offs_d[None, :],
                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-        pos = tl.load(POS + offs_m, mask=m_mask, other=-1)
-        p0 = tl.load(P0 + offs_m, mask=m_mask, other=0)
-        lse = tl.load(LSE + offs_m * stride_lr + h * stride_lh, mask=m_mask, other=0.0)
-        w = tl.load(W + offs_m, mask=m_mask, other=0.0)
+        pos = tl.load(POS + r, mask=m_mask, other=-1)
+        p0 = tl.load(P0 + r, mask=m_mask, other=0)
+        lse = tl.load(LSE + r * stride_lr + head * stride_lh, mask=m_mask, other=0.0)
+        w = tl.load(W + r, mask=m_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
-        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
-        acc += tl.sum(p * w[:, None], 0)
-    tl.store(MASS + offs_n * stride_mt + h * stride_mh, acc, mask=n_mask)
+        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0) * w[:, None]
+        for g in tl.static_range(GROUP):  # the rows of head g summed into its column
+            col = tl.sum(tl.where((g_of_i == g)[:, None], p, 0.0), 0)
+            acc += tl.where(gcol[None, :] == g, col[:, None], 0.0)
+    tl.store(MASS + offs_n[:, None] * stride_mt + (kvh * GROUP + gcol)[None, :] * stride_mh, acc,
+             mask=n_mask[:, None] & (gcol < GROUP)[None, :])
 
 
 def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[torch.Tensor], T: int, block_n: int,
@@ -110,10 +120,13 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
 
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
-                   scale: Optional[float] = None, block_m: int = 16, block_n: int = 64,
+                   scale: Optional[float] = None, block_m: Optional[int] = None, block_n: int = 64,
                    out: Optional[torch.Tensor] = None, wide: Optional[bool] = None) -> torch.Tensor:
     """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
-    offsets (default: when a tensor holds 2^31 elements or more)."""
+    offsets (default: when a tensor holds 2^31 elements or more). ``block_m``: rows of each product
+    (block_m // group selected rows x the group of query heads per key/value head; default 64, and 16 for
+    full-precision float32, whose FMA products need more registers: ptxas spills above that, checked by
+    tests/test_kernels_compile.py); ``block_n``: keys per program."""
     R, Hq, D = q_rows.shape
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -134,12 +147,16 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         return mass
     block_d = max(16, triton.next_power_of_2(D))
     prec = dot_precision(q_rows.dtype)
-    grid = (triton.cdiv(T, block_n) * Hq,)
-    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T, Hq,
+    block_m = block_m or (16 if prec == "ieee" else 64)
+    group = Hq // Hkv
+    rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
+    grid = (triton.cdiv(T, block_n) * Hkv,)
+    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T, Hkv,
                        q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                        mass.stride(0), mass.stride(1),
-                       scale * LOG2E, GROUP=Hq // Hkv, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-                       BLOCK_M=block_m, BLOCK_N=block_n, PREC=prec,
+                       scale * LOG2E, GROUP=group, GP=triton.next_power_of_2(group), ROWS=rows_per,
+                       DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
+                       BLOCK_M=max(16, triton.next_power_of_2(rows_per * group)), BLOCK_N=block_n, PREC=prec,
                        WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide),
                        num_warps=8 if prec == "ieee" else 4)  # full-precision float32 spills at 4 (sm_80, sm_90)
     return mass
