@@ -109,6 +109,57 @@ def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv):
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
+    """Random packed prompts (empty and one-token segments included) under random product rows, key blocks,
+    query-head groups and split thresholds."""
+    rng = np.random.default_rng(seed)
+    prompts = [(int(rng.integers(0, 40)), [int(x) for x in rng.integers(0, 70, size=rng.integers(0, 5))],
+                int(rng.integers(0, 30))) for _ in range(rng.integers(1, 4))]
+    if sum(a + sum(d) + b for a, d, b in prompts) == 0:
+        prompts[0] = (1, [], 1)
+    layout = SegmentLayout.from_lengths(prompts)
+    hkv = int(rng.choice([1, 2]))
+    hq = hkv * int(rng.choice([1, 2, 3, 5]))
+    g = torch.Generator().manual_seed(seed)
+    T = layout.total_tokens
+    q, k, v = (torch.randn(T, h, 32, generator=g).to(DEVICE) for h in (hq, hkv, hkv))
+    block_m, block_n = int(rng.choice([16, 32, 64])), int(rng.choice([16, 32]))
+    max_blocks = int(rng.choice([0, 1, 2, 4]))
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((T, hq), float("nan"), device=q.device)
+    bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=block_m, block_n=block_n,
+                                      max_blocks=max_blocks)
+    what = f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}"
+    close(out, ref_o, 2e-5, 1e-4, f"out: {what}")
+    close(lse, ref_l, 2e-5, 1e-4, f"lse: {what}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_layouts_rows_and_groups_attention_mass_matches_reference(seed):
+    """Random packed prompts, selected rows (in any order, from any prompt), weights, modes, query-head groups,
+    product rows and key blocks."""
+    rng = np.random.default_rng(100 + seed)
+    prompts = [(int(rng.integers(0, 30)), [int(x) for x in rng.integers(0, 50, size=rng.integers(0, 5))],
+                int(rng.integers(1, 20))) for _ in range(rng.integers(1, 4))]
+    layout = SegmentLayout.from_lengths(prompts)
+    hkv = int(rng.choice([1, 2]))
+    hq = hkv * int(rng.choice([1, 2, 3, 4]))
+    g = torch.Generator().manual_seed(seed)
+    T = layout.total_tokens
+    q, k = (torch.randn(T, h, 32, generator=g).to(DEVICE) for h in (hq, hkv))
+    rows = torch.tensor(rng.choice(T, size=int(rng.integers(1, min(T, 40) + 1)), replace=False), device=DEVICE)
+    w = torch.rand(len(rows), generator=g).to(DEVICE) if rng.random() < 0.5 else None
+    mode = str(rng.choice(["causal", "documents"]))
+    block_m, block_n = int(rng.choice([16, 32, 64])), int(rng.choice([16, 32, 64]))
+    ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="naive")
+    out = torch.full((T, hq), float("nan"), device=DEVICE)
+    mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, out=out, block_m=block_m,
+                               block_n=block_n)
+    close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}")
+
+
 def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
     layout = SegmentLayout.from_lengths([(70, [40, 3, 130], 200), (5, [9], 4)])
     tiles = layout.tiles(32)
