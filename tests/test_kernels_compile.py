@@ -46,9 +46,10 @@ SCRIPT = textwrap.dedent(r"""
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
-        mass_m = 16 if prec == "ieee" else 64  # the wrapper's default product rows
+        mass_m = 16 if prec == "ieee" else 64  # the wrapper's default products
+        mass_n = 16 if prec == "ieee" and block_d >= 128 else 64
         mass_consts = dict(GROUP=grp, GP=triton.next_power_of_2(grp), ROWS=max(1, mass_m // grp), DOCS_ONLY=docs,
-                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=64, WIDE=wide, PREC=prec)
+                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", KIND="*i32",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
         for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
@@ -81,7 +82,8 @@ SCRIPT = textwrap.dedent(r"""
 # (compute capability, dtype, head dim, 64-bit offsets, attention mass over documents only, query heads per
 # key/value head)
 CONFIGS = [(90, "bf16", 128, False, True, 4), (90, "fp16", 80, True, False, 4), (90, "fp32", 64, False, False, 4),
-           (80, "bf16", 128, False, False, 4), (90, "bf16", 64, False, False, 3)]
+           (80, "bf16", 128, False, False, 4), (90, "bf16", 64, False, False, 3), (90, "fp32", 128, False, True, 4),
+           (80, "fp32", 128, False, False, 2)]
 
 
 def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):

@@ -120,17 +120,21 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
 
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
-                   scale: Optional[float] = None, block_m: Optional[int] = None, block_n: int = 64,
+                   scale: Optional[float] = None, block_m: Optional[int] = None, block_n: Optional[int] = None,
                    out: Optional[torch.Tensor] = None, wide: Optional[bool] = None) -> torch.Tensor:
     """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
     offsets (default: when a tensor holds 2^31 elements or more). ``block_m``: rows of each product
-    (block_m // group selected rows x the group of query heads per key/value head; default 64, and 16 for
-    full-precision float32, whose FMA products need more registers: ptxas spills above that, checked by
-    tests/test_kernels_compile.py); ``block_n``: keys per program."""
+    (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
+    program. Defaults 64 x 64; for full-precision float32, whose FMA products need more registers, 16 x 64
+    (16 x 16 from a padded D of 128): ptxas spills above that (checked by tests/test_kernels_compile.py)."""
     R, Hq, D = q_rows.shape
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q_rows.device
+    block_d = max(16, triton.next_power_of_2(D))
+    prec = dot_precision(q_rows.dtype)
+    block_m = block_m or (16 if prec == "ieee" else 64)
+    block_n = block_n or (16 if prec == "ieee" and block_d >= 128 else 64)
     if lse is None:  # the normaliser over the covered keys, computed key chunk by key chunk
         from .cpu import row_lse
 
@@ -145,9 +149,6 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
     if T == 0:
         return mass
-    block_d = max(16, triton.next_power_of_2(D))
-    prec = dot_precision(q_rows.dtype)
-    block_m = block_m or (16 if prec == "ieee" else 64)
     group = Hq // Hkv
     rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
     grid = (triton.cdiv(T, block_n) * Hkv,)

@@ -321,12 +321,13 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
       bytes or more (D 128 in 16 bits), else 4. At 4 warps the 64 x D float32 accumulator, the query tile and
       the key/value tiles need more than 255 registers per thread there.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
-      registers): 32 x 32 and 8 warps; D 128 still spills on sm_90. With TF32 allowed: 64 x 64, 8 warps from
-      D 64.
+      registers): 32 rows by 32 keys (16 keys from a padded D of 128) and 8 warps. With TF32 allowed: 64 x 64,
+      8 warps from D 64.
     Triton's default stages."""
     ieee = dot_precision(dtype) == "ieee"
     wide_rows = block_d * torch.finfo(dtype).bits // 8 >= 256
-    cfg = {"block_m": block_m or (32 if ieee else 64), "block_n": block_n or (32 if ieee else 64),
+    cfg = {"block_m": block_m or (32 if ieee else 64),
+           "block_n": block_n or ((16 if block_d >= 128 else 32) if ieee else 64),
            "num_warps": num_warps or (8 if ieee or wide_rows else 4)}
     if num_stages is not None:
         cfg["num_stages"] = num_stages
