@@ -41,3 +41,18 @@ def pick_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
     return backend
+
+
+def check_launch(**sizes) -> None:
+    """Launch options of the Triton kernels: tile sizes (``block_*``) powers of two of at least 16 (tl.dot's
+    minimum), ``num_warps`` a power of two, ``max_blocks`` a non-negative int; None means the default."""
+    for name, val in sizes.items():
+        if val is None:
+            continue
+        if name == "max_blocks":
+            if not isinstance(val, int) or val < 0:
+                raise ValueError(f"max_blocks must be a non-negative int (0: never split), got {val!r}")
+            continue
+        low = 1 if name == "num_warps" else 16
+        if not isinstance(val, int) or val < low or val & (val - 1):
+            raise ValueError(f"{name} must be a power of two of at least {low}, got {val!r}")

@@ -276,6 +276,9 @@ def test_bad_inputs():
     for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             bsa_kernel.block_sparse_attention(q, k, v, layout, **bad)
+    for bad in (dict(block_n=100), dict(block_m=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            mass_kernel.attention_mass(q[:2], torch.tensor([0, 1]), k, layout, **bad)
     rows = torch.tensor([0, 3])
     with pytest.raises(IndexError):
         attention_mass(q[rows], torch.tensor([0, 10_000]), k, layout)

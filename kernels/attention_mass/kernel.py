@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._checks import check_launch
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
 from .common import row_meta, to_device
@@ -127,6 +128,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
     program. Defaults 64 x 64; for full-precision float32, whose FMA products need more registers, 16 x 64
     (16 x 16 from a padded D of 128): ptxas spills above that (checked by tests/test_kernels_compile.py)."""
+    check_launch(block_m=block_m, block_n=block_n)
     R, Hq, D = q_rows.shape
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._checks import check_launch
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
@@ -244,12 +245,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``num_stages``: Triton launch options; ``block_m``: rows of each product (block_m // group token rows x the
     group of query heads per key/value head, at least one token row), ``block_n``: keys per block (None: from
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
-    for name, val in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps)):
-        low = 1 if name == "num_warps" else 16  # tl.dot needs tiles of at least 16
-        if val is not None and (not isinstance(val, int) or val < low or val & (val - 1)):
-            raise ValueError(f"{name} must be a power of two of at least {low}, got {val!r}")
-    if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 0):
-        raise ValueError(f"max_blocks must be a non-negative int (0: never split), got {max_blocks!r}")
+    check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, max_blocks=max_blocks)
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
