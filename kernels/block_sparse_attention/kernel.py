@@ -51,6 +51,20 @@ def _load(ptrs, row_mask, col_mask, MASK_ROWS: tl.constexpr, MASK_COLS: tl.const
 
 
 @triton.jit
+def _product_rows(row_s, row_e, kvh, GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
+                  WIDE: tl.constexpr):
+    """Row i < ROWS * GROUP of a tile's product is token row_s + i // GROUP under query head kvh * GROUP +
+    i % GROUP: the query heads that share a key/value head read each key block once. Rows past ROWS * GROUP pad
+    the product to a power of two. Returns (i, token, head, valid)."""
+    offs_i = tl.arange(0, BLOCK_M)
+    tok = row_s + offs_i // GROUP
+    head = kvh * GROUP + offs_i % GROUP
+    if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
+        tok = tok.to(tl.int64)
+    return offs_i, tok, head, (tok < row_e) & (offs_i < ROWS * GROUP)
+
+
+@triton.jit
 def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, offs_m,
                m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
@@ -98,15 +112,7 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     part = tl.load(TILES + tile * 7 + 6)
     D_PAD: tl.constexpr = BLOCK_D != D
 
-    # Row i < ROWS * GROUP of the tile's product is token row_s + i // GROUP and query head kvh * GROUP +
-    # i % GROUP: the query heads that share this key/value head read each key block once. Rows past
-    # ROWS * GROUP pad the product to a power of two.
-    offs_i = tl.arange(0, BLOCK_M)
-    tok = row_s + offs_i // GROUP
-    head = kvh * GROUP + offs_i % GROUP
-    if WIDE:  # element offsets past 2^31: 64-bit address arithmetic
-        tok = tok.to(tl.int64)
-    m_mask = (tok < row_e) & (offs_i < ROWS * GROUP)
+    offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
@@ -158,12 +164,7 @@ def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_
     row_e = tl.load(GROUPS + grp * 4 + 1)
     first = tl.load(GROUPS + grp * 4 + 2)
     n = tl.load(GROUPS + grp * 4 + 3)
-    offs_i = tl.arange(0, BLOCK_M)
-    tok = row_s + offs_i // GROUP
-    head = kvh * GROUP + offs_i % GROUP
-    if WIDE:
-        tok = tok.to(tl.int64)
-    m_mask = (tok < row_e) & (offs_i < ROWS * GROUP)
+    offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     slot0 = (first.to(tl.int64) * HKV + kvh) * BLOCK_M  # chunk j's partials start at slot0 + j * HKV * BLOCK_M
@@ -284,28 +285,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                      lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d,
                                      BLOCK_M=block_m, WIDE=wide, num_warps=8)
     return out, lse
-    if max_blocks is None:
-        max_blocks = layout.memo(("max_blocks", block_m, block_n, Hq, str(q.device)),
-                                 lambda: auto_max_blocks(tiles, block_n, Hq, q.device))
-
-    def build():
-        table, groups = schedule(tiles, block_n, max_blocks)
-        return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
-                int(groups[:, 3].sum()) if len(groups) else 0)
-
-    table, groups, parts = layout.memo(("bsa", block_m, block_n, max_blocks, str(q.device)), build)
-    wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
-    part_o = torch.empty(max(parts * block_m * Hq * D, 1), dtype=torch.float32, device=q.device)
-    part_l = torch.empty(max(parts * block_m * Hq, 1), dtype=torch.float32, device=q.device)
-    _bsa_fwd[(len(table) * Hq,)](q, k, v, out, lse, part_o, part_l, table, Hq, q.stride(0), q.stride(1),
-                                 k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-                                 lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=Hq // Hkv, D=D, BLOCK_D=block_d,
-                                 BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide, PREC=dot_precision(q.dtype), **cfg)
-    if len(groups):
-        _merge[(len(groups) * Hq,)](part_o, part_l, out, lse, groups, Hq, out.stride(0), out.stride(1),
-                                    lse.stride(0), lse.stride(1), D=D, BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide,
-                                    num_warps=8)
-    return out, lse
 
 
 def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
@@ -313,7 +292,7 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
     """Tile sizes and Triton launch options, each taken from the caller when given. Chosen so that ptxas spills
     no registers in the shipped configurations (tests/test_kernels_compile.py reads its counts for sm_80 and
     sm_90):
-    - Products of 64 rows (token rows x the padded query-head group) by 64 keys; 8 warps where a row holds 256
+    - Products of 64 rows (token rows x the query-head group, padded to a power of two) by 64 keys; 8 warps where a row holds 256
       bytes or more (D 128 in 16 bits), else 4. At 4 warps the 64 x D float32 accumulator, the query tile and
       the key/value tiles need more than 255 registers per thread there.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
