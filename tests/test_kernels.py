@@ -38,6 +38,7 @@ LAYOUTS = {
     "three_prompts": [(3, [10, 20], 5), (2, [7], 9), (4, [1, 1, 30], 6)],  # key tiles straddle prompts
     "no_docs": [(7, [], 5)],
     "long_instruction": [(70, [40, 3], 33)],  # whole and partial prefix blocks
+    "interleaved": [(4, [5, 7, 5, 7, 5], 3)],  # equal-length documents that are not back to back
 }
 # (dtype, atol, rtol): tolerances per dtype; bfloat16 only on a GPU (the interpreter's bf16 dot is wrong)
 DTYPES = [(torch.float32, 2e-5, 1e-4), (torch.float16, 2e-2, 2e-2)]
@@ -317,6 +318,28 @@ def test_gpu_attention_mass_with_rows_and_weights_on_either_device(mode):
     for r, weights in ((rows, w), (rows.cuda(), w.cuda()), (rows, w.cuda())):
         got = attention_mass(q[rows.cuda()], r, k, layout, weights=weights, mode=mode, backend="triton")
         close(got, ref, 1e-5, 1e-3, f"gpu mass, rows on {r.device}, weights on {weights.device}")
+
+
+def test_cpu_path_repeats_grouped_heads_where_the_flash_op_rejects_them(monkeypatch):
+    """Builds of the CPU flash op that need as many key/value heads as query heads get them repeated."""
+    from irforge.kernels.block_sparse_attention import cpu
+
+    real = cpu._flash_op()
+    calls = []
+
+    def strict(q, k, v, *args, **kwargs):
+        calls.append(k.shape[1])
+        if k.shape[1] != q.shape[1]:
+            raise RuntimeError("number of heads in key/value must equal the number of heads in query")
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(cpu, "_flash_op", lambda: strict)
+    layout, q, k, v = make("two_prompts", 64, 4, 2, torch.float32)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = block_sparse_attention(q, k, v, layout, backend="torch")
+    close(o, ref_o, 2e-5, 1e-4, "repeated-heads out")
+    close(l, ref_l, 2e-5, 1e-4, "repeated-heads lse")
+    assert 2 in calls and 4 in calls  # tried as given, then repeated
 
 
 def test_cpu_path_fallback_without_the_flash_op(monkeypatch):

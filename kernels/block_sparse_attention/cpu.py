@@ -22,7 +22,14 @@ from ..layout import DOCUMENT, SegmentLayout
 BATCH_ELEMENTS = 1 << 24  # score elements per batched call
 
 
+def _repeat_heads(q, k, v):
+    """k, v with each key/value head repeated for the query heads of its group."""
+    group = q.shape[1] // k.shape[1]
+    return (k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)) if group > 1 else (k, v)
+
+
 def _explicit(q, k, v, causal, scale):
+    k, v = _repeat_heads(q, k, v)
     s = torch.einsum("bhld,bhmd->bhlm", q, k) * scale
     if causal:
         L = q.shape[2]
@@ -31,44 +38,61 @@ def _explicit(q, k, v, causal, scale):
     return torch.einsum("bhlm,bhmd->bhld", torch.exp(s - lse[..., None]), v), lse
 
 
+def _flash_op():
+    """PyTorch's CPU flash attention op (returns the log-sum-exp too), or None."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def _flash(q, k, v, causal, scale):
-    """Attention of q [B, H, L, D] over k, v [B, H, M, D] (causal: a square, row i sees keys <= i).
-    Returns out [B, H, L, D] and lse [B, H, L], float32."""
-    try:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)[:2]
-        return out, lse
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return _explicit(q, k, v, causal, scale)
+    """Attention of q [B, Hq, L, D] over k, v [B, Hkv, M, D] (causal: a square, row i sees keys <= i; Hq a
+    multiple of Hkv). Returns out [B, Hq, L, D] and lse [B, Hq, L], float32. PyTorch's CPU flash op takes the
+    grouped key/value heads as they are; where it does not (older builds), they are repeated for it."""
+    op = _flash_op()
+    for attempt in (lambda: (k, v), lambda: _repeat_heads(q, k, v)) if op is not None else ():
+        try:
+            return op(q, *attempt(), 0.0, causal, scale=scale)[:2]
+        except (RuntimeError, NotImplementedError):
+            continue
+    return _explicit(q, k, v, causal, scale)
 
 
-def _heads(x, group):
-    """[n, L, Hkv, D] -> [n, Hq, L, D] float32 (each key/value head repeated for its query heads)."""
-    x = x.float().transpose(1, 2)
-    return x.repeat_interleave(group, dim=1) if group > 1 else x
+def _rows_of(starts, length, device):
+    """The rows of equal-length segments: a slice when they lie back to back (then every read is a view), else
+    an index [n, length]."""
+    if all(b - a == length for a, b in zip(starts, starts[1:])):
+        return slice(starts[0], starts[0] + len(starts) * length)
+    return torch.as_tensor(starts, device=device)[:, None] + torch.arange(length, device=device)[None, :]
 
 
-def _segments(q, k, v, starts, length, prefix, scale, group, out, lse):
+def _segments(q, k, v, starts, length, prefix, scale, out, lse):
     """Equal-length segments sharing one prefix range: one batched call per part, then the merge."""
     n = len(starts)
-    idx = torch.as_tensor(starts, device=q.device)[:, None] + torch.arange(length, device=q.device)[None, :]
-    qs = _heads(q[idx], 1)  # [n, Hq, L, D]
-    o, m = _flash(qs, _heads(k[idx], group), _heads(v[idx], group), True, scale)
+    at = _rows_of(starts, length, q.device)
+
+    def heads(x):  # rows of x as [n, heads, length, D] float32
+        x = x[at].unflatten(0, (n, length)) if isinstance(at, slice) else x[at]
+        return x.float().transpose(1, 2)
+
+    qs = heads(q)
+    o, m = _flash(qs, heads(k), heads(v), True, scale)
     p0, p1 = prefix
     if p1 > p0:
-        kp = _heads(k[p0:p1][None], group).expand(n, -1, -1, -1)
-        vp = _heads(v[p0:p1][None], group).expand(n, -1, -1, -1)
+        kp = k[p0:p1][None].float().transpose(1, 2).expand(n, -1, -1, -1)
+        vp = v[p0:p1][None].float().transpose(1, 2).expand(n, -1, -1, -1)
         oa, ma = _flash(qs, kp, vp, False, scale)
         mm = torch.logaddexp(ma, m)
         o = oa * torch.exp(ma - mm)[..., None] + o * torch.exp(m - mm)[..., None]
         m = mm
-    out[idx] = o.transpose(1, 2).to(out.dtype)
-    lse[idx] = m.transpose(1, 2)
+    o, m = o.transpose(1, 2).to(out.dtype), m.transpose(1, 2)  # [n, length, Hq, ...]
+    if isinstance(at, slice):
+        o, m = o.flatten(0, 1), m.flatten(0, 1)
+    out[at] = o
+    lse[at] = m
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
                            scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     T, Hq, D = q.shape
-    group = Hq // k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = torch.empty_like(q)
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device)
@@ -82,5 +106,5 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         per_segment = Hq * length * (p1 - p0 + length)
         step = max(1, BATCH_ELEMENTS // per_segment)
         for c in range(0, len(starts), step):
-            _segments(q, k, v, starts[c:c + step], length, (p0, p1), scale, group, out, lse)
+            _segments(q, k, v, starts[c:c + step], length, (p0, p1), scale, out, lse)
     return out, lse
