@@ -4,9 +4,11 @@ Each program takes one query tile (token rows of one segment; tiles never stradd
 head, with every query head that shares it (grouped-query attention packed into the rows of the products, as
 FlashAttention-3's PackGQA does: BLOCK_M rows hold BLOCK_M // group tokens x the group). Each key block is then
 loaded once for the whole group, and a tile holds fewer tokens (16 for Mistral's groups of 4, 21 for SmolLM2's
-groups of 3), so less of it is padding. It visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal
-range [start, last row]. Fully masked key blocks are never loaded, so the cost follows the allowed (q, k) pairs,
-not T^2. Key blocks that every row of the tile may see in full run without any mask; only a range's last partial
+groups of 3), so less of it is padding.
+
+A tile visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal range
+[start, last row]. Fully masked key blocks are never loaded, so the cost follows the allowed (q, k) pairs, not
+T^2. Key blocks that every row of the tile may see in full run without any mask; only a range's last partial
 block and the blocks crossing the diagonal are masked. Online softmax in float32 with exp2.
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
@@ -65,11 +67,11 @@ def _product_rows(row_s, row_e, kvh, GROUP: tl.constexpr, ROWS: tl.constexpr, BL
 
 
 @triton.jit
-def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, offs_m,
+def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok,
                m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     """Keys [start, start + BLOCK_N) into the tile's online softmax. MASKED: keys at or past ``end`` are cut and,
-    with CAUSAL, keys after a row; unmasked blocks are wholly visible to every row of the tile."""
+    with CAUSAL, keys after a row's token ``tok``; unmasked blocks are wholly visible to every row of the tile."""
     offs_n = start + tl.arange(0, BLOCK_N)
     if WIDE:
         offs_n = offs_n.to(tl.int64)
@@ -80,7 +82,7 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
     if MASKED:
         allowed = n_mask[None, :]
         if CAUSAL:
-            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+            allowed = allowed & (offs_n[None, :] <= tok[:, None])
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees none of these keys (yet)
