@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..layout import SegmentLayout
+from ..layout import DOCUMENT, SegmentLayout
 
 
 def to_device(x, device: torch.device) -> torch.Tensor:
@@ -24,3 +24,8 @@ def row_meta(layout: SegmentLayout, rows) -> tuple[np.ndarray, np.ndarray]:
         raise IndexError(f"row positions must lie in [0, {layout.total_tokens}), got {pos.min()}..{pos.max()}")
     prompt_start = layout.memo("prompt_starts", layout.prompt_starts)
     return pos, prompt_start[pos] if pos.size else pos
+
+
+def document_keys(layout: SegmentLayout, device: torch.device) -> torch.Tensor:
+    """Whether each token is a document token, bool [T] on ``device``; built once per layout and device."""
+    return layout.memo(("documents", str(device)), lambda: to_device(layout.key_kinds() == DOCUMENT, device))

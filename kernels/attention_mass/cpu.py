@@ -8,8 +8,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..layout import DOCUMENT, SegmentLayout
-from .common import row_meta, to_device
+from ..layout import SegmentLayout
+from .common import document_keys, row_meta, to_device
 
 KEY_CHUNK = 2048
 
@@ -19,8 +19,7 @@ def _chunks(layout, rows, mode, device):
     c0, c1, allowed [rows, c1 - c0]). Rows meet only their own prompt's keys, so packed prompts cost what they
     would alone."""
     pos, p0 = row_meta(layout, rows)
-    doc = layout.memo(("documents", str(device)), lambda: torch.as_tensor(layout.key_kinds() == DOCUMENT,
-                                                                         device=device)) if mode == "documents" else None
+    doc = document_keys(layout, device) if mode == "documents" else None
     for start in np.unique(p0).tolist():
         sel = np.nonzero(p0 == start)[0]
         pos_t, sel_t = to_device(np.stack([pos[sel], sel]), device)

@@ -28,13 +28,13 @@ import triton.language as tl
 from .._checks import check_launch
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
-from .common import row_meta, to_device
+from .common import document_keys, row_meta, to_device
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HKV, stride_qr, stride_qh, stride_kt,
+def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, stride_qr, stride_qh, stride_kt,
                  stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -52,8 +52,7 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, KIND, ROW_LO, ROW_HI, MASS, T, HKV, stri
                 mask=n_mask[:, None] & d_mask[None, :], other=0.0)
     key_ok = n_mask
     if DOCS_ONLY:
-        kind = tl.load(KIND + offs_n, mask=n_mask, other=0)
-        key_ok = key_ok & (kind == 1)
+        key_ok = key_ok & (tl.load(DOC + offs_n, mask=n_mask, other=0) != 0)
     # Product row i < ROWS * GROUP is selected row r0 + i // GROUP under query head kvh * GROUP + i % GROUP: the
     # key block is loaded once for all the query heads that share it.
     offs_i = tl.arange(0, BLOCK_M)
@@ -145,8 +144,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     if order_t is not None:  # rows not in position order: sort them on the device
         q_rows, lse = q_rows[order_t], lse[order_t]
     q_rows, lse, w = q_rows.contiguous(), lse.float().contiguous(), w.contiguous()
-    kinds = layout.memo(("key_kinds", str(dev)), lambda: torch.as_tensor(layout.key_kinds(), dtype=torch.int32,
-                                                                           device=dev))
+    # which keys are document tokens: read only in "documents" mode
+    doc = document_keys(layout, dev) if mode == "documents" else torch.empty(0, dtype=torch.bool, device=dev)
     k = k.contiguous()
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
     if T == 0:
@@ -154,7 +153,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     group = Hq // Hkv
     rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
     grid = (triton.cdiv(T, block_n) * Hkv,)
-    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, kinds, row_lo_t, row_hi_t, mass, T, Hkv,
+    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv,
                        q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                        mass.stride(0), mass.stride(1),
                        scale * LOG2E, GROUP=group, GP=triton.next_power_of_2(group), ROWS=rows_per,
