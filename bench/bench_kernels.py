@@ -157,30 +157,29 @@ def gpu_section() -> list[str]:
 
 
 def sweep_section() -> list[str]:
-    """Launch configurations of the block-sparse kernel on the two GPU shapes: key block, warps, stages."""
+    """Launch configurations of the block-sparse kernel on the two GPU shapes: product rows, key block, warps,
+    stages (the kernel without splitting is timed in gpu_section's table)."""
     import triton
 
     from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
 
-    # (product rows, key block, warps, stages, split); None: launch_config's default
-    configs = ([(64, 64, w, st, None) for w in (4, 8) for st in (2, 3, 4)]
-               + [(64, 32, None, None, None), (64, 128, None, None, None), (128, 64, None, None, None),
-                  (32, 64, None, None, None), (64, 64, None, None, 0)])
+    # (product rows, key block, warps, stages); None: launch_config's default
+    configs = ([(64, 64, w, st) for w in (4, 8) for st in (2, 3, 4)]
+               + [(64, 32, None, None), (64, 128, None, None), (128, 64, None, None), (32, 64, None, None)])
     out = [f"GPU {torch.cuda.get_device_name()}: block-sparse kernel launch configurations, 32 query / 8 KV heads, "
-           f"D 128, bf16. Product rows = token rows x 4 query heads per KV head; split 0: long tiles never split. "
-           f"Median ms by triton.testing.do_bench.", "",
-           "| shape | product rows | key block | warps | stages | split | median ms |", "|---|---|---|---|---|---|---|"]
+           f"D 128, bf16. Product rows = token rows x 4 query heads per KV head. Median ms by "
+           f"triton.testing.do_bench.", "",
+           "| shape | product rows | key block | warps | stages | median ms |", "|---|---|---|---|---|---|"]
     for n_docs, doc_len in ((100, 160), (500, 200)):
         layout = SegmentLayout.from_lengths([(64, [doc_len] * n_docs, 50)])
         T = layout.total_tokens
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
-        for bm, bn, w, st, split in configs:
+        for bm, bn, w, st in configs:
             try:
-                ms = f"{triton.testing.do_bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn, num_warps=w, num_stages=st, max_blocks=split)):.3f}"
+                ms = f"{triton.testing.do_bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn, num_warps=w, num_stages=st)):.3f}"
             except Exception as e:  # noqa: BLE001 - e.g. shared memory over the limit: report it
                 ms = f"failed ({type(e).__name__})"
-            out.append(f"| 64 + {n_docs} x {doc_len} + 50 | {bm} | {bn} | {w or 'default'} | {st or 'default'} | "
-                       f"{'auto' if split is None else split} | {ms} |")
+            out.append(f"| 64 + {n_docs} x {doc_len} + 50 | {bm} | {bn} | {w or 'default'} | {st or 'default'} | {ms} |")
             print(out[-1], flush=True)
     return out
 

@@ -4,8 +4,9 @@
 # kernel test file on the GPU (it compiles many kernel variants). Each step has its own time limit (about 12
 # minutes in all with the build: the last steps may meet the device call's 600 s limit; what they printed by
 # then still comes back, and a second call on the still-warm machine can run them: `IRFORGE_SKIP_INSTALL=1 bash
-# bench/gpu_session.sh sweep kernel-tests`); a step that runs out is reported and the next one starts. Results land in $OUT: RESULTS.md (the tree's, with the GPU sections written in), gpu.txt and
-# one log per step; copy RESULTS.md back into bench/.
+# bench/gpu_session.sh sweep kernel-tests`); a step that runs out is reported and the next one starts.
+# Results land in $OUT: RESULTS.md (the tree's, with the GPU sections written in), gpu.txt and one log per
+# step; copy RESULTS.md back into bench/.
 #
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
