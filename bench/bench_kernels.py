@@ -2,13 +2,15 @@
 the mask, FlexAttention with the equivalent BlockMask (its construction timed alone and included), and the
 reference where it fits in memory.
 
-    python bench/bench_kernels.py [--write bench/RESULTS.md] [--sweep]
+    python bench/bench_kernels.py [--write bench/RESULTS.md] [--gpu-only | --sweep]
 
 GPU (when CUDA is present): Mistral-7B-like shapes (32 query heads, 8 KV heads, D 128, bf16): a 64-token
 instruction + 100 documents x 160 tokens + a 50-token query (16,114 tokens), and 500 x 200 (100,114 tokens).
 Times by triton.testing.do_bench (median, 20th and 80th percentiles). The attention-mass rows compare the
 kernel to materialising the query rows' attention weights over all keys (time and peak memory); the row
-positions are given on the host, as the rerankers give them (rows on the GPU cost one synchronisation).
+positions are given on the host, as the rerankers give them (rows on the GPU cost one synchronisation). Each
+shape also checks the kernel's output on 256 rows (the query rows, documents' first and last rows, random rows)
+against float32 attention under the layout's mask.
 CPU (always): the PyTorch CPU path for 64 + 20 x 160 + 50 = 3,314 tokens, 8 query and 2 KV heads, D 64, fp32,
 against SDPA with a boolean mask, dense causal SDPA and compiled FlexAttention.
 """
@@ -91,6 +93,27 @@ def cpu_section() -> list[str]:
     return out
 
 
+def sampled_rows_error(q, k, v, layout: SegmentLayout, out, lse) -> tuple[float, float]:
+    """Max abs error of out and lse on 256 rows against float32 attention under the layout's mask: the query
+    rows, documents' first and last rows (the tile edges the split and merge touch) and random rows."""
+    T, Hq, D = q.shape
+    g = torch.Generator().manual_seed(1)
+    rng = layout.row_ranges()
+    edges = torch.as_tensor(layout.cu_seqlens[1:-1], dtype=torch.long)
+    pick = torch.cat([torch.arange(T - 50, T), edges[:80], edges[:80] - 1, torch.randint(0, T, (46,), generator=g)])
+    rows = torch.unique(pick.clamp(0, T - 1)).to(q.device)
+    r = torch.as_tensor(rng, device=q.device)[rows]
+    t = torch.arange(T, device=q.device)[None]
+    allowed = ((t >= r[:, :1]) & (t < r[:, 1:2])) | ((t >= r[:, 2:3]) & (t <= rows[:, None]))
+    kk = k.float().repeat_interleave(Hq // k.shape[1], dim=1)
+    s = torch.einsum("rhd,thd->hrt", q[rows].float(), kk) / math.sqrt(D)
+    s = s.masked_fill(~allowed[None], float("-inf"))
+    ref_lse = torch.logsumexp(s, -1)  # [H, rows]
+    ref = torch.einsum("hrt,thd->rhd", (s - ref_lse[..., None]).exp(), v.float().repeat_interleave(Hq // k.shape[1], 1))
+    return ((out[rows].float() - ref).abs().max().item(),
+            (lse[rows].float() - ref_lse.T).abs().max().item())
+
+
 def gpu_section() -> list[str]:
     import triton
 
@@ -125,15 +148,17 @@ def gpu_section() -> list[str]:
         res.append(("FlexAttention (BlockMask)", fl))
         res.append(("FlexAttention + mask construction", [a + b for a, b in zip(fl, mask_ms)]))
         ours = res[0][1][0]
+        o, lse = block_sparse_attention(q, k, v, layout, backend="triton")
+        err_o, err_l = sampled_rows_error(q, k, v, layout, o, lse)
         out += [f"GPU {torch.cuda.get_device_name()}: {T:,} tokens (64 + {n_docs} x {doc_len} + 50), 32/8 heads, D 128, "
                 f"bf16; allowed pairs {frac:.2%} of dense causal. Target: irforge <= 1.5 x causal x fraction = "
-                f"{1.5 * causal[0] * frac:.3f} ms, and below FlexAttention + mask construction.", "",
+                f"{1.5 * causal[0] * frac:.3f} ms, and below FlexAttention + mask construction. Max abs error on 256 "
+                f"sampled rows against float32 attention: output {err_o:.1e}, log-sum-exp {err_l:.1e}.", "",
                 "| method | median ms | p20 | p80 | ratio to irforge |", "|---|---|---|---|---|"]
         out += [f"| {n} | {t[0]:.3f} | {t[1]:.3f} | {t[2]:.3f} | {t[0] / ours:.2f} |" for n, t in res]
         # attention mass from the 50 query rows, against materialising their attention weights
         rows = torch.arange(T - 50, T, device=dev)
         rows_host = rows.cpu()  # positions as the rerankers pass them: on the host, so no synchronisation
-        _, lse = block_sparse_attention(q, k, v, layout, backend="triton")
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
         t_mass = bench(lambda: attention_mass(q[rows], rows_host, k, layout, lse=lse[rows], backend="triton"))
@@ -188,14 +213,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write")
     ap.add_argument("--sweep", action="store_true", help="only the GPU launch-configuration sweep")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU figures (no CPU section)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_bm25 import machine, write_section
 
     meta = machine()
+    if (args.sweep or args.gpu_only) and not torch.cuda.is_available():
+        sys.exit("--sweep and --gpu-only need a CUDA device")
+    if args.gpu_only:
+        text = "\n".join(["## Kernels on the GPU (bench/bench_kernels.py --gpu-only)", "",
+                          f"Date: {meta['date']}; irforge git {meta['git']}; torch {torch.__version__}.", ""]
+                         + gpu_section()) + "\n"
+        print(text)
+        if args.write:
+            write_section(Path(args.write), text, marker="## Kernels on the GPU")
+        return
     if args.sweep:
-        if not torch.cuda.is_available():
-            sys.exit("--sweep needs a CUDA device")
         text = "\n".join(["## Kernel launch configurations (bench/bench_kernels.py --sweep)", "",
                           f"Date: {meta['date']}; irforge git {meta['git']}; torch {torch.__version__}.", ""]
                          + sweep_section()) + "\n"

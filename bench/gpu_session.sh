@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, as one run on a lent machine (the device tool): the GPU-marked tests,
-# bench_kernels.py and bench_rerank.py on the GPU, then the kernel's launch-configuration sweep, then the whole
-# kernel test file on the GPU (it compiles many kernel variants). Each step has its own time limit (about 12
-# minutes in all with the build: the last steps may meet the device call's 600 s limit; what they printed by
-# then still comes back, and a second call on the still-warm machine can run them: `IRFORGE_SKIP_INSTALL=1 bash
-# bench/gpu_session.sh sweep kernel-tests`); a step that runs out is reported and the next one starts.
+# bench_kernels.py --gpu-only and bench_rerank.py on the GPU, then the whole kernel test file on the GPU (it
+# compiles many kernel variants), then the kernel's launch-configuration sweep. Each step has its own time limit
+# (about 12 minutes in all with the build: the last steps may meet the device call's 600 s limit; what they
+# printed by then still comes back, and a second call on the still-warm machine can run them:
+# `IRFORGE_SKIP_INSTALL=1 bash bench/gpu_session.sh kernel-tests sweep`); a step that runs out is reported and
+# the next one starts.
 # Results land in $OUT: RESULTS.md (the tree's, with the GPU sections written in), gpu.txt and one log per
 # step; copy RESULTS.md back into bench/.
 #
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
-#              STEP: tests, kernels, rerank, sweep, kernel-tests (default: all five, in that order)
+#              STEP: tests, kernels, rerank, kernel-tests, sweep (default: all five, in that order)
 #
 # The machine reaches no network: irforge is built from the tree with the image's own torch, triton,
 # transformers, pybind11, scikit-build-core, cmake and ninja (pip --no-index --no-build-isolation).
@@ -20,7 +21,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 cp bench/RESULTS.md "$OUT/RESULTS.md"
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests kernels rerank sweep kernel-tests)
+[ ${#steps[@]} -eq 0 ] && steps=(tests kernels rerank kernel-tests sweep)
 say() { echo "== $1 ($(date -u +%T))"; }
 limited() {  # seconds, log name, command...
   local secs=$1 log=$2
@@ -56,7 +57,7 @@ for step in "${steps[@]}"; do
   say "$step"
   case $step in
     tests) limited 90 tests.log python3 -m pytest -q -p no:cacheprovider -m gpu "${gpu_tests[@]}" ;;
-    kernels) limited 180 kernels.log python3 bench/bench_kernels.py --write "$OUT/RESULTS.md" ;;
+    kernels) limited 200 kernels.log python3 bench/bench_kernels.py --gpu-only --write "$OUT/RESULTS.md" ;;
     rerank) IRFORGE_DATA=.gpu/data limited 180 rerank.log python3 bench/bench_rerank.py --device cuda --dtype bfloat16 \
               --model random:mistral-7b --tokenizer .gpu/tokenizer --queries 5 --max-doc-tokens 100 --write "$OUT/RESULTS.md" ;;
     kernel-tests) limited 150 kernel_tests.log python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ;;
