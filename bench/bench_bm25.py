@@ -349,12 +349,15 @@ def machine() -> dict:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        sha = ""
-    sha = sha or os.environ.get("IRFORGE_GIT", "unknown")  # a copy of the tree without .git (a GPU machine)
+    # IRFORGE_GIT first: a copy of the tree on a GPU machine may carry a stale .git (bench/gpu_prepare.py)
+    sha = os.environ.get("IRFORGE_GIT", "")
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            pass
+    sha = sha or "unknown"
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem, 1), "python": platform.python_version(),
             "os": f"{platform.system()} {platform.release()}", "git": sha,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

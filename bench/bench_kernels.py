@@ -114,9 +114,21 @@ def sampled_rows_error(q, k, v, layout: SegmentLayout, out, lse) -> tuple[float,
             (lse[rows].float() - ref_lse.T).abs().max().item())
 
 
+def peak_extra(f) -> int:
+    """Peak CUDA memory allocated by one call of f above what was allocated before it, in bytes (measured apart
+    from do_bench, whose 256 MB L2-flush buffer would count)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    f()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
 def gpu_section() -> list[str]:
     import triton
 
+    from irforge.kernels.attention_mass import kernel as mass_kernel
     from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
 
     out = []
@@ -130,7 +142,9 @@ def gpu_section() -> list[str]:
         bench = lambda f: triton.testing.do_bench(f, quantiles=[0.5, 0.2, 0.8])  # noqa: E731
         res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton"))),
                ("irforge Triton, long tiles not split", bench(lambda: bsa_kernel.block_sparse_attention(
-                   q, k, v, layout, max_blocks=0)))]
+                   q, k, v, layout, max_blocks=0))),
+               ("irforge Triton, 32-key blocks", bench(lambda: bsa_kernel.block_sparse_attention(
+                   q, k, v, layout, block_n=32)))]
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             causal = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True))
         res.append(("SDPA dense causal (flash)", causal))
@@ -159,10 +173,11 @@ def gpu_section() -> list[str]:
         # attention mass from the 50 query rows, against materialising their attention weights
         rows = torch.arange(T - 50, T, device=dev)
         rows_host = rows.cpu()  # positions as the rerankers pass them: on the host, so no synchronisation
-        torch.cuda.reset_peak_memory_stats()
-        base_mem = torch.cuda.memory_allocated()
-        t_mass = bench(lambda: attention_mass(q[rows], rows_host, k, layout, lse=lse[rows], backend="triton"))
-        mem_mass = torch.cuda.max_memory_allocated() - base_mem
+        mass = lambda: attention_mass(q[rows], rows_host, k, layout, lse=lse[rows], backend="triton")  # noqa: E731
+        t_mass, mem_mass = bench(mass), peak_extra(mass)
+        mass_dot = lambda: mass_kernel.attention_mass(q[rows], rows_host, k, layout, lse=lse[rows],  # noqa: E731
+                                                      head_sum="dot")
+        t_dot, mem_dot = bench(mass_dot), peak_extra(mass_dot)
 
         def materialise():
             kk = k.repeat_interleave(Hq // Hkv, dim=1)
@@ -170,43 +185,64 @@ def gpu_section() -> list[str]:
             s = s.masked_fill(torch.arange(T, device=dev)[None, None, :] > rows[None, :, None], float("-inf"))
             return s.softmax(-1).mean(1)
 
-        torch.cuda.reset_peak_memory_stats()
-        base_mem = torch.cuda.memory_allocated()
-        t_mat = bench(materialise)
-        mem_mat = torch.cuda.max_memory_allocated() - base_mem
+        t_mat, mem_mat = bench(materialise), peak_extra(materialise)
         out += ["", "| attention mass, 50 query rows | median ms | peak extra memory MB |", "|---|---|---|",
                 f"| irforge Triton | {t_mass[0]:.3f} | {mem_mass / 2**20:.1f} |",
+                f"| irforge Triton, per-head sums as one product (head_sum='dot') | {t_dot[0]:.3f} | "
+                f"{mem_dot / 2**20:.1f} |",
                 f"| materialised weights (einsum + softmax) | {t_mat[0]:.3f} | {mem_mat / 2**20:.1f} |",
                 f"| ratio | {t_mat[0] / t_mass[0]:.1f}x faster | {mem_mat / max(mem_mass, 1):.0f}x less memory |", ""]
     return out
 
 
 def sweep_section() -> list[str]:
-    """Launch configurations of the block-sparse kernel on the two GPU shapes: product rows, key block, warps,
-    stages (the kernel without splitting is timed in gpu_section's table)."""
+    """Launch configurations of the two kernels on the two GPU shapes: the block-sparse kernel's product rows,
+    key block, warps and stages; the attention-mass kernel's product rows, key block, warps and per-head sum
+    (50 query rows, causal mode)."""
     import triton
 
+    from irforge.kernels.attention_mass import kernel as mass_kernel
     from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
 
-    # (product rows, key block, warps, stages); None: launch_config's default
-    configs = ([(64, 64, w, st) for w in (4, 8) for st in (2, 3, 4)]
-               + [(64, 32, None, None), (64, 128, None, None), (128, 64, None, None), (32, 64, None, None)])
-    out = [f"GPU {torch.cuda.get_device_name()}: block-sparse kernel launch configurations, 32 query / 8 KV heads, "
-           f"D 128, bf16. Product rows = token rows x 4 query heads per KV head. Median ms by "
-           f"triton.testing.do_bench.", "",
+    # (product rows, key block, warps, stages); the first is the Hopper default, the second the default before it
+    configs = [(64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 4, 2), (64, 32, 4, 3), (64, 16, 4, 2), (128, 64, 8, 2),
+               (128, 32, 8, 2)]
+    # (product rows, key block, warps, per-head sum); the first is the default
+    mass_configs = [(64, 64, 4, "loop"), (64, 64, 4, "dot"), (64, 128, 4, "loop"), (64, 128, 8, "dot"),
+                    (128, 64, 8, "loop"), (128, 64, 8, "dot"), (64, 32, 4, "loop"), (64, 64, 8, "loop")]
+    name = torch.cuda.get_device_name()
+    out = [f"GPU {name}: block-sparse kernel launch configurations, 32 query / 8 KV heads, D 128, bf16. Product "
+           f"rows = token rows x 4 query heads per KV head. Median ms by triton.testing.do_bench.", "",
            "| shape | product rows | key block | warps | stages | median ms |", "|---|---|---|---|---|---|"]
+    mass_out = ["", f"GPU {name}: attention-mass kernel launch configurations, 50 query rows (causal), same heads. "
+                f"Median ms by triton.testing.do_bench.", "",
+                "| shape | product rows | key block | warps | per-head sum | median ms |", "|---|---|---|---|---|---|"]
+
+    def timed(f):
+        try:
+            return f"{triton.testing.do_bench(f):.3f}"
+        except Exception as e:  # noqa: BLE001 - e.g. shared memory over the limit: report it
+            return f"failed ({type(e).__name__})"
+
     for n_docs, doc_len in ((100, 160), (500, 200)):
         layout = SegmentLayout.from_lengths([(64, [doc_len] * n_docs, 50)])
         T = layout.total_tokens
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
+        shape = f"64 + {n_docs} x {doc_len} + 50"
         for bm, bn, w, st in configs:
-            try:
-                ms = f"{triton.testing.do_bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn, num_warps=w, num_stages=st)):.3f}"
-            except Exception as e:  # noqa: BLE001 - e.g. shared memory over the limit: report it
-                ms = f"failed ({type(e).__name__})"
-            out.append(f"| 64 + {n_docs} x {doc_len} + 50 | {bm} | {bn} | {w or 'default'} | {st or 'default'} | {ms} |")
+            ms = timed(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn,
+                                                                  num_warps=w, num_stages=st))
+            out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {ms} |")
             print(out[-1], flush=True)
-    return out
+        _, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
+        rows = torch.arange(T - 50, T)
+        qr, lr = q[rows.cuda()], lse[rows.cuda()]
+        for bm, bn, w, how in mass_configs:
+            ms = timed(lambda: mass_kernel.attention_mass(qr, rows, k, layout, lse=lr, block_m=bm, block_n=bn,
+                                                          num_warps=w, head_sum=how))
+            mass_out.append(f"| {shape} | {bm} | {bn} | {w} | {how} | {ms} |")
+            print(mass_out[-1], flush=True)
+    return out + mass_out
 
 
 def main() -> None:

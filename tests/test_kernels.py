@@ -88,6 +88,14 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
     """The tile sizes users get by default (64 x 64 in 16 bits, 32 x 32 for full-precision float32)."""
     layout, q, k, v = make("three_prompts", 128, 4, 2, dtype, seed=3)
     assert bsa_kernel.launch_config(dtype, 128)["block_m"] == (32 if dtype == torch.float32 else 64)
+    # Hopper, rows of 256 bytes in 16 bits: one warpgroup, two stages; elsewhere eight warps, Triton's stages
+    hopper = bsa_kernel.launch_config(dtype, 128, capability=(9, 0))
+    ampere = bsa_kernel.launch_config(dtype, 128, capability=(8, 0))
+    if dtype == torch.float32:
+        assert hopper == ampere
+    else:
+        assert (hopper["num_warps"], hopper["num_stages"], ampere["num_warps"]) == (4, 2, 8)
+        assert "num_stages" not in ampere
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "default-config out")
@@ -154,11 +162,12 @@ def test_random_layouts_rows_and_groups_attention_mass_matches_reference(seed):
     w = torch.rand(len(rows), generator=g).to(DEVICE) if rng.random() < 0.5 else None
     mode = str(rng.choice(["causal", "documents"]))
     block_m, block_n = int(rng.choice([16, 32, 64])), int(rng.choice([16, 32, 64]))
+    head_sum = str(rng.choice(["loop", "dot"]))
     ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="naive")
     out = torch.full((T, hq), float("nan"), device=DEVICE)
     mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, out=out, block_m=block_m,
-                               block_n=block_n)
-    close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}")
+                               block_n=block_n, head_sum=head_sum)
+    close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}, {head_sum}")
 
 
 def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
@@ -211,16 +220,17 @@ def test_attention_mass_matches_reference(mode, layout_name, D, hq, hkv):
     close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="torch"), ref, 1e-6, 1e-4, "cpu mass")
 
 
+@pytest.mark.parametrize("head_sum", ["loop", "dot"])
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("dtype,hq,hkv", [(torch.float16, 8, 2), (torch.float16, 8, 1), (torch.float32, 6, 2)])
-def test_attention_mass_default_products_match_reference(mode, dtype, hq, hkv):
+def test_attention_mass_default_products_match_reference(mode, dtype, hq, hkv, head_sum):
     """Default product rows (64 in 16 bits, 16 for full-precision float32) with groups of 4, 8 and 3 query heads
     per key/value head."""
     layout, q, k, _ = make("three_prompts", 64, hq, hkv, dtype, seed=5)
     T = layout.total_tokens
     rows = torch.tensor([3, 9, 20, 33, 40, T - 3, T - 2, T - 1])
     ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
-    got = attention_mass(q[rows], rows, k, layout, mode=mode, backend="triton")
+    got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode=mode, head_sum=head_sum)
     close(got, ref, 1e-3 if dtype == torch.float16 else 1e-6, 1e-2 if dtype == torch.float16 else 1e-4, "mass")
 
 
@@ -236,7 +246,7 @@ def test_attention_mass_row_tables_kept_per_layout_never_stale():
     for rows, w in calls:
         ref = attention_mass(q[rows], rows, k, layout, weights=w, backend="naive")
         close(attention_mass(q[rows], rows, k, layout, weights=w, backend="triton"), ref, 1e-6, 1e-4, "mass")
-        seen.append(layout.memo(("mass_rows", 64, "cpu"), list)[0][1])
+        seen.append(layout.memo(("mass_rows", 64, str(q.device)), list)[0][1])
     assert seen[1] is seen[0] and seen[4] is seen[3]  # the same rows and weights again: nothing rebuilt
     assert len({id(t) for t in seen}) == 5
 
@@ -274,10 +284,10 @@ def test_bad_inputs():
         SegmentLayout.from_lengths([(2, [3], 1)]).__class__(np.array([0, 2, 5]), np.array([0, 1]))
     with pytest.raises(ValueError, match="non-negative"):
         SegmentLayout.from_lengths([(2, [-1], 1)])
-    for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1)):
+    for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1), dict(num_stages=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             bsa_kernel.block_sparse_attention(q, k, v, layout, **bad)
-    for bad in (dict(block_n=100), dict(block_m=0)):
+    for bad in (dict(block_n=100), dict(block_m=0), dict(num_warps=6), dict(num_stages=1.5), dict(head_sum="sum")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             mass_kernel.attention_mass(q[:2], torch.tensor([0, 1]), k, layout, **bad)
     rows = torch.tensor([0, 3])

@@ -38,7 +38,8 @@ SCRIPT = textwrap.dedent(r"""
     for cc, dt, D, wide, docs, grp in json.loads(sys.argv[1]):
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
-        cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d)
+        cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d,
+                            capability=(cc // 10, cc % 10))
         bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
         consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
                       WIDE=wide, PREC=prec)
@@ -49,7 +50,7 @@ SCRIPT = textwrap.dedent(r"""
         mass_m = 16 if prec == "ieee" else 64  # the wrapper's default products
         mass_n = 16 if prec == "ieee" and block_d >= 128 else 64
         mass_consts = dict(GROUP=grp, GP=triton.next_power_of_2(grp), ROWS=max(1, mass_m // grp), DOCS_ONLY=docs,
-                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec)
+                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, HEAD_DOT=False)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
         for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),

@@ -38,7 +38,7 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
                  stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 WIDE: tl.constexpr, PREC: tl.constexpr):
+                 WIDE: tl.constexpr, PREC: tl.constexpr, HEAD_DOT: tl.constexpr):
     pid = tl.program_id(0)
     nb = pid // HKV  # key/value heads fastest: neighbouring programs share the key block's rows in L2
     kvh = pid % HKV
@@ -60,6 +60,8 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
     head = kvh * GROUP + g_of_i
     gcol = tl.arange(0, GP)
     acc = tl.zeros([BLOCK_N, GP], dtype=tl.float32)  # per key, per query head of the group
+    if HEAD_DOT:  # the product rows' heads as a one-hot [BLOCK_M, GP] matrix (GP at least 16 for tl.dot)
+        onehot = (g_of_i[:, None] == gcol[None, :]).to(tl.float32)
     r_lo = tl.load(ROW_LO + nb).to(tl.int32)  # row indices (below 2^31; int64 in the table)
     r_hi = tl.load(ROW_HI + nb).to(tl.int32)
     for r0 in range(r_lo, r_hi, ROWS):
@@ -76,9 +78,12 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
         p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0) * w[:, None]
-        for g in tl.static_range(GROUP):  # the rows of head g summed into its column
-            col = tl.sum(tl.where((g_of_i == g)[:, None], p, 0.0), 0)
-            acc += tl.where(gcol[None, :] == g, col[:, None], 0.0)
+        if HEAD_DOT:  # per head, the sum over its rows as one product on the tensor cores
+            acc += tl.dot(tl.trans(p), onehot, input_precision=PREC)
+        else:
+            for g in tl.static_range(GROUP):  # the rows of head g summed into its column
+                col = tl.sum(tl.where((g_of_i == g)[:, None], p, 0.0), 0)
+                acc += tl.where(gcol[None, :] == g, col[:, None], 0.0)
     tl.store(MASS + offs_n[:, None] * stride_mt + (kvh * GROUP + gcol)[None, :] * stride_mh, acc,
              mask=n_mask[:, None] & (gcol < GROUP)[None, :])
 
@@ -121,13 +126,21 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
                    scale: Optional[float] = None, block_m: Optional[int] = None, block_n: Optional[int] = None,
-                   out: Optional[torch.Tensor] = None, wide: Optional[bool] = None) -> torch.Tensor:
+                   out: Optional[torch.Tensor] = None, wide: Optional[bool] = None,
+                   num_warps: Optional[int] = None, num_stages: Optional[int] = None,
+                   head_sum: Optional[str] = None) -> torch.Tensor:
     """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
     offsets (default: when a tensor holds 2^31 elements or more). ``block_m``: rows of each product
     (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
     program. Defaults 64 x 64; for full-precision float32, whose FMA products need more registers, 16 x 64
-    (16 x 16 from a padded D of 128): ptxas spills above that (checked by tests/test_kernels_compile.py)."""
-    check_launch(block_m=block_m, block_n=block_n)
+    (16 x 16 from a padded D of 128): ptxas spills above that (checked by tests/test_kernels_compile.py).
+    ``num_warps`` (default 4; 8 for full-precision float32) and ``num_stages``: Triton launch options.
+    ``head_sum``: how each program sums its probabilities per query head: "loop" (a masked reduction per head
+    of the group, the default) or "dot" (one product with a one-hot head matrix, on tensor cores; TF32-rounded
+    probabilities unless float32 runs at full precision)."""
+    check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+    if head_sum not in (None, "loop", "dot"):
+        raise ValueError(f"head_sum must be 'loop' or 'dot', got {head_sum!r}")
     R, Hq, D = q_rows.shape
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -153,12 +166,16 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     group = Hq // Hkv
     rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
     grid = (triton.cdiv(T, block_n) * Hkv,)
+    head_dot = head_sum == "dot"
+    opts = {"num_warps": num_warps or (8 if prec == "ieee" else 4)}  # full-precision float32 spills at 4
+    if num_stages is not None:
+        opts["num_stages"] = num_stages
     _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv,
                        q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                        mass.stride(0), mass.stride(1),
-                       scale * LOG2E, GROUP=group, GP=triton.next_power_of_2(group), ROWS=rows_per,
-                       DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
+                       scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, triton.next_power_of_2(group)),
+                       ROWS=rows_per, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
                        BLOCK_M=max(16, triton.next_power_of_2(rows_per * group)), BLOCK_N=block_n, PREC=prec,
-                       WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide),
-                       num_warps=8 if prec == "ieee" else 4)  # full-precision float32 spills at 4 (sm_80, sm_90)
+                       WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide), HEAD_DOT=head_dot,
+                       **opts)
     return mass

@@ -248,7 +248,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``num_stages``: Triton launch options; ``block_m``: rows of each product (block_m // group token rows x the
     group of query heads per key/value head, at least one token row), ``block_n``: keys per block (None: from
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
-    check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, max_blocks=max_blocks)
+    check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+                 max_blocks=max_blocks)
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -257,7 +258,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
     block_d = max(16, triton.next_power_of_2(D))
-    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages)
+    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages,
+                        torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
     block_n = cfg.pop("block_n")
     rows = max(1, cfg.pop("block_m") // group)  # token rows per tile; the product has rows x group rows, padded
     block_m = max(16, triton.next_power_of_2(rows * group))
@@ -290,22 +292,29 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 
 
 def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
-                  num_warps: Optional[int] = None, num_stages: Optional[int] = None) -> dict:
-    """Tile sizes and Triton launch options, each taken from the caller when given. Chosen so that ptxas spills
-    no registers in the shipped configurations (tests/test_kernels_compile.py reads its counts for sm_80 and
-    sm_90):
-    - Products of 64 rows (token rows x the query-head group, padded to a power of two) by 64 keys; 8 warps where a row holds 256
-      bytes or more (D 128 in 16 bits), else 4. At 4 warps the 64 x D float32 accumulator, the query tile and
-      the key/value tiles need more than 255 registers per thread there.
+                  num_warps: Optional[int] = None, num_stages: Optional[int] = None,
+                  capability: Optional[tuple[int, int]] = None) -> dict:
+    """Tile sizes and Triton launch options, each taken from the caller when given; ``capability``: the GPU's
+    compute capability (None: not known). Chosen so that ptxas spills no registers in the shipped
+    configurations (tests/test_kernels_compile.py reads its counts for sm_80 and sm_90):
+    - Products of 64 rows (token rows x the query-head group, padded to a power of two) by 64 keys.
+    - Rows of 256 bytes or more (D 128 in 16 bits): on Hopper (sm_90) one warpgroup, 4 warps, and 2 stages, the
+      fastest in bench_kernels.py --sweep on an H200 (1.8x 8 warps and 3 stages; 3 stages at 4 warps spill);
+      elsewhere 8 warps, since at 4 the 64 x D float32 accumulator, the query tile and the key/value tiles need
+      more than 255 registers per thread on sm_80. Narrower rows: 4 warps.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
       registers): 32 rows by 32 keys (16 keys from a padded D of 128) and 8 warps. With TF32 allowed: 64 x 64,
       8 warps from D 64.
-    Triton's default stages."""
+    Otherwise Triton's default stages."""
     ieee = dot_precision(dtype) == "ieee"
     wide_rows = block_d * torch.finfo(dtype).bits // 8 >= 256
+    hopper_16bit = (dtype in (torch.float16, torch.bfloat16) and wide_rows and capability is not None
+                    and capability[0] == 9)
     cfg = {"block_m": block_m or (32 if ieee else 64),
            "block_n": block_n or ((16 if block_d >= 128 else 32) if ieee else 64),
-           "num_warps": num_warps or (8 if ieee or wide_rows else 4)}
+           "num_warps": num_warps or (4 if hopper_16bit else 8 if ieee or wide_rows else 4)}
+    if num_stages is None and hopper_16bit and num_warps is None:
+        num_stages = 2
     if num_stages is not None:
         cfg["num_stages"] = num_stages
     return cfg
