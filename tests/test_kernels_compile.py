@@ -50,7 +50,8 @@ SCRIPT = textwrap.dedent(r"""
         mass_m = 16 if prec == "ieee" else 64  # the wrapper's default products
         mass_n = 16 if prec == "ieee" and block_d >= 128 else 64
         mass_consts = dict(GROUP=grp, GP=triton.next_power_of_2(grp), ROWS=max(1, mass_m // grp), DOCS_ONLY=docs,
-                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, HEAD_DOT=False)
+                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec,
+                           HEAD_DOT=prec != "ieee")  # the wrapper's default per-head sum
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
         for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
