@@ -255,23 +255,21 @@ def main() -> None:
     from bench_bm25 import machine, write_section
 
     meta = machine()
-    if (args.sweep or args.gpu_only) and not torch.cuda.is_available():
-        sys.exit("--sweep and --gpu-only need a CUDA device")
-    if args.gpu_only:
-        text = "\n".join(["## Kernels on the GPU (bench/bench_kernels.py --gpu-only)", "",
-                          f"Date: {meta['date']}; irforge git {meta['git']}; torch {torch.__version__}.", ""]
-                         + gpu_section()) + "\n"
+    if args.sweep or args.gpu_only:
+        if not torch.cuda.is_available():
+            sys.exit("--sweep and --gpu-only need a CUDA device")
+        import triton
+
+        marker, title, body = (("## Kernel launch configurations", "--sweep", sweep_section) if args.sweep
+                               else ("## Kernels on the GPU", "--gpu-only", gpu_section))
+        mib = torch.cuda.get_device_properties(0).total_memory / 2**20
+        text = "\n".join([f"{marker} (bench/bench_kernels.py {title})", "",
+                          f"Date: {meta['date']}; irforge git {meta['git']}. Card: {torch.cuda.get_device_name()} "
+                          f"({mib:,.0f} MiB); torch {torch.__version__}, triton {triton.__version__}. Command: "
+                          f"`python bench/bench_kernels.py {' '.join(sys.argv[1:])}`.", ""] + body()) + "\n"
         print(text)
         if args.write:
-            write_section(Path(args.write), text, marker="## Kernels on the GPU")
-        return
-    if args.sweep:
-        text = "\n".join(["## Kernel launch configurations (bench/bench_kernels.py --sweep)", "",
-                          f"Date: {meta['date']}; irforge git {meta['git']}; torch {torch.__version__}.", ""]
-                         + sweep_section()) + "\n"
-        print(text)
-        if args.write:
-            write_section(Path(args.write), text, marker="## Kernel launch configurations")
+            write_section(Path(args.write), text, marker=marker)
         return
     lines = ["## Kernels (bench/bench_kernels.py)", "",
              f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}. Date: {meta['date']}; irforge git "
@@ -280,7 +278,8 @@ def main() -> None:
     if torch.cuda.is_available():
         lines += gpu_section()
     else:
-        lines += ["GPU: no CUDA device in this run; the GPU figures are not measured yet."]
+        lines += ["GPU: no CUDA device in this run; the GPU figures are in the next sections (`--gpu-only` and "
+                  "`--sweep` on a GPU, through bench/gpu_session.sh)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

@@ -6,6 +6,7 @@ output_attentions implementation of the same scores as the baseline for speed an
 
 ICR and BlockRank run one prompt per forward pass and, through rerank_batch, several per pass of up to 16,384
 tokens (ICR: left-padded batches of prompts of similar length; BlockRank: prompts packed into one sequence). Each method runs in its own subprocess; peak RSS is measured after the model is loaded (Linux clear_refs).
+On a GPU each method first runs all its queries once untimed (Triton's compilation, cuBLAS's first calls).
 The eager baseline materialises every layer's attention weights (30 x 9 x T^2 floats), so documents are cut
 to --max-doc-tokens (100 by default: ~2,100-token prompts) for both methods.
 

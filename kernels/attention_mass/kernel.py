@@ -13,7 +13,8 @@ Needs each row's log-sum-exp (the forward pass gives it for "causal"; the dispat
 
 Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
-Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU; compiled for sm_80 and sm_90 in the tests).
+Timed on: an NVIDIA H200 (bench/RESULTS.md, "Kernels on the GPU"); tested in the Triton interpreter on the
+CPU and on that GPU; compiled for sm_80 and sm_90 in the tests.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 work
 two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T, Hq] (float32, natural log).
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``), so that long packed
 prompts at large shapes (e.g. 524k tokens x 32 heads x 128) address correctly.
-Timed on: not yet on a GPU (tested in the Triton interpreter on the CPU; compiled for sm_80 and sm_90 in the tests).
+Timed on: an NVIDIA H200 (bench/RESULTS.md, "Kernels on the GPU"); tested in the Triton interpreter on the
+CPU and on that GPU; compiled for sm_80 and sm_90 in the tests.
 """
 from __future__ import annotations
 
