@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, as one run on a lent machine (the device tool): the GPU-marked tests,
-# bench_kernels.py --gpu-only and bench_rerank.py on the GPU, then the whole kernel test file on the GPU (it
-# compiles many kernel variants), then the kernels' launch-configuration sweep. On an H200 the five took 280 s
-# with the build (build 30, tests 25, kernels 30, sweep 30, rerank 100, kernel tests 65). Each step has its
+# bench_kernels.py --gpu-only and bench_rerank.py on the GPU, a torch.profiler run of the rerankers
+# (profile_rerank.py), then the whole kernel test file on the GPU (it compiles many kernel variants), then the
+# kernels' launch-configuration sweep. On an H200 all but the profile took 280 s with the build (build 30,
+# tests 25, kernels 30, sweep 30, rerank 100, kernel tests 65). Each step has its
 # own time limit (a step that runs out is reported and the next one starts); a second call on the still-warm
 # machine can run steps again without the build: `IRFORGE_SKIP_INSTALL=1 bash bench/gpu_session.sh sweep`.
 # Results land in $OUT: RESULTS.md (the tree's bench/RESULTS.md with the GPU sections written in, copied
-# after every step), gpu.txt and one log per step; copy the GPU sections back into bench/RESULTS.md.
+# after every step) and one log per step (install.log also names the card and versions): 8 files, the most
+# a device run brings back. Copy the GPU sections back into bench/RESULTS.md.
 #
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
-#              STEP: tests, kernels, rerank, kernel-tests, sweep (default: all five, in that order)
+#              STEP: tests, kernels, rerank, profile, kernel-tests, sweep (default: all six, in that order)
 #
 # The machine reaches no network: irforge is built from the tree with the image's own torch, triton,
 # transformers, pybind11, scikit-build-core, cmake and ninja (pip --no-index --no-build-isolation).
@@ -20,7 +22,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 cp bench/RESULTS.md "$OUT/RESULTS.md"
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests kernels rerank kernel-tests sweep)
+[ ${#steps[@]} -eq 0 ] && steps=(tests kernels rerank profile kernel-tests sweep)
 say() { echo "== $1 ($(date -u +%T))"; }
 limited() {  # seconds, log name, command...
   local secs=$1 log=$2
@@ -44,13 +46,13 @@ elif ! python3 -m pip install -q --no-index --no-build-isolation --no-deps . >"$
   : >/tmp/irforge_kernels_only/irforge/__init__.py
   ln -sfn "$PWD/kernels" /tmp/irforge_kernels_only/irforge/kernels
   export PYTHONPATH=/tmp/irforge_kernels_only
-  steps=($(printf '%s\n' "${steps[@]}" | grep -v '^rerank$'))
+  steps=($(printf '%s\n' "${steps[@]}" | grep -v -e '^rerank$' -e '^profile$'))
   gpu_tests=(tests/test_kernels.py)
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-} | tee "$OUT/gpu.txt"
+} | tee -a "$OUT/install.log"
 
 for step in "${steps[@]}"; do
   say "$step"
@@ -59,6 +61,8 @@ for step in "${steps[@]}"; do
     kernels) limited 200 kernels.log python3 bench/bench_kernels.py --gpu-only --write bench/RESULTS.md ;;
     rerank) IRFORGE_DATA=.gpu/data limited 180 rerank.log python3 bench/bench_rerank.py --device cuda --dtype bfloat16 \
               --model random:mistral-7b --tokenizer .gpu/tokenizer --queries 5 --max-doc-tokens 100 --write bench/RESULTS.md ;;
+    profile) IRFORGE_DATA=.gpu/data limited 150 profile.log python3 bench/profile_rerank.py --device cuda \
+               --dtype bfloat16 --model random:mistral-7b --tokenizer .gpu/tokenizer --queries 3 ;;
     kernel-tests) limited 150 kernel_tests.log python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ;;
     sweep) limited 120 sweep.log python3 bench/bench_kernels.py --sweep --write bench/RESULTS.md ;;
     *) echo "unknown step $step" ;;

@@ -1,0 +1,84 @@
+"""Where a reranker's time goes: torch.profiler over ICR and BlockRank queries, after a warm-up pass.
+
+    python bench/profile_rerank.py [--device cuda --dtype bfloat16 --model random:mistral-7b --tokenizer DIR]
+                                   [--queries 3] [--methods icr blockrank]
+
+On an H200 with a Mistral-7B-shaped model, bench_rerank.py measured ICR at 0.22-0.28 s per query and BlockRank
+at 0.06 s, several times what the forward pass's matrix products need (bench/RESULTS.md). This says where the
+rest goes: per method, the wall time per query, the time the device was busy in kernels (on a GPU), and the
+operators with the most self time on the device and on the host. Wall time far above device time means the
+host (Python, launches, synchronisations) is the bound. Same data and models as bench_rerank.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queries", type=int, default=3)
+    ap.add_argument("--max-doc-tokens", type=int, default=100)
+    ap.add_argument("--methods", nargs="+", default=["icr", "blockrank"], choices=["icr", "blockrank"])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--rows", type=int, default=20, help="operators listed per table")
+    args = ap.parse_args()
+    if args.queries < 1:
+        raise SystemExit("--queries must be at least 1")
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import irforge
+    from bench_rerank import load_model
+    from irforge.datasets import load_beir
+    from irforge.rerank import BlockRankReranker, ICRReranker
+
+    root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ds = load_beir(root / "beir" / "scifact")
+    index = irforge.BM25Index.build(ds.corpus)
+    text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
+    qids = list(ds.test_queries)[:args.queries]
+    work = [(ds.queries[q], [text[i] for i in index.search(ds.queries[q], k=20).ids]) for q in qids]
+    model, tok = load_model(args.model, args.tokenizer, args.device, getattr(torch, args.dtype))
+    cuda = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    device_key = "self_device_time_total"
+
+    for method in args.methods:
+        if method == "icr":
+            r = ICRReranker(model, tok, max_doc_tokens=args.max_doc_tokens)
+            run = lambda q, d: r.score(q, d)  # noqa: E731
+        else:
+            br = BlockRankReranker(model, tok, max_doc_tokens=args.max_doc_tokens)
+            run = lambda q, d: br.scores(q, d)[0].cpu()  # noqa: E731
+        for q, d in work:  # warm-up: Triton's compilation and cuBLAS's first calls are not what is asked here
+            run(q, d)
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            t = time.perf_counter()
+            for q, d in work:
+                run(q, d)
+            if cuda:
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - t) / len(work)
+        events = prof.key_averages()
+        print(f"\n### {method}: {wall * 1e3:.1f} ms per query (wall, {len(work)} queries, under the profiler)")
+        if cuda:
+            busy = sum(getattr(e, device_key, 0) for e in events) / 1e3 / len(work)
+            print(f"device busy in kernels: {busy:.1f} ms per query ({busy / (wall * 1e3):.0%} of the wall time)")
+            print(events.table(sort_by=device_key, row_limit=args.rows))
+        print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
