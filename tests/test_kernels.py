@@ -234,6 +234,52 @@ def test_attention_mass_default_products_match_reference(mode, dtype, hq, hkv, h
     close(got, ref, 1e-3 if dtype == torch.float16 else 1e-6, 1e-2 if dtype == torch.float16 else 1e-4, "mass")
 
 
+@pytest.mark.parametrize("splits", [None, 1, 2, 5])
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+@pytest.mark.parametrize("layout_name,hq,hkv", [("three_prompts", 4, 2), ("long_doc", 6, 2), ("two_prompts", 3, 1)])
+def test_attention_mass_row_lse_kernel_matches_the_pytorch_normaliser(layout_name, hq, hkv, mode, splits):
+    """The Triton kernel's log-sum-exp of the selected rows (one launch, or key splits merged on the device)
+    against the PyTorch path's, for rows of several prompts, unsorted, fewer than a row block and more."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    layout, q, k, _ = make(layout_name, 64, hq, hkv, torch.float32, seed=6)
+    T = layout.total_tokens
+    g = np.random.default_rng(7)
+    for n in (1, 5, min(T, 40)):
+        rows = torch.tensor(g.choice(T, size=n, replace=False))
+        order = torch.argsort(rows)
+        ref = mass_cpu.row_lse(q[rows.to(DEVICE)], rows, k, layout, mode, 0.125)[order.to(DEVICE)]
+        order_t, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, T, 16, q.device)
+        doc = mass_kernel.document_keys(layout, q.device) if mode == "documents" else torch.empty(0, dtype=torch.bool)
+        got = mass_kernel._row_lse(q[rows.to(DEVICE)][order.to(DEVICE)].contiguous(), k, pos_t, p0_t, doc.to(DEVICE),
+                                   mode, 0.125, 16, 16, "ieee", False, 4, splits=splits)
+        assert torch.equal(torch.isinf(got), torch.isinf(ref)), f"{n} rows: -inf where the reference has none"
+        fin = torch.isfinite(ref)
+        close(got[fin], ref[fin], 1e-5, 1e-5, f"{layout_name}, {n} rows, {mode}, splits {splits}")
+
+
+def test_attention_mass_long_key_ranges_split_by_default():
+    """Past 256 key blocks the normaliser's keys are split across programs by default and merged."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    layout = SegmentLayout.from_lengths([(4200, [], 3), (20, [5], 2)])
+    T = layout.total_tokens
+    g = torch.Generator().manual_seed(8)
+    q, k = (torch.randn(T, h, 16, generator=g).to(DEVICE) for h in (2, 1))
+    rows = torch.tensor([4201, 4202, T - 1, 4200])
+    for mode in ("causal", "documents"):
+        ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
+        got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode=mode, block_n=16)
+        close(got, ref, 1e-6, 1e-4, f"long keys, {mode}")
+    order_t, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, T, 16, q.device)
+    empty = torch.empty(0, dtype=torch.bool, device=q.device)
+    one = mass_kernel._row_lse(q[rows][order_t], k, pos_t, p0_t, empty, "causal", 0.25, 16, 16, "ieee", False, 4, 1)
+    auto = mass_kernel._row_lse(q[rows][order_t], k, pos_t, p0_t, empty, "causal", 0.25, 16, 16, "ieee", False, 4)
+    ref = mass_cpu.row_lse(q[rows], rows, k, layout, "causal", 0.25)[order_t]
+    close(one, ref, 1e-5, 1e-5, "one split")
+    close(auto, ref, 1e-5, 1e-5, "split by default")
+
+
 def test_attention_mass_row_tables_kept_per_layout_never_stale():
     """The kernel keeps the tables of the last rows and host weights on the layout (a model passes the same rows
     in every layer); other rows or weights must rebuild them."""

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(r"""
         sys.exit(77)
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
-    from irforge.kernels.attention_mass.kernel import _mass_kernel
+    from irforge.kernels.attention_mass.kernel import _lse_kernel, _mass_kernel
     import torch
     from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
@@ -54,8 +54,14 @@ SCRIPT = textwrap.dedent(r"""
                            HEAD_DOT=prec != "ieee")  # the wrapper's default per-head sum
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
+        lse_consts = dict(GROUP=grp, ROWS=max(1, mass_m // grp), DOCS_ONLY=docs, D=D, BLOCK_D=block_d,
+                          BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs)  # both forms
+        lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC="*i1", OUT="*fp32", PM="*fp32",
+                        PL="*fp32")
+        mass_opts = dict(num_warps=8 if prec == "ieee" else 4)
         for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
-                               (_mass_kernel, mass_ptrs, mass_consts, dict(num_warps=8 if prec == "ieee" else 4))):
+                               (_mass_kernel, mass_ptrs, mass_consts, mass_opts),
+                               (_lse_kernel, lse_ptrs, lse_consts, mass_opts)):
             try:
                 # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
                 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
@@ -97,7 +103,7 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
         pytest.skip("this triton build has no NVIDIA backend or ptxas")
     assert p.returncode == 0, p.stderr[-3000:]
     done = json.loads(p.stdout.strip().splitlines()[-1])
-    assert len(done) == 3 * len(CONFIGS)
+    assert len(done) == 4 * len(CONFIGS)
     assert all(size > 5_000 for *_, size, _, _ in done), done  # a real cubin for every kernel and configuration
     # no register spills to local memory in the configurations users launch
     assert all(spills == 0 for *_, spills in done), [d for d in done if d[-1]]

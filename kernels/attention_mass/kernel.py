@@ -8,13 +8,14 @@ block the host gives the run of rows at or after the block whose prompt starts b
 prompts never meet each other's keys). It recomputes their scores against its keys, masks them (causal within
 the row's prompt; in "documents" mode, also document keys only), turns them into probabilities with the rows'
 log-sum-exp, and accumulates weight * probability per head. Memory: O(T * Hq) output, nothing of size R x T.
-Needs each row's log-sum-exp (the forward pass gives it for "causal"; the dispatcher computes it for
-"documents").
+Needs each row's log-sum-exp: given (the block-sparse forward returns it), or computed first by _lse_kernel over
+the same sorted rows (ICR's capture, which runs SDPA, and "documents" mode).
 
 Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
 Timed on: an NVIDIA H200 (bench/RESULTS.md, "Kernels on the GPU"); tested in the Triton interpreter on the
-CPU and on that GPU; compiled for sm_80 and sm_90 in the tests.
+CPU and on that GPU; compiled for sm_80 and sm_90 in the tests. _lse_kernel: tested in the interpreter and
+compiled; not yet run on a GPU.
 """
 from __future__ import annotations
 
@@ -89,6 +90,107 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
              mask=n_mask[:, None] & (gcol < GROUP)[None, :])
 
 
+@triton.jit
+def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stride_qh, stride_kt, stride_kh,
+                stride_or, stride_oh, qk_scale,
+                GROUP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr,
+                PREC: tl.constexpr, FINAL: tl.constexpr):
+    """Each selected row's log-sum-exp over the keys its softmax covers, for the rows sorted by position.
+    Program = (block of ROWS rows, split of their keys, key/value head), heads fastest; the product rows are
+    the block's rows x the GROUP query heads of the key/value head, as in the mass kernel. The block's keys run
+    from its first row's prompt start to its last row; SPLITS programs share them. FINAL (one split): the
+    natural-log result into OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL
+    [row blocks, SPLITS, HKV, BLOCK_M] for the host to merge."""
+    pid = tl.program_id(0)
+    kvh = pid % HKV
+    split = (pid // HKV) % SPLITS
+    rb = pid // (HKV * SPLITS)
+    offs_i = tl.arange(0, BLOCK_M)
+    head = kvh * GROUP + offs_i % GROUP
+    r = rb * ROWS + offs_i // GROUP
+    if WIDE:
+        r = r.to(tl.int64)
+    m_mask = (r < R) & (offs_i < ROWS * GROUP)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    q = tl.load(Q + r[:, None] * stride_qr + head[:, None] * stride_qh + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    pos = tl.load(POS + r, mask=m_mask, other=-1).to(tl.int32)  # positions below 2^31 (int64 in the table)
+    p0 = tl.load(P0 + r, mask=m_mask, other=2147483647).to(tl.int32)
+    lo = tl.min(p0, 0)  # the block's keys: its rows are sorted, so these bound every row's range
+    hi = tl.max(pos, 0) + 1
+    per = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), SPLITS) * BLOCK_N
+    k0 = lo + split * per
+    k1 = tl.minimum(hi, k0 + per)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start in range(k0, k1, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        if WIDE:
+            offs_n = offs_n.to(tl.int64)
+        n_mask = offs_n < k1
+        k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & n_mask[None, :]
+        if DOCS_ONLY:
+            ok = ok & (tl.load(DOC + offs_n, mask=n_mask, other=0) != 0)[None, :]
+        s = tl.where(ok, tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: nothing to rescale
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+        m_i = m_new
+    if FINAL:
+        lse = tl.where(l_i > 0, (m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        tl.store(OUT + r * stride_or + head * stride_oh, lse, mask=m_mask)
+    else:
+        at = ((rb * SPLITS + split) * HKV + kvh) * BLOCK_M + offs_i
+        tl.store(PM + at, m_i)
+        tl.store(PL + at, l_i)
+
+
+def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: torch.Tensor, doc: torch.Tensor,
+             mode: str, scale: float, block_m: int, block_n: int, prec: str, wide: bool, num_warps: int,
+             splits: Optional[int] = None) -> torch.Tensor:
+    """The log-sum-exp [R, Hq] (float32, natural log) of rows sorted by position (q_rows in that order), over
+    the keys each row's softmax covers: one launch and no other device work up to 256 key blocks (16k keys at
+    64), where a program's loop costs about what the merge's dozen small launches would. Longer key ranges are
+    split, at least 64 blocks a split and about two programs per SM (``splits`` overrides), and the splits are
+    merged on the device. The PyTorch path it replaces issues about 70 operators per call at 2k keys and 1,600
+    at 100k, key chunk by key chunk; ICR calls it in every layer."""
+    R, Hq, D = q_rows.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    rows_per = max(1, block_m // group)
+    bm = max(16, triton.next_power_of_2(rows_per * group))
+    n_rb = triton.cdiv(R, rows_per)
+    lse = torch.empty(R, Hq, dtype=torch.float32, device=q_rows.device)
+    if R == 0:
+        return lse
+    if splits is None:
+        splits = 1
+        if triton.cdiv(k.shape[0], block_n) > 256:
+            sms = torch.cuda.get_device_properties(q_rows.device).multi_processor_count if q_rows.is_cuda else 4
+            splits = max(1, min(triton.cdiv(2 * sms, n_rb * Hkv), triton.cdiv(k.shape[0], 64 * block_n)))
+    final = splits == 1
+    part = torch.empty(0 if final else 2 * n_rb * splits * Hkv * bm, dtype=torch.float32, device=q_rows.device)
+    pm, pl = (part, part) if final else part.view(2, -1).unbind(0)
+    _lse_kernel[(n_rb * splits * Hkv,)](q_rows, k, pos_t, p0_t, doc, lse, pm, pl, R, Hkv, splits, q_rows.stride(0),
+                                         q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
+                                         scale * LOG2E, GROUP=group, ROWS=rows_per, DOCS_ONLY=(mode == "documents"),
+                                         D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=bm,
+                                         BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps)
+    if final:
+        return lse
+    pm, pl = pm.view(n_rb, splits, Hkv, bm), pl.view(n_rb, splits, Hkv, bm)
+    top = pm.amax(1)
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)  # no key in any split: the sum stays 0
+    total = (pl * torch.exp2(pm - top[:, None])).sum(1)
+    merged = torch.where(total > 0, (top + torch.log2(total)) * math.log(2.0), float("-inf"))
+    merged = merged[..., :rows_per * group].reshape(n_rb, Hkv, rows_per, group).permute(0, 2, 1, 3)
+    return merged.reshape(n_rb * rows_per, Hq)[:R]
+
+
 def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[torch.Tensor], T: int, block_n: int,
                 dev: torch.device):
     """(order or None when the rows are already in position order, positions, prompt starts, per key block the
@@ -152,25 +254,26 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     prec = dot_precision(q_rows.dtype)
     block_m = block_m or (16 if prec == "ieee" else 64)
     block_n = block_n or (16 if prec == "ieee" and block_d >= 128 else 64)
-    if lse is None:  # the normaliser over the covered keys, computed key chunk by key chunk
-        from .cpu import row_lse
-
-        lse = row_lse(q_rows, rows, k, layout, mode, scale)
     order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev)
     if order_t is not None:  # rows not in position order: sort them on the device
-        q_rows, lse = q_rows[order_t], lse[order_t]
-    q_rows, lse, w = q_rows.contiguous(), lse.float().contiguous(), w.contiguous()
+        q_rows = q_rows[order_t]
+        lse = lse[order_t] if lse is not None else None
+    q_rows, w, k = q_rows.contiguous(), w.contiguous(), k.contiguous()
     # which keys are document tokens: read only in "documents" mode
     doc = document_keys(layout, dev) if mode == "documents" else torch.empty(0, dtype=torch.bool, device=dev)
-    k = k.contiguous()
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
     if T == 0:
         return mass
+    wide = needs_wide(q_rows, k, mass) if wide is None else bool(wide)
+    warps = num_warps or (8 if prec == "ieee" else 4)  # full-precision float32 spills at 4
+    if lse is None:  # the normaliser over the covered keys, by a first kernel over the same rows and keys
+        lse = _row_lse(q_rows, k, pos_t, p0_t, doc, mode, scale, block_m, block_n, prec, wide, warps)
+    lse = lse.float().contiguous()
     group = Hq // Hkv
     rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
     grid = (triton.cdiv(T, block_n) * Hkv,)
     head_dot = head_sum == "dot" if head_sum is not None else prec != "ieee"
-    opts = {"num_warps": num_warps or (8 if prec == "ieee" else 4)}  # full-precision float32 spills at 4
+    opts = {"num_warps": warps}
     if num_stages is not None:
         opts["num_stages"] = num_stages
     _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv,
@@ -179,6 +282,5 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
                        scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, triton.next_power_of_2(group)),
                        ROWS=rows_per, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
                        BLOCK_M=max(16, triton.next_power_of_2(rows_per * group)), BLOCK_N=block_n, PREC=prec,
-                       WIDE=needs_wide(q_rows, k, mass) if wide is None else bool(wide), HEAD_DOT=head_dot,
-                       **opts)
+                       WIDE=wide, HEAD_DOT=head_dot, **opts)
     return mass
