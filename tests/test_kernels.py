@@ -376,6 +376,31 @@ def test_gpu_attention_mass_with_rows_and_weights_on_either_device(mode):
         close(got, ref, 1e-5, 1e-3, f"gpu mass, rows on {r.device}, weights on {weights.device}")
 
 
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+def test_gpu_attention_mass_normaliser_kernel_one_launch_and_split(mode):
+    """The rows' log-sum-exp kernel in bf16 on the GPU, in one launch and split by default over a 20k-key range,
+    against the PyTorch normaliser; then the mass it feeds against the float64 reference."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    layout = SegmentLayout.from_lengths([(64, [160] * 120, 50)])
+    T = layout.total_tokens
+    g = torch.Generator().manual_seed(9)
+    q, k = (torch.randn(T, h, 128, generator=g).to(torch.bfloat16).cuda() for h in (32, 8))
+    rows = torch.arange(T - 50, T)
+    q_rows = q[rows.cuda()]
+    ref = mass_cpu.row_lse(q_rows, rows, k, layout, mode, 128 ** -0.5)
+    _, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, T, 64, q.device)
+    doc = mass_kernel.document_keys(layout, q.device) if mode == "documents" else torch.empty(0, dtype=torch.bool,
+                                                                                              device="cuda")
+    for splits in (1, None):
+        got = mass_kernel._row_lse(q_rows, k, pos_t, p0_t, doc, mode, 128 ** -0.5, 64, 64, "tf32", False, 4, splits)
+        close(got, ref, 1e-4, 1e-4, f"gpu normaliser, {mode}, splits {splits}")
+    want = attention_mass(q_rows, rows, k, layout, mode=mode, backend="naive")
+    close(attention_mass(q_rows, rows, k, layout, mode=mode, backend="triton"), want, 1e-6, 1e-2, f"gpu mass, {mode}")
+
+
 def test_cpu_path_repeats_grouped_heads_where_the_flash_op_rejects_them(monkeypatch):
     """Builds of the CPU flash op that need as many key/value heads as query heads get them repeated."""
     from irforge.kernels.block_sparse_attention import cpu
