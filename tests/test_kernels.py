@@ -63,6 +63,11 @@ def test_block_sparse_attention_triton_and_cpu_match_reference(layout_name, D, h
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=32)
     close(out, ref_o, atol, rtol, "triton out")
     close(lse, ref_l, atol, rtol, "triton lse")
+    out.fill_(float("nan"))
+    lse.fill_(float("nan"))
+    bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=32, one_loop=True)
+    close(out, ref_o, atol, rtol, "triton out, one loop")
+    close(lse, ref_l, atol, rtol, "triton lse, one loop")
     o, l = block_sparse_attention(q, k, v, layout, backend="torch")
     close(o, ref_o, atol, rtol, "cpu out")
     close(l, ref_l, atol, rtol, "cpu lse")
@@ -102,18 +107,19 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
     close(l, ref_l, atol, rtol, "default-config lse")
 
 
+@pytest.mark.parametrize("one_loop", [False, True])
 @pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 1)])
 @pytest.mark.parametrize("max_blocks", [1, 3])
 @pytest.mark.parametrize("layout_name", ["long_instruction", "long_doc", "three_prompts"])
-def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv):
+def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, one_loop):
     """Tiles cut into chunks of key blocks (prefix and causal range), run as separate programs and merged by
-    log-sum-exp, give the unsplit result."""
+    log-sum-exp, give the unsplit result; in the four-loop and the one-loop form."""
     layout, q, k, v = make(layout_name, 64, hq, hkv, torch.float32, seed=2)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.shape[0], hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=16,
-                                      max_blocks=max_blocks)
+                                      max_blocks=max_blocks, one_loop=one_loop)
     close(out, ref_o, 2e-5, 1e-4, "split out")
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
 
@@ -135,12 +141,13 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     q, k, v = (torch.randn(T, h, 32, generator=g).to(DEVICE) for h in (hq, hkv, hkv))
     block_m, block_n = int(rng.choice([16, 32, 64])), int(rng.choice([16, 32]))
     max_blocks = int(rng.choice([0, 1, 2, 4]))
+    one_loop = bool(rng.random() < 0.5)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((T, hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=block_m, block_n=block_n,
-                                      max_blocks=max_blocks)
-    what = f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}"
+                                      max_blocks=max_blocks, one_loop=one_loop)
+    what = f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}, one loop {one_loop}"
     close(out, ref_o, 2e-5, 1e-4, f"out: {what}")
     close(lse, ref_l, 2e-5, 1e-4, f"lse: {what}")
 

@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(r"""
                             capability=(cc // 10, cc % 10))
         bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
         consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
-                      WIDE=wide, PREC=prec)
+                      WIDE=wide, PREC=prec, ONE_LOOP=docs)  # the one-loop form in half the configurations
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)

@@ -68,11 +68,12 @@ def _product_rows(row_s, row_e, kvh, GROUP: tl.constexpr, ROWS: tl.constexpr, BL
 
 
 @triton.jit
-def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok,
-               m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-               D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
+def _key_block(q, K, V, start, end, in_prefix, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok,
+               m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, EITHER: tl.constexpr,
+               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
     """Keys [start, start + BLOCK_N) into the tile's online softmax. MASKED: keys at or past ``end`` are cut and,
-    with CAUSAL, keys after a row's token ``tok``; unmasked blocks are wholly visible to every row of the tile."""
+    with CAUSAL, keys after a row's token ``tok``; unmasked blocks are wholly visible to every row of the tile.
+    EITHER (the one-loop form): a masked block that is causal unless the run-time flag ``in_prefix`` is set."""
     offs_n = start + tl.arange(0, BLOCK_N)
     if WIDE:
         offs_n = offs_n.to(tl.int64)
@@ -82,13 +83,22 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if MASKED:
         allowed = n_mask[None, :]
-        if CAUSAL:
+        if EITHER:
+            allowed = allowed & ((offs_n[None, :] <= tok[:, None]) | in_prefix)
+        elif CAUSAL:
             allowed = allowed & (offs_n[None, :] <= tok[:, None])
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees none of these keys (yet)
+    return _softmax_step(s, v, m_i, l_i, acc, MASKED, PREC)
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """One key block's scores ``s`` (base 2) and values into the running maximum, sum and output. MASKED: some
+    scores may be -inf, and a row that sees none of these keys (yet) must not rescale by -inf - -inf."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = m_new
     p = tl.exp2(s - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
@@ -101,7 +111,8 @@ def _key_block(q, K, V, start, end, kvh, stride_kt, stride_kh, stride_vt, stride
 def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
+             ONE_LOOP: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
@@ -124,24 +135,37 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # The instruction prefix (document tiles): every row sees every key; only a last partial block is masked.
-    pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
-    for start in range(pre_s, pre_mid, BLOCK_N):
-        m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, tok, m_i, l_i, acc, qk_scale, False, False, BLOCK_N, D_PAD, WIDE, PREC)
-    for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
-        m_i, l_i, acc = _key_block(q, K, V, start, pre_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, tok, m_i, l_i, acc, qk_scale, True, False, BLOCK_N, D_PAD, WIDE, PREC)
-    # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole by
-    # every row; the rest (the diagonal and a last partial block) are masked.
-    full_end = tl.minimum(cau_e, row_s + 1)
-    cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
-    for start in range(cau_s, cau_mid, BLOCK_N):
-        m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, tok, m_i, l_i, acc, qk_scale, False, True, BLOCK_N, D_PAD, WIDE, PREC)
-    for start in range(cau_mid, cau_e, BLOCK_N):
-        m_i, l_i, acc = _key_block(q, K, V, start, cau_e, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d,
-                                   d_mask, tok, m_i, l_i, acc, qk_scale, True, True, BLOCK_N, D_PAD, WIDE, PREC)
+    if ONE_LOOP:  # prefix blocks then causal blocks in one loop: loads overlap across the two ranges
+        n_pre = tl.cdiv(pre_e - pre_s, BLOCK_N)
+        for it in range(0, n_pre + tl.cdiv(cau_e - cau_s, BLOCK_N)):
+            in_prefix = it < n_pre
+            start = tl.where(in_prefix, pre_s + it * BLOCK_N, cau_s + (it - n_pre) * BLOCK_N)
+            m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, cau_e), in_prefix, kvh,
+                                       stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok, m_i, l_i,
+                                       acc, qk_scale, True, True, True, BLOCK_N, D_PAD, WIDE, PREC)
+    else:
+        # The instruction prefix (document tiles): every row sees every key; only a last partial block is masked.
+        pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
+        for start in range(pre_s, pre_mid, BLOCK_N):
+            m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
+                                       False, False, BLOCK_N, D_PAD, WIDE, PREC)
+        for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
+            m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
+                                       False, False, BLOCK_N, D_PAD, WIDE, PREC)
+        # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole by
+        # every row; the rest (the diagonal and a last partial block) are masked.
+        full_end = tl.minimum(cau_e, row_s + 1)
+        cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
+        for start in range(cau_s, cau_mid, BLOCK_N):
+            m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
+                                       True, False, BLOCK_N, D_PAD, WIDE, PREC)
+        for start in range(cau_mid, cau_e, BLOCK_N):
+            m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
+                                       True, False, BLOCK_N, D_PAD, WIDE, PREC)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -241,14 +265,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            block_n: Optional[int] = None,
                            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
-                           num_warps: Optional[int] = None, num_stages: Optional[int] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           num_warps: Optional[int] = None, num_stages: Optional[int] = None,
+                           one_loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
     ``num_stages``: Triton launch options; ``block_m``: rows of each product (block_m // group token rows x the
     group of query heads per key/value head, at least one token row), ``block_n``: keys per block (None: from
-    :func:`launch_config`). The launch table is built once per layout and device and kept on the layout."""
+    :func:`launch_config`). The launch table is built once per layout and device and kept on the layout.
+    ``one_loop``: a tile's prefix and causal key blocks in one software-pipelined loop, every block masked,
+    instead of four loops that skip the masks of whole blocks. A document tile visits only 2-4 blocks, spread
+    over those loops, so each loop's first load is waited for; one loop can overlap them. Not the default: it
+    has not been timed on a GPU yet (``bench_kernels.py --sweep`` times both)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks)
     T, Hq, D = q.shape
@@ -284,7 +312,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                   k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
                                   lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group, ROWS=rows, D=D,
                                   BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
-                                  PREC=dot_precision(q.dtype), **cfg)
+                                  PREC=dot_precision(q.dtype), ONE_LOOP=bool(one_loop), **cfg)
     if len(groups):
         _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                      lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d,
