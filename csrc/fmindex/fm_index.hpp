@@ -460,21 +460,24 @@ class FMIndex {
   void text_positions(const uint64_t* rows, size_t n, uint64_t* out) const {
     IRF_DISPATCH(text_positions(core_, rows, n, out));
   }
-  // (document, offset) of the occurrences of a length-m pattern at rows [sp, ep).
-  void occurrences(Range r, uint64_t m, std::vector<Occurrence>& out) const {
+  // Text positions of the suffix-array rows [sp, ep), in row order.
+  std::vector<uint64_t> range_positions(Range r) const {
     std::vector<uint64_t> rows(r.size()), pos(r.size());
     for (uint64_t k = 0; k < rows.size(); ++k) rows[k] = r.sp + k;
     text_positions(rows.data(), rows.size(), pos.data());
-    out.resize(rows.size());
-    for (uint64_t k = 0; k < rows.size(); ++k) out[k] = position_to_occurrence(pos[k], m);
+    return pos;
+  }
+  // (document, offset) of the occurrences of a length-m pattern at rows [sp, ep).
+  void occurrences(Range r, uint64_t m, std::vector<Occurrence>& out) const {
+    const std::vector<uint64_t> pos = range_positions(r);
+    out.resize(pos.size());
+    for (uint64_t k = 0; k < pos.size(); ++k) out[k] = position_to_occurrence(pos[k], m);
   }
   // The documents of the occurrences at rows [sp, ep), in row order (no offsets: what document frequencies need).
   void documents(Range r, std::vector<uint32_t>& out) const {
-    std::vector<uint64_t> rows(r.size()), pos(r.size());
-    for (uint64_t k = 0; k < rows.size(); ++k) rows[k] = r.sp + k;
-    text_positions(rows.data(), rows.size(), pos.data());
-    out.resize(rows.size());
-    for (uint64_t k = 0; k < rows.size(); ++k) out[k] = static_cast<uint32_t>(doc_of(pos[k]));
+    const std::vector<uint64_t> pos = range_positions(r);
+    out.resize(pos.size());
+    for (uint64_t k = 0; k < pos.size(); ++k) out[k] = static_cast<uint32_t>(doc_of(pos[k]));
   }
   Occurrence position_to_occurrence(uint64_t p, uint64_t m) const {
     const uint64_t d = doc_of(p), s = doc_start(d), len = doc_start(d + 1) - s - 1;
