@@ -155,7 +155,7 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_random_layouts_rows_and_groups_attention_mass_matches_reference(seed):
     """Random packed prompts, selected rows (in any order, from any prompt), weights, modes, query-head groups,
-    product rows and key blocks."""
+    product rows, key blocks and sliding windows."""
     rng = np.random.default_rng(100 + seed)
     prompts = [(int(rng.integers(0, 30)), [int(x) for x in rng.integers(0, 50, size=rng.integers(0, 5))],
                 int(rng.integers(1, 20))) for _ in range(rng.integers(1, 4))]
@@ -170,11 +170,15 @@ def test_random_layouts_rows_and_groups_attention_mass_matches_reference(seed):
     mode = str(rng.choice(["causal", "documents"]))
     block_m, block_n = int(rng.choice([16, 32, 64])), int(rng.choice([16, 32, 64]))
     head_sum = str(rng.choice(["loop", "dot"]))
-    ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="naive")
+    window = None if rng.random() < 0.5 else int(rng.integers(1, 60))
+    ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, backend="naive")
     out = torch.full((T, hq), float("nan"), device=DEVICE)
-    mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, out=out, block_m=block_m,
-                               block_n=block_n, head_sum=head_sum)
-    close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}, {head_sum}")
+    mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, out=out,
+                               block_m=block_m, block_n=block_n, head_sum=head_sum)
+    close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}, {head_sum}, "
+                                f"window {window}")
+    close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, backend="torch"), ref, 1e-6,
+          1e-4, f"cpu path, window {window}")
 
 
 def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
@@ -304,6 +308,63 @@ def test_attention_mass_row_tables_kept_per_layout_never_stale():
     assert len({id(t) for t in seen}) == 5
 
 
+def direct_windowed_mass(q_rows, rows, k, prompts, weights, mode, window, scale):
+    """A float64 softmax row by row over the keys its definition allows (its prompt, before it, within the
+    window, document keys in "documents" mode), from the prompts' lengths alone: no layout helper involved."""
+    group = q_rows.shape[1] // k.shape[1]
+    starts, doc = [], []
+    for inst, docs, query in prompts:
+        n = inst + sum(docs) + query
+        starts += [len(starts)] * n
+        doc += [False] * inst + [True] * sum(docs) + [False] * query
+    out = torch.zeros(k.shape[0], q_rows.shape[1], dtype=torch.float64)
+    kd = k.double().cpu().repeat_interleave(group, dim=1)
+    for i, r in enumerate(rows.tolist()):
+        keys = [j for j in range(int(starts[r]), r + 1) if r - j < window and (mode == "causal" or doc[j])]
+        if keys:
+            s = torch.einsum("hd,thd->ht", q_rows[i].double().cpu(), kd[keys]) * scale
+            out[keys] += weights[i].item() * torch.softmax(s, -1).T
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3, 17, 1000])
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+def test_attention_mass_sliding_window_matches_a_direct_softmax(mode, window):
+    """A sliding window (a row at p covers keys j with p - j < window, as transformers' masks for Mistral, Qwen2
+    and Gemma layers) in every backend, with the normaliser computed (one launch and split) or given; rows
+    unsorted, from several prompts."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=9)
+    T = layout.total_tokens
+    rng = np.random.default_rng(window)
+    rows = torch.tensor(rng.permutation(sorted(set(rng.integers(0, T, size=30).tolist()))))
+    w = torch.rand(len(rows), generator=torch.Generator().manual_seed(window))
+    ref = direct_windowed_mass(q[rows.to(DEVICE)], rows, k, LAYOUTS["three_prompts"], w, mode, window, 0.125)
+    for backend in ("naive", "torch", "triton"):
+        got = attention_mass(q[rows.to(DEVICE)], rows, k, layout, weights=w, mode=mode, scale=0.125, window=window,
+                             backend=backend)
+        close(got, ref, 1e-6, 1e-4, f"{backend}, window {window}, {mode}")
+    out = torch.full((T, 4), float("nan"), device=DEVICE)
+    mass_kernel.attention_mass(q[rows.to(DEVICE)], rows, k, layout, weights=w, mode=mode, scale=0.125,
+                               window=window, out=out, block_m=16, block_n=16)
+    close(out, ref, 1e-6, 1e-4, f"triton 16x16, window {window}, {mode}")
+    lse = mass_cpu.row_lse(q[rows.to(DEVICE)], rows, k, layout, mode, 0.125, window)
+    got = attention_mass(q[rows.to(DEVICE)], rows, k, layout, lse=lse, weights=w, mode=mode, scale=0.125,
+                         window=window, backend="triton")
+    close(got, ref, 1e-6, 1e-4, f"triton with the normaliser given, window {window}, {mode}")
+    order_t, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, T, 16, q.device, window)
+    doc = mass_kernel.document_keys(layout, q.device) if mode == "documents" else torch.empty(0, dtype=torch.bool,
+                                                                                              device=q.device)
+    for splits in (1, 3):
+        part = mass_kernel._row_lse(q[rows.to(DEVICE)][order_t].contiguous(), k, pos_t, p0_t, doc, mode, 0.125, 16, 16,
+                                    "ieee", False, 4, splits)
+        want = lse[order_t]
+        assert torch.equal(torch.isinf(part), torch.isinf(want))
+        fin = torch.isfinite(want)
+        close(part[fin], want[fin], 1e-5, 1e-5, f"normaliser, splits {splits}, window {window}, {mode}")
+
+
 def test_attention_mass_with_forward_lse_and_reductions():
     layout, q, k, v = make("two_prompts", 64, 4, 2, torch.float32)
     out, lse = block_sparse_attention(q, k, v, layout, backend="torch")
@@ -350,6 +411,9 @@ def test_bad_inputs():
         attention_mass(q[rows], rows, k, layout, mode="full")
     with pytest.raises(ValueError, match="rows"):
         attention_mass(q[rows], rows.float(), k, layout)
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="window"):
+            attention_mass(q[rows], rows, k, layout, window=bad)
 
 
 @gpu
@@ -370,17 +434,20 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 def test_gpu_attention_mass_with_rows_and_weights_on_either_device(mode):
-    """Rows and weights given on the CPU (no synchronisation: copied through pinned memory) or on the GPU."""
+    """Rows and weights given on the CPU (no synchronisation: copied through pinned memory) or on the GPU; with
+    and without a sliding window."""
     layout = SegmentLayout.from_lengths([(64, [160] * 12, 50), (30, [97, 1, 63], 7)])
     g = torch.Generator().manual_seed(0)
     T = layout.total_tokens
     q, k = (torch.randn(T, h, 128, generator=g).cuda() for h in (8, 2))
     rows = torch.arange(T - 57, T)
     w = torch.rand(len(rows), generator=g)
-    ref = attention_mass(q[rows.cuda()], rows, k, layout, weights=w, mode=mode, backend="naive")
-    for r, weights in ((rows, w), (rows.cuda(), w.cuda()), (rows, w.cuda())):
-        got = attention_mass(q[rows.cuda()], r, k, layout, weights=weights, mode=mode, backend="triton")
-        close(got, ref, 1e-5, 1e-3, f"gpu mass, rows on {r.device}, weights on {weights.device}")
+    for window in (None, 300):
+        ref = attention_mass(q[rows.cuda()], rows, k, layout, weights=w, mode=mode, window=window, backend="naive")
+        for r, weights in ((rows, w), (rows.cuda(), w.cuda()), (rows, w.cuda())):
+            got = attention_mass(q[rows.cuda()], r, k, layout, weights=weights, mode=mode, window=window,
+                                 backend="triton")
+            close(got, ref, 1e-5, 1e-3, f"gpu mass, rows on {r.device}, weights on {weights.device}, window {window}")
 
 
 @gpu

@@ -28,20 +28,34 @@ def tokenizer():
 
 
 def tiny(kind: str):
+    """A random 3-layer model. "llama", "qwen2"; with sliding windows of 7 tokens (shorter than the test
+    prompts): "mistral-window" (every layer), "qwen2-window" (layers 1 and 2), "gemma3" (every layer, and a
+    softmax scale that is not 1/sqrt(head_dim)); "gemma2-softcap" (soft-capped attention logits)."""
     torch.manual_seed(0)
     common = dict(vocab_size=len(WORDS), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
                   eos_token_id=2, pad_token_id=0)
-    cfg = transformers.LlamaConfig(**common) if kind == "llama" else transformers.Qwen2Config(**common)
-    cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM
+    cfg, cls = {
+        "llama": lambda: (transformers.LlamaConfig(**common), transformers.LlamaForCausalLM),
+        "qwen2": lambda: (transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM),
+        "mistral-window": lambda: (transformers.MistralConfig(**common, sliding_window=7),
+                                   transformers.MistralForCausalLM),
+        "qwen2-window": lambda: (transformers.Qwen2Config(**common, use_sliding_window=True, sliding_window=7,
+                                                          max_window_layers=1), transformers.Qwen2ForCausalLM),
+        "gemma3": lambda: (transformers.Gemma3TextConfig(**common, head_dim=8, sliding_window=7),
+                           transformers.Gemma3ForCausalLM),
+        "gemma2-softcap": lambda: (transformers.Gemma2Config(**common, head_dim=8), transformers.Gemma2ForCausalLM),
+    }[kind]()
     return cls(cfg).eval()
 
 
 DOCS = ["cats sleep", "dogs bark and bark", "fish swim", "quantum physics of energy", "birds"]
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral-window", "qwen2-window", "gemma3"])
 def test_mass_from_the_attention_hook_equals_eager_output_attentions(tokenizer, kind):
+    """Sliding-window layers (here 7 tokens, shorter than the prompt) contribute the mass within their window,
+    as eager attention, which applies transformers' own sliding-window masks, does."""
     model = tiny(kind)
     r = ICRReranker(model, tokenizer, chat="none")
     prompt, _ = r.build_prompt(DOCS)
@@ -113,6 +127,27 @@ def test_blockrank_scores_equal_the_masked_dense_reference(tokenizer, kind):
     assert abs(float(got.detach().sum()) - 1.0) < 1e-5  # a softmax over document tokens
     res = r.rerank("cats sleep", DOCS, k=3)
     assert res.indices.tolist() == np.lexsort((np.arange(5), -ref.numpy()))[:3].tolist()
+
+
+def test_windows_warn_and_soft_capped_or_sink_logits_raise(tokenizer):
+    """BlockRank's layout replaces a sliding window, and says so; attention neither reranker reproduces
+    (Gemma 2's soft-capped logits, gpt-oss's sink logits) raises instead of being dropped."""
+    from irforge.rerank import BlockRankReranker
+    from irforge.rerank.attention import check_attention_kwargs
+
+    with pytest.warns(UserWarning, match="sliding window of 7 tokens"):
+        BlockRankReranker(tiny("mistral-window"), tokenizer, chat="none", layer=1).rerank("cats sleep", DOCS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BlockRankReranker(tiny("llama"), tokenizer, chat="none", layer=1).rerank("cats sleep", DOCS)
+    model = tiny("gemma2-softcap")
+    with pytest.raises(ValueError, match="soft-cap"):
+        ICRReranker(model, tokenizer, chat="none").rerank("cats sleep", DOCS)
+    with pytest.raises(ValueError, match="soft-cap"):
+        BlockRankReranker(model, tokenizer, chat="none", layer=1).rerank("cats sleep", DOCS)
+    with pytest.raises(ValueError, match="sink"):
+        check_attention_kwargs({"s_aux": torch.zeros(6)}, "ICR")
+    check_attention_kwargs({"softcap": None, "s_aux": None, "sliding_window": 7}, "ICR")
 
 
 def test_blockrank_positions_and_bad_input(tokenizer):
@@ -234,7 +269,7 @@ def test_blockrank_packed_batches_equal_one_prompt_at_a_time(tokenizer, kind):
         BlockRankReranker(model, tokenizer, batch_tokens=-1)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen2-window"])
 def test_icr_batches_equal_one_prompt_at_a_time(tokenizer, kind):
     """Prompts of different lengths run together (left-padded prefixes, right-padded queries, the N/A round on
     the same KV cache) score as they do alone, under budgets that hold every prompt, some, or one."""

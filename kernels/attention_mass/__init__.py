@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -20,7 +21,7 @@ MODES = ("causal", "documents")
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
                    scale: Optional[float] = None, reduce: str = "key", sum_heads: bool = False,
-                   backend: str = "auto") -> torch.Tensor:
+                   backend: str = "auto", window: Optional[int] = None) -> torch.Tensor:
     """Weighted sum over selected rows of their softmax attention probabilities, per key token or per segment.
 
     Parameters
@@ -38,6 +39,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     reduce : "key" -> [T, Hq] (or [T]); "segment" -> [S, Hq] (or [S]), summed over each segment's keys.
     sum_heads : sum over query heads.
     backend : "auto" (Triton on CUDA, PyTorch otherwise), "triton", "torch" or "naive" (float64, O(R*T) memory).
+    window : a sliding window, as in Mistral's, Qwen2's or Gemma's windowed layers: a row at position p covers
+        only keys j with p - j < window (transformers' sliding-window masks); None: no window. ``lse``, when
+        given, must cover the same keys.
     """
     for name, x in (("q_rows", q_rows), ("k", k)):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
@@ -61,6 +65,10 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         raise ValueError(f"weights must have shape [{R}], got {tuple(weights.shape)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window <= 0:
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        window = int(window)
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
     which = pick_backend(backend, q_rows.device)
@@ -72,7 +80,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         from .cpu import attention_mass as impl
     else:
         from .kernel import attention_mass as impl
-    mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale)
+    mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale, window=window)
     if reduce == "segment":
         seg = torch.as_tensor(layout.segment_ids(), device=mass.device)
         out = torch.zeros(len(layout.kinds), Hq, dtype=mass.dtype, device=mass.device)

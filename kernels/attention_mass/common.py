@@ -1,6 +1,8 @@
 """Row metadata and host-to-device copies shared by the attention-mass implementations."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -24,6 +26,13 @@ def row_meta(layout: SegmentLayout, rows) -> tuple[np.ndarray, np.ndarray]:
         raise IndexError(f"row positions must lie in [0, {layout.total_tokens}), got {pos.min()}..{pos.max()}")
     prompt_start = layout.memo("prompt_starts", layout.prompt_starts)
     return pos, prompt_start[pos] if pos.size else pos
+
+
+def first_keys(pos: np.ndarray, prompt_start: np.ndarray, window: Optional[int]) -> np.ndarray:
+    """The first key each row's softmax covers: its prompt's start or, under a sliding window of ``window``
+    keys (a row at p sees keys j with p - j < window, as transformers' sliding-window masks), the later of
+    that and p - window + 1. Rows in position order keep these in ascending order."""
+    return prompt_start if window is None else np.maximum(prompt_start, pos - window + 1)
 
 
 def document_keys(layout: SegmentLayout, device: torch.device) -> torch.Tensor:

@@ -4,9 +4,10 @@ probabilities, without materialising the attention matrix.
 Grid: key blocks of BLOCK_N x key/value heads, heads fastest. Each program loads its key block once for every
 query head that shares the key/value head (grouped-query heads packed into the rows of the products, as in the
 block-sparse kernel) and loops over the selected rows that can see its keys (rows sorted by position; per key
-block the host gives the run of rows at or after the block whose prompt starts before its end, so packed
-prompts never meet each other's keys). It recomputes their scores against its keys, masks them (causal within
-the row's prompt; in "documents" mode, also document keys only), turns them into probabilities with the rows'
+block the host gives the run of rows at or after the block whose first covered key is before its end, so
+packed prompts never meet each other's keys). P0 holds each row's first covered key: its prompt's start, or
+later under a sliding window. It recomputes their scores against its keys, masks them (causal from P0; in
+"documents" mode, also document keys only), turns them into probabilities with the rows'
 log-sum-exp, and accumulates weight * probability per head. Memory: O(T * Hq) output, nothing of size R x T.
 Needs each row's log-sum-exp: given (the block-sparse forward returns it), or computed first by _lse_kernel over
 the same sorted rows (ICR's capture, which runs SDPA, and "documents" mode).
@@ -30,7 +31,7 @@ import triton.language as tl
 from .._checks import check_launch
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
-from .common import document_keys, row_meta, to_device
+from .common import document_keys, first_keys, row_meta, to_device
 
 LOG2E = 1.4426950408889634
 
@@ -99,7 +100,7 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
     """Each selected row's log-sum-exp over the keys its softmax covers, for the rows sorted by position.
     Program = (block of ROWS rows, split of their keys, key/value head), heads fastest; the product rows are
     the block's rows x the GROUP query heads of the key/value head, as in the mass kernel. The block's keys run
-    from its first row's prompt start to its last row; SPLITS programs share them. FINAL (one split): the
+    from its first row's first covered key (P0) to its last row; SPLITS programs share them. FINAL (one split): the
     natural-log result into OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL
     [row blocks, SPLITS, HKV, BLOCK_M] for the host to merge."""
     pid = tl.program_id(0)
@@ -192,19 +193,20 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
 
 
 def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[torch.Tensor], T: int, block_n: int,
-                dev: torch.device):
-    """(order or None when the rows are already in position order, positions, prompt starts, per key block the
-    run of rows that see it, weights in that order) on ``dev``. Rows in position order have ascending prompt
-    starts too; per key block [a, b) the rows that can see it are those at or after a whose prompt starts
-    before b: one run of the sorted rows. The tables for the last rows and host weights seen are kept on the
+                dev: torch.device, window: Optional[int] = None):
+    """(order or None when the rows are already in position order, positions, first covered keys (prompt
+    starts, or later under a sliding ``window``), per key block the run of rows that see it, weights in that
+    order) on ``dev``. Rows in position order have ascending first keys too; per key block [a, b) the rows
+    that can see it are those at or after a whose first key is before b: one run of the sorted rows. The tables for the last rows and host weights seen are kept on the
     layout: a model passes the same rows in every layer, and then no table is rebuilt or copied."""
     pos = rows.detach().cpu().numpy().astype(np.int64)  # a synchronisation only for rows on a GPU
     w_host = weights.detach().float().numpy() if weights is not None and weights.device.type == "cpu" else None
-    sig = (pos.tobytes(), None if weights is None else (w_host.tobytes() if w_host is not None else "device"))
+    sig = (pos.tobytes(), window, None if weights is None else (w_host.tobytes() if w_host is not None else "device"))
     last = layout.memo(("mass_rows", block_n, str(dev)), lambda: [None])  # [(signature, tables)]
     entry = last[0]
     if entry is None or entry[0] != sig:
         pos, p0 = row_meta(layout, pos)
+        p0 = first_keys(pos, p0, window)
         R = len(pos)
         in_order = bool(np.all(pos[1:] >= pos[:-1]))  # the usual case (a query span)
         order = np.arange(R) if in_order else np.argsort(pos, kind="stable")
@@ -228,8 +230,8 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
 
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
-                   scale: Optional[float] = None, block_m: Optional[int] = None, block_n: Optional[int] = None,
-                   out: Optional[torch.Tensor] = None, wide: Optional[bool] = None,
+                   scale: Optional[float] = None, window: Optional[int] = None, block_m: Optional[int] = None,
+                   block_n: Optional[int] = None, out: Optional[torch.Tensor] = None, wide: Optional[bool] = None,
                    num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                    head_sum: Optional[str] = None) -> torch.Tensor:
     """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
@@ -254,7 +256,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     prec = dot_precision(q_rows.dtype)
     block_m = block_m or (16 if prec == "ieee" else 64)
     block_n = block_n or (16 if prec == "ieee" and block_d >= 128 else 64)
-    order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev)
+    order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev, window)
     if order_t is not None:  # rows not in position order: sort them on the device
         q_rows = q_rows[order_t]
         lse = lse[order_t] if lse is not None else None

@@ -2,7 +2,9 @@
 AttentionInterface, that computes attention as SDPA does and, while a capture is active, adds the attention
 mass that each prompt's query rows put on every key (summed over heads, averaged over the rows, summed over
 layers) using irforge.kernels.attention_mass: no output_attentions, no attention matrix. A batch of prompts,
-left-padded with right-padded query rows, is captured prompt by prompt in one kernel call."""
+left-padded with right-padded query rows, is captured prompt by prompt in one kernel call. Layers with a
+sliding window (Mistral, Qwen2 or Gemma configurations that set one) are captured over their window; attention
+that SDPA cannot reproduce (soft-capped logits, sink logits) raises ValueError instead of being dropped."""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +18,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..kernels import SegmentLayout, attention_mass
 
-__all__ = ["CAPTURE_ATTENTION", "capture_mass", "use_capture_attention", "cache_kwarg"]
+__all__ = ["CAPTURE_ATTENTION", "capture_mass", "use_capture_attention", "cache_kwarg", "check_attention_kwargs"]
 
 CAPTURE_ATTENTION = "irforge_capture"
 _state = threading.local()
@@ -37,8 +39,19 @@ class _Capture:
         return self.masses[0]
 
 
+def check_attention_kwargs(kwargs: dict, who: str) -> None:
+    """Raise ValueError for the attention features a model's layer asks for that ``who`` would otherwise drop
+    without a word: soft-capped logits (Gemma 2) and sink logits (gpt-oss)."""
+    if kwargs.get("softcap") is not None:
+        raise ValueError(f"{who} cannot soft-cap attention logits, which this model's layers do "
+                         f"(softcap={kwargs['softcap']})")
+    if kwargs.get("s_aux") is not None:
+        raise ValueError(f"{who} cannot add attention sink logits (s_aux), which this model's layers use")
+
+
 def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        attention_mask: Optional[torch.Tensor], **kwargs: Any):
+    check_attention_kwargs(kwargs, "ICR's attention capture (SDPA)")
     out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     cap: Optional[_Capture] = getattr(_state, "capture", None)
     if cap is not None:
@@ -68,7 +81,8 @@ def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         q_rows = [query[b, :, :n_rows] for b, (_, n_rows) in enumerate(spans)]
         scaling = kwargs.get("scaling") or module.scaling
         m = attention_mass(torch.cat(q_rows, 1).transpose(0, 1), rows, torch.cat(keys, 1).transpose(0, 1), layout,
-                           weights=weights, mode="causal", scale=float(scaling), sum_heads=True).double()
+                           weights=weights, mode="causal", scale=float(scaling), sum_heads=True,
+                           window=kwargs.get("sliding_window")).double()  # this layer's window, or None
         for b, part in enumerate(torch.split(m, lens)):
             cap.masses[b] = part if cap.masses[b] is None else cap.masses[b] + part
         cap.layers += 1

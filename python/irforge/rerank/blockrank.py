@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
+from .attention import check_attention_kwargs
 from .icr import RerankResult
 from .prompts import (CHAT_TAGS, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
                       check_query_docs, encode, place_model, truncate, warn_truncated)
@@ -43,6 +45,13 @@ def _blockrank_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
         raise RuntimeError("the BlockRank attention function runs only inside BlockRankReranker")
     if query.shape[0] != 1:
         raise ValueError("BlockRank packs its prompts into one sequence (batch size 1)")
+    check_attention_kwargs(kwargs, "BlockRank's block-sparse attention")
+    window = kwargs.get("sliding_window")
+    if window is not None and ctx["longest"] > window and not ctx["warned"]:
+        ctx["warned"] = True  # once per forward pass
+        warnings.warn(f"BlockRank: this model's layers have a sliding window of {window} tokens and a prompt "
+                      f"holds {ctx['longest']}; BlockRank's layout replaces the window (documents attend to the "
+                      "instruction and themselves, the query segment to its whole prompt)", stacklevel=2)
     layout: SegmentLayout = ctx["layout"]
     scaling = float(kwargs.get("scaling") or module.scaling)
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
@@ -71,7 +80,9 @@ except ImportError:
 
 
 class BlockRankReranker:
-    """BlockRank scoring with any Hugging Face Llama, Mistral or Qwen-style causal LM.
+    """BlockRank scoring with any Hugging Face Llama, Mistral or Qwen-style causal LM. BlockRank's layout replaces
+    the model's causal mask and any sliding window (a warning says so when a prompt is longer than the window);
+    models whose attention soft-caps its logits or adds sink logits raise ValueError.
 
     Parameters
     ----------
@@ -180,7 +191,8 @@ class BlockRankReranker:
         """One forward pass over packed prompts; S(q, d) per prompt."""
         ids, pos, layout, doc_segments, rows, weights = self._pack(prompts)
         ctx = {"layout": layout, "layer": self.layer, "rows": rows, "weights": weights,
-               "doc_segments": torch.cat(doc_segments), "backend": self.backend, "scores": None}
+               "doc_segments": torch.cat(doc_segments), "backend": self.backend, "scores": None,
+               "longest": max(len(p[0]) for p in prompts), "warned": False}
         with self._active(ctx):
             try:
                 self.model.model(input_ids=ids, position_ids=pos, use_cache=False)
@@ -230,8 +242,6 @@ class BlockRankReranker:
         s, _ = self.scores(query, docs)
         logits = (s / temperature)[None]
         return torch.nn.functional.cross_entropy(logits, torch.tensor([positive], device=logits.device))
-
-
 
 
 def blockrank_scores_eager(model: Any, reranker: BlockRankReranker, query: str, docs: Sequence[str]) -> torch.Tensor:

@@ -53,7 +53,9 @@ def _rank(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class ICRReranker:
-    """Zero-shot reranking with any Hugging Face causal LM's attention.
+    """Zero-shot reranking with any Hugging Face causal LM's attention. Layers with a sliding window (Mistral,
+    Qwen2 or Gemma configurations that set one) contribute the mass within their window, as their attention
+    does; models whose attention soft-caps its logits or adds sink logits raise ValueError.
 
     Parameters
     ----------
