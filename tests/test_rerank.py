@@ -30,7 +30,8 @@ def tokenizer():
 def tiny(kind: str):
     """A random 3-layer model. "llama", "qwen2"; with sliding windows of 7 tokens (shorter than the test
     prompts): "mistral-window" (every layer), "qwen2-window" (layers 1 and 2), "gemma3" (every layer, and a
-    softmax scale that is not 1/sqrt(head_dim)); "gemma2-softcap" (soft-capped attention logits)."""
+    softmax scale that is not 1/sqrt(head_dim)); "gemma2-softcap" (soft-capped attention logits); "gpt2"
+    (learned positions, no key/value groups, its transformer under another attribute than ``model``)."""
     torch.manual_seed(0)
     common = dict(vocab_size=len(WORDS), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
@@ -45,6 +46,8 @@ def tiny(kind: str):
         "gemma3": lambda: (transformers.Gemma3TextConfig(**common, head_dim=8, sliding_window=7),
                            transformers.Gemma3ForCausalLM),
         "gemma2-softcap": lambda: (transformers.Gemma2Config(**common, head_dim=8), transformers.Gemma2ForCausalLM),
+        "gpt2": lambda: (transformers.GPT2Config(vocab_size=len(WORDS), n_embd=48, n_layer=3, n_head=6, n_positions=512,
+                                                 bos_token_id=1, eos_token_id=2), transformers.GPT2LMHeadModel),
     }[kind]()
     return cls(cfg).eval()
 
@@ -52,7 +55,7 @@ def tiny(kind: str):
 DOCS = ["cats sleep", "dogs bark and bark", "fish swim", "quantum physics of energy", "birds"]
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral-window", "qwen2-window", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral-window", "qwen2-window", "gemma3", "gpt2"])
 def test_mass_from_the_attention_hook_equals_eager_output_attentions(tokenizer, kind):
     """Sliding-window layers (here 7 tokens, shorter than the prompt) contribute the mass within their window,
     as eager attention, which applies transformers' own sliding-window masks, does."""
@@ -111,7 +114,7 @@ def test_nan_scores_rank_last():
     assert _rank(np.array([0.5, np.nan, 2.0, 0.5]), 4).tolist() == [2, 0, 3, 1]
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
 def test_blockrank_scores_equal_the_masked_dense_reference(tokenizer, kind):
     from irforge.rerank import BlockRankReranker
     from irforge.rerank.blockrank import blockrank_scores_eager
@@ -136,18 +139,44 @@ def test_windows_warn_and_soft_capped_or_sink_logits_raise(tokenizer):
     from irforge.rerank.attention import check_attention_kwargs
 
     with pytest.warns(UserWarning, match="sliding window of 7 tokens"):
-        BlockRankReranker(tiny("mistral-window"), tokenizer, chat="none", layer=1).rerank("cats sleep", DOCS)
+        BlockRankReranker(tiny("mistral-window"), tokenizer, chat="none", layer=1, query_offset=300).rerank(
+            "cats sleep", DOCS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        BlockRankReranker(tiny("llama"), tokenizer, chat="none", layer=1).rerank("cats sleep", DOCS)
+        BlockRankReranker(tiny("llama"), tokenizer, chat="none", layer=1, query_offset=300).rerank("cats sleep", DOCS)
     model = tiny("gemma2-softcap")
     with pytest.raises(ValueError, match="soft-cap"):
         ICRReranker(model, tokenizer, chat="none").rerank("cats sleep", DOCS)
     with pytest.raises(ValueError, match="soft-cap"):
-        BlockRankReranker(model, tokenizer, chat="none", layer=1).rerank("cats sleep", DOCS)
+        BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=300).rerank("cats sleep", DOCS)
     with pytest.raises(ValueError, match="sink"):
         check_attention_kwargs({"s_aux": torch.zeros(6)}, "ICR")
     check_attention_kwargs({"softcap": None, "s_aux": None, "sliding_window": 7}, "ICR")
+
+
+def test_position_range_warns_for_rotary_models_and_raises_for_learned_positions(tokenizer):
+    """Prompts past max_position_embeddings: a rotary model runs on with one warning per reranker; learned
+    position embeddings (GPT-2) would index outside their table, so ValueError comes before any forward pass."""
+    from irforge.rerank import BlockRankReranker
+
+    rotary = tiny("llama")
+    rotary.config.max_position_embeddings = 20
+    r = ICRReranker(rotary, tokenizer, chat="none")
+    with pytest.warns(UserWarning, match="past the model's 20 positions") as seen:
+        r.rerank("cats sleep", DOCS)
+        r.rerank("fish", DOCS)
+    assert sum("positions" in str(w.message) for w in seen) == 1
+    with pytest.warns(UserWarning, match="past the model's 20 positions"):
+        BlockRankReranker(rotary, tokenizer, chat="none", layer=1, query_offset=300).rerank("cats", DOCS)
+    learned = tiny("gpt2")
+    learned.config.max_position_embeddings = 20  # GPT-2's n_positions
+    for reranker in (ICRReranker(learned, tokenizer, chat="none"),
+                     BlockRankReranker(learned, tokenizer, chat="none", layer=1, query_offset=10)):
+        with pytest.raises(ValueError, match="learned position embeddings"):
+            reranker.rerank("cats sleep", DOCS)
+    with warnings.catch_warnings():  # within the range: silent
+        warnings.simplefilter("error")
+        ICRReranker(tiny("llama"), tokenizer, chat="none").rerank("cats sleep", DOCS)
 
 
 def test_blockrank_positions_and_bad_input(tokenizer):

@@ -25,8 +25,8 @@ from transformers import AttentionInterface
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .attention import check_attention_kwargs
 from .icr import RerankResult
-from .prompts import (CHAT_TAGS, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
-                      check_query_docs, encode, place_model, truncate, warn_truncated)
+from .prompts import (CHAT_TAGS, PositionCheck, _progress, batches, chat_family, check_batch, check_batch_tokens,
+                      check_k, check_query_docs, encode, place_model, truncate, warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -87,7 +87,8 @@ class BlockRankReranker:
     Parameters
     ----------
     layer : the layer whose attention scores documents (default: int(5/8 * depth)); later layers do not run.
-    query_offset : position id of the query segment's first token (default 8192).
+    query_offset : position id of the query segment's first token (default 8192). Past the model's position
+        range (``max_position_embeddings``) a rotary model warns once; one with learned positions raises.
     max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
     backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU; "torch" for fine-tuning).
     batch_tokens : :meth:`rerank_batch` packs consecutive prompts into one forward pass (the block-sparse layout
@@ -119,6 +120,8 @@ class BlockRankReranker:
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
         self.progress = progress
         self.batch_tokens = check_batch_tokens(batch_tokens, model)
+        self._positions = PositionCheck(model, "BlockRank")
+        self._body = getattr(model, "base_model", model)  # the transformer without its LM head
 
     def build(self, query: str, docs: Sequence[str]):
         """(input ids [1, T], position ids [1, T], layout, document segment indices, query rows, truncated)."""
@@ -189,13 +192,14 @@ class BlockRankReranker:
 
     def _run(self, prompts) -> list[torch.Tensor]:
         """One forward pass over packed prompts; S(q, d) per prompt."""
+        self._positions(max(max(p_pos) for _, p_pos, _ in prompts))  # before the pass
         ids, pos, layout, doc_segments, rows, weights = self._pack(prompts)
         ctx = {"layout": layout, "layer": self.layer, "rows": rows, "weights": weights,
                "doc_segments": torch.cat(doc_segments), "backend": self.backend, "scores": None,
                "longest": max(len(p[0]) for p in prompts), "warned": False}
         with self._active(ctx):
             try:
-                self.model.model(input_ids=ids, position_ids=pos, use_cache=False)
+                self._body(input_ids=ids, position_ids=pos, use_cache=False)
             except _StopForward:
                 pass
         if ctx["scores"] is None:
@@ -255,7 +259,8 @@ def blockrank_scores_eager(model: Any, reranker: BlockRankReranker, query: str, 
     mask = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
     mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)  # additive: a boolean 4D mask leaks mass
     with torch.inference_mode():
-        out = model.model(input_ids=ids, position_ids=pos, attention_mask=mask[None, None], output_attentions=True)
+        out = getattr(model, "base_model", model)(input_ids=ids, position_ids=pos, attention_mask=mask[None, None],
+                                                  output_attentions=True)
     p = out.attentions[reranker.layer][0].double()  # [H, T, T]
     doc = torch.as_tensor(layout.key_kinds() == DOCUMENT, device=p.device)
     pr = p[:, rows][:, :, doc]

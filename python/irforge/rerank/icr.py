@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import (CHAT_TAGS, Prompt, _progress, batches, chat_family, check_batch, check_batch_tokens, check_k,
-                      check_query_docs, encode, place_model, truncate, warn_truncated)
+from .prompts import (CHAT_TAGS, PositionCheck, Prompt, _progress, batches, chat_family, check_batch,
+                      check_batch_tokens, check_k, check_query_docs, encode, place_model, truncate, warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -55,7 +55,9 @@ def _rank(scores: np.ndarray, k: int) -> np.ndarray:
 class ICRReranker:
     """Zero-shot reranking with any Hugging Face causal LM's attention. Layers with a sliding window (Mistral,
     Qwen2 or Gemma configurations that set one) contribute the mass within their window, as their attention
-    does; models whose attention soft-caps its logits or adds sink logits raise ValueError.
+    does; models whose attention soft-caps its logits or adds sink logits raise ValueError. A prompt past the
+    model's position range (``max_position_embeddings``) warns once for a rotary model and raises ValueError
+    for one with learned positions.
 
     Parameters
     ----------
@@ -84,6 +86,7 @@ class ICRReranker:
         self.max_doc_tokens, self.reverse_order, self.calibrate = max_doc_tokens, reverse_order, calibrate
         self.chat, self.progress = chat, progress
         self.batch_tokens = check_batch_tokens(batch_tokens, model)
+        self._positions = PositionCheck(model, "ICR")
         self._body = getattr(model, "base_model", model)  # the transformer without its LM head: no logits needed
         self._cache_arg = cache_kwarg(self._body)
 
@@ -132,6 +135,8 @@ class ICRReranker:
         lens = [len(p.ids) for p in prompts]
         width = max(lens)
         pads = [width - n for n in lens]
+        rounds = [[self.query_ids(q[j]) for q in queries] for j in range(len(queries[0]))]
+        self._positions(width - 1 + max((len(x) for r in rounds for x in r), default=0))  # before any pass
         ids, mask = self._padded([p.ids for p in prompts], pads)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
@@ -139,8 +144,7 @@ class ICRReranker:
         with use_capture_attention(self.model):
             self._body(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                        **{self._cache_arg: cache}, use_cache=True)
-            for j in range(len(queries[0]) if queries else 0):
-                q_ids = [self.query_ids(q[j]) for q in queries]
+            for q_ids in rounds:
                 q_len = max(map(len, q_ids))
                 q_t, q_mask = self._padded(q_ids, [0] * len(q_ids), q_len)
                 q_pos = torch.tensor(lens)[:, None] + torch.arange(q_len)[None]

@@ -121,6 +121,30 @@ def check_batch_tokens(batch_tokens: Any, model: Any) -> int:
     return batch_tokens
 
 
+class PositionCheck:
+    """The model's position range (``max_position_embeddings``, or GPT-2's ``n_positions``) against the
+    position ids a reranker is about to use. Past it, a model with learned position embeddings would index
+    outside its table (an opaque IndexError on the CPU, a device-side assert on a GPU): ValueError instead. A
+    rotary model runs on, at positions it was not trained on: one warning per reranker."""
+
+    def __init__(self, model: Any, who: str) -> None:
+        cfg = model.config
+        self.limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.rotary = any("rotary" in type(m).__name__.lower() for m in model.modules())
+        self.who, self.warned = who, False
+
+    def __call__(self, last: int) -> None:
+        """``last``: the largest position id of the coming forward pass."""
+        if self.limit is None or last < self.limit:
+            return
+        msg = f"{self.who}: position id {last} is past the model's {self.limit} positions"
+        if not self.rotary:
+            raise ValueError(msg + " (learned position embeddings); use fewer or shorter documents")
+        if not self.warned:
+            self.warned = True
+            warnings.warn(msg + "; rotary positions beyond its trained range may degrade the scores", stacklevel=3)
+
+
 def batches(items: list, lengths: list[int], budget: int, padded: bool) -> list[list]:
     """``items`` cut into consecutive batches that cost at most ``budget`` tokens (an item over it goes alone): the
     sum of their lengths when packed, the count times the longest when padded."""
