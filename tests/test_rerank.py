@@ -91,6 +91,39 @@ def test_prompt_layout_and_truncation(tokenizer):
     assert r2.build_prompt(DOCS)[1] == [0, 1, 2, 3, 4]
 
 
+GEMMA_LIKE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] | trim }}"
+              "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_chat_tags_from_the_tokenizers_own_template(tokenizer):
+    """A chat template of no known family (here Gemma's layout) gives the tags around the user message, with the
+    generation prompt; both rerankers put them around their instruction and query, BOS once."""
+    import copy
+
+    from irforge.rerank import BlockRankReranker
+    from irforge.rerank.prompts import chat_family, template_tags
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = GEMMA_LIKE
+    head, tail = "<s><start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n"
+    assert chat_family(tok) == "template" and template_tags(tok) == (head, tail)
+    assert chat_family(tokenizer) == "none" and template_tags(tokenizer) is None
+    r = ICRReranker(tiny("llama"), tok)
+    prompt, _ = r.build_prompt(DOCS)
+    head_ids, tail_ids = (tok(t, add_special_tokens=False)["input_ids"] for t in (head, tail))
+    assert head_ids[0] == tok.bos_token_id and len(head_ids) > 1
+    assert prompt.ids[:len(head_ids)] == head_ids and prompt.ids.count(tok.bos_token_id) == 1
+    assert r.query_ids("cats")[-len(tail_ids):] == tail_ids
+    assert np.isfinite(r.rerank("cats", DOCS).scores).all()
+    b = BlockRankReranker(tiny("llama"), tok, layer=1, query_offset=300)
+    ids = b.build("cats", DOCS)[0][0].tolist()
+    assert ids[:len(head_ids)] == head_ids and ids.count(tok.bos_token_id) == 1
+    with pytest.raises(ValueError, match="chat template"):
+        ICRReranker(tiny("llama"), tokenizer, chat="template")
+    tok.chat_template = "{{ raise_exception('no lone user messages') }}"
+    assert chat_family(tok) == "none"
+
+
 def test_one_token_documents_and_bad_input(tokenizer):
     r = ICRReranker(tiny("llama"), tokenizer, chat="none")
     with warnings.catch_warnings():

@@ -25,7 +25,7 @@ from transformers import AttentionInterface
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from .attention import check_attention_kwargs
 from .icr import RerankResult
-from .prompts import (CHAT_TAGS, PositionCheck, _progress, batches, chat_family, check_batch, check_batch_tokens,
+from .prompts import (PositionCheck, _progress, batches, chat_tags, check_batch, check_batch_tokens,
                       check_k, check_query_docs, encode, place_model, truncate, warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
@@ -90,6 +90,8 @@ class BlockRankReranker:
     query_offset : position id of the query segment's first token (default 8192). Past the model's position
         range (``max_position_embeddings``) a rotary model warns once; one with learned positions raises.
     max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
+    chat : chat tags ("chatml", "llama3", "mistral", "none", or "template": the tokenizer's own chat template
+        around the instruction and query); guessed from the tokenizer's template when None.
     backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU; "torch" for fine-tuning).
     batch_tokens : :meth:`rerank_batch` packs consecutive prompts into one forward pass (the block-sparse layout
         keeps them apart) while their total length stays within this many tokens; 0 runs one prompt at a time.
@@ -113,9 +115,7 @@ class BlockRankReranker:
             raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
         if not isinstance(query_offset, int) or query_offset < 0:
             raise ValueError(f"query_offset must be a non-negative int, got {query_offset!r}")
-        chat = chat or chat_family(tokenizer)
-        if chat not in CHAT_TAGS:
-            raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS)}")
+        chat, self._tags = chat_tags(tokenizer, chat)
         self.model, self.tokenizer = place_model(model, device, dtype), tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
         self.progress = progress
@@ -152,7 +152,7 @@ class BlockRankReranker:
     def _encode(self, query: str, docs: Sequence[str]):
         """(token ids, position ids, (instruction, [document], query) lengths, truncated documents)."""
         tok = self.tokenizer
-        head, tail = CHAT_TAGS[self.chat]
+        head, tail = self._tags
         inst = encode(tok, head + self.INSTRUCTION.format(query=query))
         if tok.bos_token_id is not None and not (tok.bos_token and head.startswith(tok.bos_token)):
             inst = [tok.bos_token_id] + inst

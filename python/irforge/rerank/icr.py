@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import (CHAT_TAGS, PositionCheck, Prompt, _progress, batches, chat_family, check_batch,
+from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch,
                       check_batch_tokens, check_k, check_query_docs, encode, place_model, truncate, warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
@@ -65,7 +65,8 @@ class ICRReranker:
     max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
     reverse_order : put the first-stage top document last, next to the query (ICR's default).
     calibrate : subtract the "N/A" query's attention (ICR's calibration); without it s_t is used directly.
-    chat : chat tags ("chatml", "llama3", "mistral", "none"); guessed from the tokenizer when None.
+    chat : chat tags ("chatml", "llama3", "mistral", "none", or "template": the tokenizer's own chat template
+        around the user message); guessed from the tokenizer's template when None.
     progress : a progress bar (tqdm, if installed) over :meth:`rerank_batch`.
     batch_tokens : :meth:`rerank_batch` runs prompts of similar length together, left-padded, while the batch
         holds at most this many tokens, padding included; 0 runs one prompt at a time. None (default): 16,384 on
@@ -79,9 +80,7 @@ class ICRReranker:
                  batch_tokens: Optional[int] = None, device: Any = None, dtype: Any = None) -> None:
         if not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0:
             raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
-        chat = chat or chat_family(tokenizer)
-        if chat not in CHAT_TAGS:
-            raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS)}")
+        chat, self._tags = chat_tags(tokenizer, chat)
         self.model, self.tokenizer = place_model(model, device, dtype).eval(), tokenizer
         self.max_doc_tokens, self.reverse_order, self.calibrate = max_doc_tokens, reverse_order, calibrate
         self.chat, self.progress = chat, progress
@@ -95,7 +94,7 @@ class ICRReranker:
         """The shared prefix (everything before the query span) and the order in which documents appear."""
         tok = self.tokenizer
         p = Prompt()
-        prefix_tag = CHAT_TAGS[self.chat][0]
+        prefix_tag = self._tags[0]
         if tok.bos_token_id is not None and not (tok.bos_token and prefix_tag.startswith(tok.bos_token)):
             p.add([tok.bos_token_id])  # (ChatML models whose BOS is <|im_start|> get it from the chat tag)
         p.add(encode(tok, prefix_tag + INSTRUCTION))
@@ -113,7 +112,7 @@ class ICRReranker:
         return p, order
 
     def query_ids(self, query: str) -> list[int]:
-        return encode(self.tokenizer, LATE_INSTRUCTION + SEP + "Query:" + " " + query + CHAT_TAGS[self.chat][1])
+        return encode(self.tokenizer, LATE_INSTRUCTION + SEP + "Query:" + " " + query + self._tags[1])
 
     # ---- scoring ----------------------------------------------------------------------------------
     def token_mass(self, prompt: Prompt, queries: Sequence[str]) -> list[np.ndarray]:

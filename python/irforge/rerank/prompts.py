@@ -1,5 +1,6 @@
 """Prompt layouts for in-context reranking, built token span by token span so that every document's tokens are
-known exactly. Chat tags follow the model family (ChatML for Qwen/SmolLM2, Llama-3 headers, Mistral [INST])."""
+known exactly. Chat tags follow the model family (ChatML for Qwen/SmolLM2, Llama-3 headers, Mistral [INST]), or
+the tokenizer's own chat template for other families."""
 from __future__ import annotations
 
 import warnings
@@ -15,7 +16,8 @@ CHAT_TAGS = {
 
 
 def chat_family(tokenizer: Any) -> str:
-    """Guess the chat tags from the tokenizer's chat template."""
+    """Guess the chat tags from the tokenizer's chat template: a known family by its markers; "template" for a
+    template of another family (Gemma, Phi-3, ...) that renders one user message; else "none"."""
     template = getattr(tokenizer, "chat_template", None) or ""
     if not isinstance(template, str):
         template = str(template)
@@ -25,7 +27,40 @@ def chat_family(tokenizer: Any) -> str:
         return "llama3"
     if "[INST]" in template:
         return "mistral"
-    return "none"
+    return "template" if template and template_tags(tokenizer) is not None else "none"
+
+
+_MARK = "irforge-user-message-7f3a"
+
+
+def template_tags(tokenizer: Any) -> "tuple[str, str] | None":
+    """(head, tail): the text the tokenizer's own chat template puts before and after one user message, with
+    the generation prompt; None when it has no template or the template does not render such a message."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": _MARK}], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # a template may reject a lone user message; jinja and transformers raise many types
+        return None
+    if not isinstance(text, str) or text.count(_MARK) != 1:
+        return None
+    head, tail = text.split(_MARK)
+    return head, tail
+
+
+def chat_tags(tokenizer: Any, chat: "str | None") -> "tuple[str, tuple[str, str]]":
+    """A reranker's ``chat`` argument (guessed by :func:`chat_family` when None) and its (head, tail) tags
+    around the user message: a family of CHAT_TAGS, or "template" (the tokenizer's own chat template)."""
+    chat = chat or chat_family(tokenizer)
+    if chat == "template":
+        tags = template_tags(tokenizer)
+        if tags is None:
+            raise ValueError("chat='template' needs a tokenizer whose chat template renders one user message")
+        return chat, tags
+    if chat not in CHAT_TAGS:
+        raise ValueError(f"unknown chat tags {chat!r}; choose from {sorted(CHAT_TAGS) + ['template']}")
+    return chat, CHAT_TAGS[chat]
 
 
 @dataclass
