@@ -1,6 +1,9 @@
 """Argument checks shared by the kernels' dispatch functions."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .layout import SegmentLayout
@@ -33,6 +36,13 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Segment
         raise ValueError(f"the layout covers {layout.total_tokens} tokens but q has {q.shape[0]}")
     if q.shape[2] > 256:
         raise ValueError(f"head dimension {q.shape[2]} is above the supported 256")
+
+
+def check_scale(scale) -> None:
+    """A softmax scale: None (the default, 1/sqrt(D)) or a finite positive number."""
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                              or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
 
 
 def pick_backend(backend: str, device: torch.device) -> str:

@@ -414,6 +414,17 @@ def test_bad_inputs():
     for bad in (0, -3, 2.5, True, "8"):
         with pytest.raises(ValueError, match="window"):
             attention_mass(q[rows], rows, k, layout, window=bad)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "a", True):
+        with pytest.raises(ValueError, match="scale"):
+            attention_mass(q[rows], rows, k, layout, scale=bad)
+        with pytest.raises(ValueError, match="scale"):
+            block_sparse_attention(q, k, v, layout, scale=bad)
+    with pytest.raises(TypeError, match="dtypes differ"):
+        attention_mass(q[rows], rows, k.half(), layout)
+    with pytest.raises(TypeError, match="lse"):
+        attention_mass(q[rows], rows, k, layout, lse=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="lse"):
+        attention_mass(q[rows], rows, k, layout, lse=torch.zeros(2, 3))
 
 
 @gpu

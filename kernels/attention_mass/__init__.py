@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import DTYPES, pick_backend
+from .._checks import DTYPES, check_scale, pick_backend
 from ..layout import SegmentLayout
 from .common import to_device
 
@@ -53,12 +53,24 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     R, Hq, D = q_rows.shape
     if k.shape[2] != D or Hq % k.shape[1] != 0:
         raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple of Hkv")
+    if q_rows.dtype != k.dtype:
+        raise TypeError(f"q_rows and k dtypes differ: {q_rows.dtype}, {k.dtype}")
+    if q_rows.device != k.device:
+        raise ValueError(f"q_rows and k must be on one device, got {q_rows.device} and {k.device}")
+    if D > 256:
+        raise ValueError(f"head dimension {D} is above the supported 256")
+    check_scale(scale)
     if k.shape[0] != layout.total_tokens:
         raise ValueError(f"k has {k.shape[0]} tokens but the layout covers {layout.total_tokens}")
     if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.shape[0] != R or rows.dtype.is_floating_point:
         raise ValueError(f"rows must be an integer tensor of shape [{R}]")
-    if lse is not None and (lse.shape != (R, Hq)):
-        raise ValueError(f"lse must have shape [{R}, {Hq}], got {tuple(lse.shape)}")
+    if lse is not None:
+        if not isinstance(lse, torch.Tensor) or not lse.dtype.is_floating_point:
+            raise TypeError(f"lse must be a floating-point tensor, got {getattr(lse, 'dtype', type(lse).__name__)}")
+        if lse.shape != (R, Hq):
+            raise ValueError(f"lse must have shape [{R}, {Hq}], got {tuple(lse.shape)}")
+        if lse.device != q_rows.device:
+            raise ValueError(f"lse must be on q_rows' device ({q_rows.device}), got {lse.device}")
     if weights is not None and not isinstance(weights, torch.Tensor):
         raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
     if weights is not None and (weights.shape != (R,)):

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_qkv, pick_backend
+from .._checks import check_qkv, check_scale, pick_backend
 from ..layout import SegmentLayout
 
 __all__ = ["block_sparse_attention"]
@@ -31,8 +31,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     out : [T, Hq, D] in q's dtype; lse : [T, Hq] float32, each row's log-sum-exp (natural log) of its scaled scores.
     """
     check_qkv(q, k, v, layout)
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    check_scale(scale)
     which = pick_backend(backend, q.device)
     if which == "naive":
         from .naive import block_sparse_attention as impl
