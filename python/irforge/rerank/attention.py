@@ -83,8 +83,8 @@ def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         m = attention_mass(torch.cat(q_rows, 1).transpose(0, 1), rows, torch.cat(keys, 1).transpose(0, 1), layout,
                            weights=weights, mode="causal", scale=float(scaling), sum_heads=True,
                            window=kwargs.get("sliding_window")).double()  # this layer's window, or None
-        for b, part in enumerate(torch.split(m, lens)):
-            cap.masses[b] = part if cap.masses[b] is None else cap.masses[b] + part
+        for b, part in enumerate(torch.split(m, lens)):  # on the first layer's device (a model split over GPUs)
+            cap.masses[b] = part if cap.masses[b] is None else cap.masses[b] + part.to(cap.masses[b].device)
         cap.layers += 1
     return out
 

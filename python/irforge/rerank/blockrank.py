@@ -58,10 +58,10 @@ def _blockrank_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
     backend = ctx["backend"]
     out, _ = block_sparse_attention(q, k, v, layout, scale=scaling, backend=backend)
     if module.layer_idx == ctx["layer"]:
-        rows = ctx["rows"]
+        rows = ctx["rows"].to(q.device)  # (no-ops unless the model is split over devices)
         seg = attention_mass(q[rows], rows, k, layout, weights=ctx["weights"].to(q.device),
                              mode="documents", scale=scaling, reduce="segment", sum_heads=True, backend=backend)
-        ctx["scores"] = seg[ctx["doc_segments"]] / q.shape[1]  # averaged over heads
+        ctx["scores"] = seg[ctx["doc_segments"].to(q.device)] / q.shape[1]  # averaged over heads
         raise _StopForward()
     return out[None], None
 
