@@ -378,11 +378,12 @@ def test_cli_eval_seal_with_a_model(tokenizer, scifact, tmp_path, capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen2-window"])
 def test_rerankers_on_cuda_equal_the_cpu(tokenizer, kind):
     """On a GPU (fp32 weights; the Triton kernels' fp32 dot products run in TF32, hence the tolerance): ICR
-    through the attention hook and the attention-mass kernel, and BlockRank through the block-sparse kernel,
-    score as on the CPU, one prompt at a time and batched (batch_tokens defaults to 16,384 on a GPU)."""
+    through the attention hook and the attention-mass kernel (with sliding-window layers too), and BlockRank
+    through the block-sparse kernel, score as on the CPU, one prompt at a time and batched (batch_tokens
+    defaults to 16,384 on a GPU)."""
     from irforge.rerank import BlockRankReranker
 
     cpu, gpu = tiny(kind), tiny(kind).cuda()
