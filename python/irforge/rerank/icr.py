@@ -122,38 +122,40 @@ class ICRReranker:
     @torch.inference_mode()
     def token_masses(self, prompts: Sequence[Prompt], queries: Sequence[Sequence[str]]) -> list[list[np.ndarray]]:
         """``token_mass`` for several prompts in one batch: out[b][j] is the mass of query ``queries[b][j]`` on
-        the tokens of ``prompts[b]``. The prefixes run once, left-padded to a common length; each round j of
-        queries runs right-padded on their KV cache, which is cut back to the prefixes afterwards."""
+        the tokens of ``prompts[b]``. The prefixes run once, left-padded to a common length; then every query of
+        every prompt runs in one pass, right-padded, on the prefixes' KV cache repeated once per query (so
+        the "N/A" round costs no pass of its own: a model's short passes are bound by per-layer host work on a
+        GPU, not by its arithmetic)."""
         from transformers import DynamicCache
 
         if len(prompts) != len(queries) or len({len(q) for q in queries}) > 1:
             raise ValueError("token_masses needs one list of queries per prompt, all of the same length")
-        if not prompts:
-            return []
+        if not prompts or not queries[0]:
+            return [[] for _ in prompts]
         dev = next(self.model.parameters()).device
+        n_rounds = len(queries[0])
         lens = [len(p.ids) for p in prompts]
         width = max(lens)
         pads = [width - n for n in lens]
-        rounds = [[self.query_ids(q[j]) for q in queries] for j in range(len(queries[0]))]
-        self._positions(width - 1 + max((len(x) for r in rounds for x in r), default=0))  # before any pass
+        q_ids = [self.query_ids(q) for qs in queries for q in qs]  # row b * n_rounds + j: query j of prompt b
+        q_len = max(map(len, q_ids))
+        self._positions(width - 1 + q_len)  # before any pass
         ids, mask = self._padded([p.ids for p in prompts], pads)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out: list[list[np.ndarray]] = [[] for _ in prompts]
         with use_capture_attention(self.model):
             self._body(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                        **{self._cache_arg: cache}, use_cache=True)
-            for q_ids in rounds:
-                q_len = max(map(len, q_ids))
-                q_t, q_mask = self._padded(q_ids, [0] * len(q_ids), q_len)
-                q_pos = torch.tensor(lens)[:, None] + torch.arange(q_len)[None]
-                with capture_mass([(pad, len(x)) for pad, x in zip(pads, q_ids)]) as cap:
-                    self._body(q_t.to(dev), attention_mask=torch.cat([mask, q_mask], 1).to(dev),
-                               position_ids=q_pos.to(dev), **{self._cache_arg: cache}, use_cache=True)
-                cache.crop(-q_len)  # back to the shared prefixes (a negative count works in all versions)
-                for b, m in enumerate(cap.masses):
-                    out[b].append(m[: lens[b]].cpu().numpy())
-        return out
+            if n_rounds > 1:
+                cache.batch_repeat_interleave(n_rounds)
+            q_t, q_mask = self._padded(q_ids, [0] * len(q_ids), q_len)
+            row_pads = [p for p in pads for _ in range(n_rounds)]
+            q_pos = torch.tensor(lens).repeat_interleave(n_rounds)[:, None] + torch.arange(q_len)[None]
+            with capture_mass([(pad, len(x)) for pad, x in zip(row_pads, q_ids)]) as cap:
+                self._body(q_t.to(dev), attention_mask=torch.cat([mask.repeat_interleave(n_rounds, 0), q_mask], 1).to(dev),
+                           position_ids=q_pos.to(dev), **{self._cache_arg: cache}, use_cache=True)
+        return [[cap.masses[b * n_rounds + j][:lens[b]].cpu().numpy() for j in range(n_rounds)]
+                for b in range(len(prompts))]
 
     def _padded(self, seqs: list[list[int]], left: list[int], width: Optional[int] = None):
         """Token ids [B, width] with ``left[b]`` pad tokens before sequence b and the rest after; its 0/1 mask."""
