@@ -124,6 +124,42 @@ def test_chat_tags_from_the_tokenizers_own_template(tokenizer):
     assert chat_family(tok) == "none"
 
 
+def adversarial_texts(seed=0):
+    """Word salad of several lengths, runs of one character, CJK, emoji, whitespace runs."""
+    rng = np.random.default_rng(seed)
+    words = ["cat", "dogs", "the", "energy", "quantum", "re-ranking", "α-helix", "2014–2023", "(n=12)", "don't"]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(0, 900, size=40)]
+    texts += ["a" * 5000, "-" * 3000 + " x", "  " * 2000 + "end", "日本語のテキストです。" * 300, "🙂🙃" * 800,
+              "word\n\n" * 900, "x", ""]
+    texts += ["".join(rng.choice(list("aab  cde\n"), size=4000)) for _ in range(10)]
+    return texts
+
+
+def test_truncation_tokenises_a_prefix_yet_equals_whole_text_tokenisation(tokenizer):
+    """truncate_many's first budget tokens and cut flags equal whole-text tokenisation for local models (BPE
+    without pre-tokenisation, word-level) and for Unigram without word splitting (tokenised whole)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from irforge.rerank.prompts import encode, truncate_many
+
+    texts = adversarial_texts()
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))  # merges may cross spaces: no pre-tokeniser
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"]))
+    uni = Tokenizer(models.Unigram())
+    uni.pre_tokenizer = pre_tokenizers.Metaspace(split=False)
+    uni.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<unk>"], unk_token="<unk>"))
+    toks = {"word-level": tokenizer,
+            "bpe": transformers.PreTrainedTokenizerFast(tokenizer_object=bpe),
+            "unigram": transformers.PreTrainedTokenizerFast(tokenizer_object=uni)}
+    for name, tok in toks.items():
+        whole = [encode(tok, t) for t in texts]
+        for budget in (1, 7, 100, 300):
+            got = truncate_many(tok, texts, budget)
+            for i, (w, (ids, cut)) in enumerate(zip(whole, got)):
+                assert ids == w[:budget] and cut == (len(w) > budget), f"{name}, budget {budget}, text {i}"
+    assert truncate_many(tokenizer, [], 5) == []
+
+
 def test_one_token_documents_and_bad_input(tokenizer):
     r = ICRReranker(tiny("llama"), tokenizer, chat="none")
     with warnings.catch_warnings():

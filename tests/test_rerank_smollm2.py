@@ -34,6 +34,25 @@ def smollm2():
     return model, tok
 
 
+def test_truncation_with_smollm2s_tokenizer_equals_whole_text_tokenisation(smollm2, scifact):
+    """Prefix tokenisation (byte-level BPE) against whole-text tokenisation on SciFact's first 2,000 documents
+    and on runs of one character."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_rerank import adversarial_texts
+
+    from irforge.rerank.prompts import encode, truncate_many
+
+    _, tok = smollm2
+    texts = [(d["title"] + " " + d["text"]).strip() for d in scifact.corpus[:2000]] + adversarial_texts()
+    whole = [encode(tok, t) for t in texts]
+    for budget in (1, 40, 100, 300):
+        got = truncate_many(tok, texts, budget)
+        for i, (w, (ids, cut)) in enumerate(zip(whole, got)):
+            assert ids == w[:budget] and cut == (len(w) > budget), f"budget {budget}, text {i}"
+
+
 def test_icr_with_smollm2_matches_eager_on_scifact(smollm2, scifact, scifact_index):
     from irforge.rerank import ICRReranker
     from irforge.rerank.icr import icr_token_mass_eager

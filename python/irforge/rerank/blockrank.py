@@ -26,7 +26,8 @@ from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_atte
 from .attention import check_attention_kwargs
 from .icr import RerankResult
 from .prompts import (PositionCheck, _progress, batches, chat_tags, check_batch, check_batch_tokens,
-                      check_k, check_query_docs, encode, place_model, truncate, warn_truncated)
+                      check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
+                      warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -157,11 +158,12 @@ class BlockRankReranker:
         if tok.bos_token_id is not None and not (tok.bos_token and head.startswith(tok.bos_token)):
             inst = [tok.bos_token_id] + inst
         ids, pos, lens, truncated = list(inst), list(range(len(inst))), [], []
-        for i, d in enumerate(docs):
-            body, cut = truncate(tok, d, self.max_doc_tokens)
+        marks = encode_many(tok, [m for i in range(len(docs)) for m in (f"ID: {i + 1} | CONTENT: ",
+                                                                         f" | END ID: {i + 1}\n")])
+        for i, (body, cut) in enumerate(truncate_many(tok, list(docs), self.max_doc_tokens)):
             if cut:
                 truncated.append(i)
-            seg = encode(tok, f"ID: {i + 1} | CONTENT: ") + body + encode(tok, f" | END ID: {i + 1}\n")
+            seg = marks[2 * i] + body + marks[2 * i + 1]
             ids += seg
             pos += list(range(len(inst), len(inst) + len(seg)))
             lens.append(len(seg))

@@ -21,7 +21,8 @@ import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
 from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch,
-                      check_batch_tokens, check_k, check_query_docs, encode, place_model, truncate, warn_truncated)
+                      check_batch_tokens, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
+                      warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -100,13 +101,14 @@ class ICRReranker:
         p.add(encode(tok, prefix_tag + INSTRUCTION))
         order = list(range(len(docs)))[::-1] if self.reverse_order else list(range(len(docs)))
         spans: dict[int, tuple[int, int]] = {}
-        for pos, i in enumerate(order):
-            p.add(encode(tok, SEP))
-            body, cut = truncate(tok, docs[i], self.max_doc_tokens)
+        sep, *labels = encode_many(tok, [SEP] + [f"[{pos + 1}] " for pos in range(len(order))])
+        bodies = truncate_many(tok, [docs[i] for i in order], self.max_doc_tokens)
+        for i, label, (body, cut) in zip(order, labels, bodies):
+            p.add(sep)
             if cut:
                 p.truncated.append(i)
-            spans[i] = p.add(encode(tok, f"[{pos + 1}] ") + body)
-        p.add(encode(tok, SEP))
+            spans[i] = p.add(label + body)
+        p.add(sep)
         p.doc_spans = [spans[i] for i in range(len(docs))]
         p.truncated.sort()
         return p, order

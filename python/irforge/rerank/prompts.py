@@ -81,9 +81,43 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def truncate(tokenizer: Any, text: str, budget: int) -> tuple[list[int], bool]:
-    ids = encode(tokenizer, text)
-    return (ids[:budget], True) if len(ids) > budget else (ids, False)
+def encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """``encode`` of each text, in one tokenizer call."""
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+# truncate_many tokenises a character prefix of each text holding this many tokens past the budget: the tokens
+# a cut can change lie at its end (within the last word for tokenizers that split words first)
+_MARGIN = 16
+_CHARS_PER_TOKEN = 6  # the first prefix's length per token; English BPE averages about 4
+_LOCAL_MODELS = ("BPE", "WordPiece", "WordLevel")  # where a cut changes only the tokens next to it
+
+
+def truncate_many(tokenizer: Any, texts: list[str], budget: int) -> list[tuple[list[int], bool]]:
+    """Each text's first ``budget`` tokens and whether it has more, equal to those of the whole text's
+    tokenisation. With a fast tokenizer whose model is BPE, WordPiece or WordLevel, only a prefix is
+    tokenised: (budget + 16) x 6 characters, doubled until it holds more than budget + 16 tokens or is the
+    whole text, one tokenizer call per round for all texts; the 16 tokens past the budget absorb what the cut
+    changes (tested against whole-text tokenisation with byte-level BPE, BPE without pre-tokenisation and
+    word-level models, on SciFact and on runs of one character). A 5,000-token document cut to 300 tokens then
+    costs about 300 tokens' work. Unigram models (a segmentation over the whole text: a long run of one
+    character segments differently when cut) and slow tokenizers tokenise whole texts, in one call."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if type(model).__name__ not in _LOCAL_MODELS:
+        return [(ids[:budget], len(ids) > budget) for ids in encode_many(tokenizer, texts)]
+    out: list = [None] * len(texts)
+    todo = list(range(len(texts)))
+    chars = (budget + _MARGIN) * _CHARS_PER_TOKEN
+    while todo:
+        pieces = [texts[i][:chars] for i in todo]
+        later = []
+        for i, piece, ids in zip(todo, pieces, encode_many(tokenizer, pieces)):
+            if len(piece) == len(texts[i]) or len(ids) > budget + _MARGIN:
+                out[i] = (ids[:budget], len(ids) > budget)
+            else:
+                later.append(i)
+        todo, chars = later, chars * 2
+    return out
 
 
 def check_query_docs(query: Any, docs: Any) -> list:
