@@ -380,6 +380,56 @@ def test_attention_mass_with_forward_lse_and_reductions():
     torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
 
 
+class SmallGPU:
+    """A kernel launcher that refuses, as Triton does for lack of shared memory, blocks of more than 16 keys."""
+
+    def __init__(self, fn):
+        self.fn, self.tried = fn, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            from irforge.kernels._shared_memory import OutOfResources
+
+            self.tried.append((kwargs["BLOCK_N"], kwargs.get("num_stages")))
+            if kwargs["BLOCK_N"] > 16:
+                raise OutOfResources(200_000, 100_000, "shared memory")
+            return self.fn[grid](*args, **kwargs)
+        return launch
+
+
+def test_default_launches_fall_back_to_configurations_that_fit_shared_memory(monkeypatch):
+    """A GPU short of shared memory for the default configuration gets the first smaller one that launches
+    (fewer stages, then fewer keys per block), with the same results; the fit is remembered per device and
+    shape, and a configuration the caller set is launched as given."""
+    from irforge.kernels import _shared_memory
+    from irforge.kernels._shared_memory import OutOfResources
+
+    monkeypatch.setattr(_shared_memory, "_fitted", {})
+    layout, q, k, v = make("three_prompts", 64, 4, 2, torch.float32)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    bsa = SmallGPU(bsa_kernel._bsa_fwd)
+    monkeypatch.setattr(bsa_kernel, "_bsa_fwd", bsa)
+    for attempt in range(2):
+        bsa.tried.clear()
+        out, lse = bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=2)  # split tiles: merged too
+        close(out, ref_o, 2e-5, 1e-4, f"out, attempt {attempt}")
+        close(lse, ref_l, 2e-5, 1e-4, f"lse, attempt {attempt}")
+        assert bsa.tried[-1] == (16, 2)
+    assert len(bsa.tried) == 1  # the second call starts from the configuration that fitted
+    with pytest.raises(OutOfResources):
+        bsa_kernel.block_sparse_attention(q, k, v, layout, block_n=32)
+
+    rows = torch.tensor([3, 9, 20, 33, 40, 61, 62, 63])
+    for name in ("_mass_kernel", "_lse_kernel"):
+        monkeypatch.setattr(mass_kernel, name, SmallGPU(getattr(mass_kernel, name)))
+    for mode in ("causal", "documents"):
+        ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
+        close(mass_kernel.attention_mass(q[rows], rows, k, layout, mode=mode), ref, 1e-6, 1e-4, f"mass, {mode}")
+        assert mass_kernel._mass_kernel.tried[-1][0] == 16 and mass_kernel._lse_kernel.tried[-1][0] == 16
+    with pytest.raises(OutOfResources):
+        mass_kernel.attention_mass(q[rows], rows, k, layout, block_n=64)
+
+
 def test_bad_inputs():
     layout, q, k, v = make("odd", 64, 4, 2, torch.float32)
     with pytest.raises(ValueError, match="multiple"):

@@ -28,18 +28,22 @@ SCRIPT = textwrap.dedent(r"""
     from triton.backends.nvidia.compiler import get_ptxas
     from irforge.kernels.attention_mass.kernel import _lse_kernel, _mass_kernel
     import torch
+    from irforge.kernels._shared_memory import ladder
     from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
     def signature(fn, pointers, consts):
         return {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
                 for n in fn.arg_names}
 
-    done = []
-    for cc, dt, D, wide, docs, grp in json.loads(sys.argv[1]):
+    def kernels(cc, dt, D, wide, docs, grp, step):
+        # (kernel, pointer types, constexprs, launch options) as the wrappers launch them, at rung ``step`` of
+        # the shared-memory ladder (0: the default configuration)
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
         cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d,
                             capability=(cc // 10, cc % 10))
+        rungs = ladder(cfg)
+        cfg = dict(rungs[min(step, len(rungs) - 1)])
         bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
         consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
                       WIDE=wide, PREC=prec, ONE_LOOP=docs)  # the one-loop form in half the configurations
@@ -47,8 +51,11 @@ SCRIPT = textwrap.dedent(r"""
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
-        mass_m = 16 if prec == "ieee" else 64  # the wrapper's default products
-        mass_n = 16 if prec == "ieee" and block_d >= 128 else 64
+        mass_rungs = ladder(dict(block_m=16 if prec == "ieee" else 64,  # the wrapper's defaults
+                                 block_n=16 if prec == "ieee" and block_d >= 128 else 64,
+                                 num_warps=8 if prec == "ieee" else 4))
+        mass_cfg = dict(mass_rungs[min(step, len(mass_rungs) - 1)])
+        mass_m, mass_n = mass_cfg.pop("block_m"), mass_cfg.pop("block_n")
         mass_consts = dict(GROUP=grp, GP=triton.next_power_of_2(grp), ROWS=max(1, mass_m // grp), DOCS_ONLY=docs,
                            D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec,
                            HEAD_DOT=prec != "ieee")  # the wrapper's default per-head sum
@@ -58,32 +65,44 @@ SCRIPT = textwrap.dedent(r"""
                           BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs)  # both forms
         lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC="*i1", OUT="*fp32", PM="*fp32",
                         PL="*fp32")
-        mass_opts = dict(num_warps=8 if prec == "ieee" else 4)
-        for fn, p, c, opts in ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
-                               (_mass_kernel, mass_ptrs, mass_consts, mass_opts),
-                               (_lse_kernel, lse_ptrs, lse_consts, mass_opts)):
-            try:
-                # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
-                attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-                         if n in p or n.startswith("stride")}
-                k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature(fn, p, c), constexprs=c,
-                                                             attrs=attrs), target=GPUTarget("cuda", cc, 32),
-                                   options=opts)
-            except FileNotFoundError:  # no ptxas
-                sys.exit(77)
-            # registers and spills as ptxas reports them (the cubin's own counts are read only on a GPU)
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-                f.write(k.asm["ptx"])
-                f.flush()
-                arch = "sm_90a" if cc == 90 else f"sm_{cc}"
-                v = subprocess.run([get_ptxas(cc).path, "-v", f"--gpu-name={arch}", f.name, "-o",
-                                    "/dev/null"], capture_output=True, text=True).stderr
-            regs = int(re.search(r"Used (\d+) registers", v).group(1))
-            spills = int(re.search(r"(\d+) bytes spill stores", v).group(1))
-            ptx = k.asm["ptx"]
-            mma = "wgmma" if cc >= 90 else "mma.sync"
-            done.append([fn.__name__, cc, dt, D, wide, "cp.async" in ptx, mma in ptx, len(k.asm["cubin"]), regs,
-                         spills])
+        return ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
+                (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), (_lse_kernel, lse_ptrs, lse_consts, mass_cfg))
+
+    def build(cc, fn, p, c, opts):
+        # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in p or n.startswith("stride")}
+        try:
+            k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature(fn, p, c), constexprs=c,
+                                                         attrs=attrs), target=GPUTarget("cuda", cc, 32), options=opts)
+        except FileNotFoundError:  # no ptxas
+            sys.exit(77)
+        # registers and spills as ptxas reports them (the cubin's own counts are read only on a GPU)
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+            f.write(k.asm["ptx"])
+            f.flush()
+            arch = "sm_90a" if cc == 90 else f"sm_{cc}"
+            v = subprocess.run([get_ptxas(cc).path, "-v", f"--gpu-name={arch}", f.name, "-o", "/dev/null"],
+                               capture_output=True, text=True).stderr
+        ptx = k.asm["ptx"]
+        return dict(cp_async="cp.async" in ptx, mma=("wgmma" if cc >= 90 else "mma.sync") in ptx,
+                    size=len(k.asm["cubin"]), shared=k.metadata.shared,
+                    regs=int(re.search(r"Used (\d+) registers", v).group(1)),
+                    spills=int(re.search(r"(\d+) bytes spill stores", v).group(1)))
+
+    done = []
+    mode, configs = sys.argv[1], json.loads(sys.argv[2])
+    for cc, dt, D, wide, docs, grp, *limit in configs:
+        if mode == "default":  # every kernel in its default configuration
+            for fn, p, c, opts in kernels(cc, dt, D, wide, docs, grp, 0):
+                done.append(dict(kernel=fn.__name__, cc=cc, dt=dt, D=D, **build(cc, fn, p, c, opts)))
+        else:  # "fit": per kernel, the ladder's first rung within ``limit`` bytes of shared memory
+            for name in ("_bsa_fwd", "_mass_kernel", "_lse_kernel"):
+                for step in range(5):
+                    fn, p, c, opts = next(x for x in kernels(cc, dt, D, wide, docs, grp, step) if x[0].__name__ == name)
+                    got = build(cc, fn, p, c, opts)
+                    if got["shared"] <= limit[0] or step == 4:
+                        done.append(dict(kernel=name, cc=cc, dt=dt, D=D, step=step, limit=limit[0], **got))
+                        break
     print(json.dumps(done))
 """)
 
@@ -94,21 +113,44 @@ CONFIGS = [(90, "bf16", 128, False, True, 4), (90, "fp16", 80, True, False, 4), 
            (80, "fp32", 128, False, False, 2)]
 
 
-def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
+def compile_kernels(tmp_path, mode, configs):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # compiled here, never taken from an earlier cache
-    p = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CONFIGS)], capture_output=True, text=True, env=env,
-                       timeout=600)
+    p = subprocess.run([sys.executable, "-c", SCRIPT, mode, json.dumps(configs)], capture_output=True, text=True,
+                       env=env, timeout=600)
     if p.returncode == SKIP:
         pytest.skip("this triton build has no NVIDIA backend or ptxas")
     assert p.returncode == 0, p.stderr[-3000:]
-    done = json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
+    done = compile_kernels(tmp_path, "default", CONFIGS)
     assert len(done) == 4 * len(CONFIGS)
-    assert all(size > 5_000 for *_, size, _, _ in done), done  # a real cubin for every kernel and configuration
+    assert all(d["size"] > 5_000 for d in done), done  # a real cubin for every kernel and configuration
     # no register spills to local memory in the configurations users launch
-    assert all(spills == 0 for *_, spills in done), [d for d in done if d[-1]]
+    assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]
     # the block-sparse key loop is software-pipelined (asynchronous copies of the next key/value blocks), and
     # 16-bit products run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
-    bsa = [d for d in done if d[0] == "_bsa_fwd"]
-    assert all(d[5] for d in bsa), bsa
-    assert all(d[6] for d in bsa if d[2] != "fp32"), bsa
+    bsa = [d for d in done if d["kernel"] == "_bsa_fwd"]
+    assert all(d["cp_async"] for d in bsa), bsa
+    assert all(d["mma"] for d in bsa if d["dt"] != "fp32"), bsa
+
+
+# shared memory per block that a kernel may use: A100 (sm_80), RTX 30x0 / A10 / L4 / RTX 40x0 (sm_86, sm_89)
+SHARED_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376}
+
+
+def test_shared_memory_ladder_reaches_a_launchable_configuration(tmp_path):
+    """D 256 (Gemma's heads) in 16 bits needs more shared memory by default than an A100 (block-sparse kernel)
+    or an sm_86/89 card (all three kernels) gives; the wrappers' ladder of smaller configurations must reach one
+    that fits, without register spills. D 128 fits those cards as it is."""
+    cases = [(80, "bf16", 256, False, False, 4), (86, "bf16", 256, False, True, 4), (89, "fp16", 256, False, False, 2),
+             (86, "bf16", 128, False, False, 4)]
+    done = compile_kernels(tmp_path, "fit", [c + (SHARED_LIMIT[c[0]],) for c in cases])
+    assert len(done) == 3 * len(cases)
+    fits = [d for d in done if d["shared"] <= d["limit"]]
+    assert len(fits) == len(done), [d for d in done if d["shared"] > d["limit"]]
+    assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]
+    assert all(d["step"] == 0 for d in done if d["D"] == 128), done  # D 128: the default fits as it is
+    assert any(d["step"] > 0 for d in done if d["D"] == 256), done  # D 256: the ladder is needed

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .._checks import check_launch
+from .._shared_memory import ladder, launch_fitting
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
 from .common import document_keys, first_keys, row_meta, to_device
@@ -152,7 +153,7 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
 
 def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: torch.Tensor, doc: torch.Tensor,
              mode: str, scale: float, block_m: int, block_n: int, prec: str, wide: bool, num_warps: int,
-             splits: Optional[int] = None) -> torch.Tensor:
+             splits: Optional[int] = None, num_stages: Optional[int] = None) -> torch.Tensor:
     """The log-sum-exp [R, Hq] (float32, natural log) of rows sorted by position (q_rows in that order), over
     the keys each row's softmax covers: one launch and no other device work up to 256 key blocks (16k keys at
     64), where a program's loop costs about what the merge's dozen small launches would. Longer key ranges are
@@ -180,7 +181,8 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
                                          q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                                          scale * LOG2E, GROUP=group, ROWS=rows_per, DOCS_ONLY=(mode == "documents"),
                                          D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=bm,
-                                         BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps)
+                                         BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps,
+                                         **({} if num_stages is None else {"num_stages": num_stages}))
     if final:
         return lse
     pm, pl = pm.view(n_rb, splits, Hkv, bm), pl.view(n_rb, splits, Hkv, bm)
@@ -254,35 +256,46 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     dev = q_rows.device
     block_d = max(16, triton.next_power_of_2(D))
     prec = dot_precision(q_rows.dtype)
-    block_m = block_m or (16 if prec == "ieee" else 64)
-    block_n = block_n or (16 if prec == "ieee" and block_d >= 128 else 64)
-    order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev, window)
-    if order_t is not None:  # rows not in position order: sort them on the device
-        q_rows = q_rows[order_t]
-        lse = lse[order_t] if lse is not None else None
-    q_rows, w, k = q_rows.contiguous(), w.contiguous(), k.contiguous()
+    cfg = {"block_m": block_m or (16 if prec == "ieee" else 64),
+           "block_n": block_n or (16 if prec == "ieee" and block_d >= 128 else 64),
+           "num_warps": num_warps or (8 if prec == "ieee" else 4)}  # full-precision float32 spills at 4
+    if num_stages is not None:
+        cfg["num_stages"] = num_stages
+    k = k.contiguous()
     # which keys are document tokens: read only in "documents" mode
     doc = document_keys(layout, dev) if mode == "documents" else torch.empty(0, dtype=torch.bool, device=dev)
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
-    if T == 0:
-        return mass
     wide = needs_wide(q_rows, k, mass) if wide is None else bool(wide)
-    warps = num_warps or (8 if prec == "ieee" else 4)  # full-precision float32 spills at 4
-    if lse is None:  # the normaliser over the covered keys, by a first kernel over the same rows and keys
-        lse = _row_lse(q_rows, k, pos_t, p0_t, doc, mode, scale, block_m, block_n, prec, wide, warps)
-    lse = lse.float().contiguous()
     group = Hq // Hkv
-    rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
-    grid = (triton.cdiv(T, block_n) * Hkv,)
     head_dot = head_sum == "dot" if head_sum is not None else prec != "ieee"
-    opts = {"num_warps": warps}
-    if num_stages is not None:
-        opts["num_stages"] = num_stages
-    _mass_kernel[grid](q_rows, k, lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv,
-                       q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
-                       mass.stride(0), mass.stride(1),
-                       scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, triton.next_power_of_2(group)),
-                       ROWS=rows_per, DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-                       BLOCK_M=max(16, triton.next_power_of_2(rows_per * group)), BLOCK_N=block_n, PREC=prec,
-                       WIDE=wide, HEAD_DOT=head_dot, **opts)
+
+    def run(cfg: dict) -> None:
+        block_m, block_n = cfg["block_m"], cfg["block_n"]
+        opts = {o: cfg[o] for o in ("num_warps", "num_stages") if o in cfg}
+        order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev, window)
+        q, row_lse = q_rows, lse
+        if order_t is not None:  # rows not in position order: sort them on the device
+            q = q[order_t]
+            row_lse = row_lse[order_t] if row_lse is not None else None
+        q, w = q.contiguous(), w.contiguous()
+        if T == 0:
+            return
+        if row_lse is None:  # the normaliser over the covered keys, by a first kernel over the same rows and keys
+            row_lse = _row_lse(q, k, pos_t, p0_t, doc, mode, scale, block_m, block_n, prec, wide, opts["num_warps"],
+                               num_stages=opts.get("num_stages"))
+        row_lse = row_lse.float().contiguous()
+        rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
+        _mass_kernel[(triton.cdiv(T, block_n) * Hkv,)](
+            q, k, row_lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv, q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), row_lse.stride(0), row_lse.stride(1), mass.stride(0), mass.stride(1),
+            scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, triton.next_power_of_2(group)), ROWS=rows_per,
+            DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
+            BLOCK_M=max(16, triton.next_power_of_2(rows_per * group)), BLOCK_N=block_n, PREC=prec, WIDE=wide,
+            HEAD_DOT=head_dot, **opts)
+
+    # a configuration the caller set is launched as given; the default falls back to smaller ones where the
+    # GPU's shared memory is too small for it (kernels/_shared_memory.py)
+    pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
+    key = ("mass", str(dev), q_rows.dtype, D, group, mode, lse is None, wide, head_dot)
+    launch_fitting(key, [cfg] if pinned else ladder(cfg), run)
     return mass

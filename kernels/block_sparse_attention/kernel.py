@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .._checks import check_launch
+from .._shared_memory import ladder, launch_fitting
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
@@ -289,34 +290,45 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     block_d = max(16, triton.next_power_of_2(D))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages,
                         torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
-    block_n = cfg.pop("block_n")
-    rows = max(1, cfg.pop("block_m") // group)  # token rows per tile; the product has rows x group rows, padded
-    block_m = max(16, triton.next_power_of_2(rows * group))
-    tiles = layout.memo(("tiles", rows), lambda: layout.tiles(rows))
-    if len(tiles) == 0:
-        return out, lse
-    if max_blocks is None:
-        max_blocks = layout.memo(("max_blocks", rows, block_n, Hkv, str(q.device)),
-                                 lambda: auto_max_blocks(tiles, block_n, Hkv, q.device))
-
-    def build():
-        table, groups = schedule(tiles, block_n, max_blocks)
-        return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
-                int(groups[:, 3].sum()) if len(groups) else 0)
-
-    table, groups, parts = layout.memo(("bsa", rows, block_n, max_blocks, str(q.device)), build)
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
-    part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
-    part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
-    _bsa_fwd[(len(table) * Hkv,)](q, k, v, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
-                                  k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-                                  lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group, ROWS=rows, D=D,
-                                  BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
-                                  PREC=dot_precision(q.dtype), ONE_LOOP=bool(one_loop), **cfg)
-    if len(groups):
-        _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
-                                     lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d,
-                                     BLOCK_M=block_m, WIDE=wide, num_warps=8)
+    given_max_blocks = max_blocks
+
+    def run(cfg: dict) -> None:
+        cfg = dict(cfg)
+        block_n = cfg.pop("block_n")
+        rows = max(1, cfg.pop("block_m") // group)  # token rows per tile; the product: rows x group, padded
+        block_m = max(16, triton.next_power_of_2(rows * group))
+        tiles = layout.memo(("tiles", rows), lambda: layout.tiles(rows))
+        if len(tiles) == 0:
+            return
+        max_blocks = given_max_blocks
+        if max_blocks is None:
+            max_blocks = layout.memo(("max_blocks", rows, block_n, Hkv, str(q.device)),
+                                     lambda: auto_max_blocks(tiles, block_n, Hkv, q.device))
+
+        def build():
+            table, groups = schedule(tiles, block_n, max_blocks)
+            return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
+                    int(groups[:, 3].sum()) if len(groups) else 0)
+
+        table, groups, parts = layout.memo(("bsa", rows, block_n, max_blocks, str(q.device)), build)
+        part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
+        part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
+        _bsa_fwd[(len(table) * Hkv,)](q, k, v, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
+                                      k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+                                      out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
+                                      ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
+                                      PREC=dot_precision(q.dtype), ONE_LOOP=bool(one_loop), **cfg)
+        if len(groups):
+            _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
+                                         lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
+                                         BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide, num_warps=8)
+
+    # a configuration the caller set is launched as given; the default falls back to smaller ones where the
+    # GPU's shared memory is too small for it (kernels/_shared_memory.py)
+    pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
+    key = ("bsa", str(q.device), q.dtype, D, group, bool(one_loop), wide)
+    launch_fitting(key, [cfg] if pinned else ladder(cfg), run)
     return out, lse
 
 
