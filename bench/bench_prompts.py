@@ -12,7 +12,6 @@ whole-document tokenisation. On a GPU this host time precedes every forward pass
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -33,18 +32,12 @@ def main() -> None:
 
     import transformers
 
-    import irforge
     from bench_bm25 import machine, write_section
-    from irforge.datasets import load_beir
+    from bench_rerank import scifact_top20
     from irforge.rerank.prompts import encode, encode_many, truncate_many
     from smollm2_path import smollm2_path
 
-    root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ds = load_beir(root / "beir" / "scifact")
-    index = irforge.BM25Index.build(ds.corpus)
-    text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
-    qids = list(ds.test_queries)[:args.queries]
-    lists = [[text[i] for i in index.search(ds.queries[q], k=20).ids] for q in qids]
+    lists = [docs for _, docs in scifact_top20(args.queries)]
     path = smollm2_path()
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 

@@ -76,6 +76,20 @@ def load_model(spec: str, tokenizer_dir, device: str, dtype):
     return model.eval(), tok
 
 
+def scifact_top20(n_queries: int) -> list:
+    """(query, the texts of BM25's top 20 documents) for SciFact's first ``n_queries`` judged queries, from
+    IRFORGE_DATA (default ../shared/data)."""
+    import irforge
+    from irforge.datasets import load_beir
+
+    root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ds = load_beir(root / "beir" / "scifact")
+    index = irforge.BM25Index.build(ds.corpus)
+    text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
+    return [(ds.queries[q], [text[i] for i in index.search(ds.queries[q], k=20).ids])
+            for q in list(ds.test_queries)[:n_queries]]
+
+
 def worker(method: str, n_queries: int, max_doc_tokens: int, out: str, model_spec: str = "smollm2",
            tokenizer_dir=None, device: str = "cpu", dtype_name: str = "float32") -> None:
     import numpy as np

@@ -12,7 +12,6 @@ host (Python, launches, synchronisations) is the bound. Same data and models as 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,17 +36,10 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    import irforge
-    from bench_rerank import load_model
-    from irforge.datasets import load_beir
+    from bench_rerank import load_model, scifact_top20
     from irforge.rerank import BlockRankReranker, ICRReranker
 
-    root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ds = load_beir(root / "beir" / "scifact")
-    index = irforge.BM25Index.build(ds.corpus)
-    text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
-    qids = list(ds.test_queries)[:args.queries]
-    work = [(ds.queries[q], [text[i] for i in index.search(ds.queries[q], k=20).ids]) for q in qids]
+    work = scifact_top20(args.queries)
     model, tok = load_model(args.model, args.tokenizer, args.device, getattr(torch, args.dtype))
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
