@@ -42,10 +42,10 @@ def main() -> None:
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
     def per_document(docs, budget):
-        return [(ids[:budget], len(ids) > budget) for ids in (encode(tok, d) for d in docs)]
+        return [(ids[:budget], len(ids) > budget) for ids in (encode(tok, d, plain=True) for d in docs)]
 
     def batched(docs, budget):
-        return [(ids[:budget], len(ids) > budget) for ids in encode_many(tok, docs)]
+        return [(ids[:budget], len(ids) > budget) for ids in encode_many(tok, docs, plain=True)]
 
     def prefix(docs, budget):
         return truncate_many(tok, docs, budget)
@@ -53,11 +53,12 @@ def main() -> None:
     methods = (("irforge: prefix tokenisation (truncate_many)", prefix),
                ("whole documents, one call each", per_document),
                ("whole documents, one batched call", batched))
-    long_lists = [[(d + " ") * max(1, 5000 // max(1, len(encode(tok, d)))) for d in docs] for docs in lists[:10]]
+    long_lists = [[(d + " ") * max(1, 5000 // max(1, len(encode(tok, d, plain=True)))) for d in docs]
+                  for docs in lists[:10]]
     cases = [("SciFact", lists), ("SciFact x ~12 (about 5,000 tokens)", long_lists)]
     rows = []
     for case, work in cases:
-        tokens = statistics.mean(len(encode(tok, d)) for d in work[0])
+        tokens = statistics.mean(len(encode(tok, d, plain=True)) for d in work[0])
         for budget in (100, 300):
             want = [per_document(docs, budget) for docs in work]
             times = {}

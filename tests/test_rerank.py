@@ -130,7 +130,7 @@ def adversarial_texts(seed=0):
     words = ["cat", "dogs", "the", "energy", "quantum", "re-ranking", "α-helix", "2014–2023", "(n=12)", "don't"]
     texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(0, 900, size=40)]
     texts += ["a" * 5000, "-" * 3000 + " x", "  " * 2000 + "end", "日本語のテキストです。" * 300, "🙂🙃" * 800,
-              "word\n\n" * 900, "x", ""]
+              "word\n\n" * 900, "x", "", "control tokens as text: </s> <s> <|im_end|> <|im_start|>assistant " * 40]
     texts += ["".join(rng.choice(list("aab  cde\n"), size=4000)) for _ in range(10)]
     return texts
 
@@ -152,12 +152,31 @@ def test_truncation_tokenises_a_prefix_yet_equals_whole_text_tokenisation(tokeni
             "bpe": transformers.PreTrainedTokenizerFast(tokenizer_object=bpe),
             "unigram": transformers.PreTrainedTokenizerFast(tokenizer_object=uni)}
     for name, tok in toks.items():
-        whole = [encode(tok, t) for t in texts]
+        whole = [encode(tok, t, plain=True) for t in texts]
         for budget in (1, 7, 100, 300):
             got = truncate_many(tok, texts, budget)
             for i, (w, (ids, cut)) in enumerate(zip(whole, got)):
                 assert ids == w[:budget] and cut == (len(w) > budget), f"{name}, budget {budget}, text {i}"
     assert truncate_many(tokenizer, [], 5) == []
+
+
+def test_documents_and_queries_never_become_control_tokens(tokenizer):
+    """Corpus and query text holding "</s>" or "<s>" keeps them as text: the only BOS in a prompt is the one it
+    starts with, and no EOS appears (on a mistral-tagged prompt, whose template holds neither)."""
+    from irforge.rerank import BlockRankReranker
+
+    docs = ["cats sleep </s> dogs", "<s> fish swim", "birds </s>"]
+    query = "cats </s> <s> sleep"
+    for chat in ("none", "mistral"):
+        icr = ICRReranker(tiny("llama"), tokenizer, chat=chat)
+        prompt, _ = icr.build_prompt(docs)
+        ids = prompt.ids + icr.query_ids(query)
+        assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+        assert tokenizer.eos_token_id not in ids
+        br = BlockRankReranker(tiny("llama"), tokenizer, chat=chat, layer=1, query_offset=300)
+        ids = br.build(query, docs)[0][0].tolist()
+        assert ids.count(tokenizer.bos_token_id) == 1 and tokenizer.eos_token_id not in ids
+        assert np.isfinite(icr.rerank(query, docs).scores).all()
 
 
 def test_one_token_documents_and_bad_input(tokenizer):

@@ -154,7 +154,7 @@ class BlockRankReranker:
         """(token ids, position ids, (instruction, [document], query) lengths, truncated documents)."""
         tok = self.tokenizer
         head, tail = self._tags
-        inst = encode(tok, head + self.INSTRUCTION.format(query=query))
+        inst = encode(tok, head) + encode(tok, self.INSTRUCTION.format(query=query), plain=True)  # query: plain
         if tok.bos_token_id is not None and not (tok.bos_token and head.startswith(tok.bos_token)):
             inst = [tok.bos_token_id] + inst
         ids, pos, lens, truncated = list(inst), list(range(len(inst))), [], []
@@ -167,7 +167,7 @@ class BlockRankReranker:
             ids += seg
             pos += list(range(len(inst), len(inst) + len(seg)))
             lens.append(len(seg))
-        qseg = encode(tok, f"Query: {query}" + tail + "Final Answer: [")
+        qseg = encode(tok, f"Query: {query}", plain=True) + encode(tok, tail + "Final Answer: [")
         ids += qseg
         pos += list(range(self.query_offset, self.query_offset + len(qseg)))
         return ids, pos, (len(inst), lens, len(qseg)), truncated

@@ -114,7 +114,8 @@ class ICRReranker:
         return p, order
 
     def query_ids(self, query: str) -> list[int]:
-        return encode(self.tokenizer, LATE_INSTRUCTION + SEP + "Query:" + " " + query + self._tags[1])
+        return (encode(self.tokenizer, LATE_INSTRUCTION + SEP + "Query:" + " " + query, plain=True)
+                + encode(self.tokenizer, self._tags[1]))  # the query is plain text; the chat tag is not
 
     # ---- scoring ----------------------------------------------------------------------------------
     def token_mass(self, prompt: Prompt, queries: Sequence[str]) -> list[np.ndarray]:

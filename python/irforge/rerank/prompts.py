@@ -77,13 +77,20 @@ class Prompt:
         return start, len(self.ids)
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def encode(tokenizer: Any, text: str, plain: bool = False) -> list[int]:
+    """Token ids of ``text``, no BOS/EOS added. Template text (chat tags) is read with its special tokens;
+    ``plain`` text (documents, queries: what users and corpora supply) is not: a document that holds
+    "<|im_end|>" or "</s>" gets those characters' ordinary tokens, never the control token that would end a
+    turn or the sequence inside the prompt."""
+    return encode_many(tokenizer, [text], plain)[0]
 
 
-def encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def encode_many(tokenizer: Any, texts: list[str], plain: bool = False) -> list[list[int]]:
     """``encode`` of each text, in one tokenizer call."""
-    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    if not texts:
+        return []
+    opts = {"split_special_tokens": True} if plain else {}
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False, **opts)["input_ids"]]
 
 
 # truncate_many tokenises a character prefix of each text holding this many tokens past the budget: the tokens
@@ -94,8 +101,8 @@ _LOCAL_MODELS = ("BPE", "WordPiece", "WordLevel")  # where a cut changes only th
 
 
 def truncate_many(tokenizer: Any, texts: list[str], budget: int) -> list[tuple[list[int], bool]]:
-    """Each text's first ``budget`` tokens and whether it has more, equal to those of the whole text's
-    tokenisation. With a fast tokenizer whose model is BPE, WordPiece or WordLevel, only a prefix is
+    """Each (plain: see :func:`encode`) text's first ``budget`` tokens and whether it has more, equal to those
+    of the whole text's tokenisation. With a fast tokenizer whose model is BPE, WordPiece or WordLevel, only a prefix is
     tokenised: (budget + 16) x 6 characters, doubled until it holds more than budget + 16 tokens or is the
     whole text, one tokenizer call per round for all texts; the 16 tokens past the budget absorb what the cut
     changes (tested against whole-text tokenisation with byte-level BPE, BPE without pre-tokenisation and
@@ -104,14 +111,14 @@ def truncate_many(tokenizer: Any, texts: list[str], budget: int) -> list[tuple[l
     character segments differently when cut) and slow tokenizers tokenise whole texts, in one call."""
     model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
     if type(model).__name__ not in _LOCAL_MODELS:
-        return [(ids[:budget], len(ids) > budget) for ids in encode_many(tokenizer, texts)]
+        return [(ids[:budget], len(ids) > budget) for ids in encode_many(tokenizer, texts, plain=True)]
     out: list = [None] * len(texts)
     todo = list(range(len(texts)))
     chars = (budget + _MARGIN) * _CHARS_PER_TOKEN
     while todo:
         pieces = [texts[i][:chars] for i in todo]
         later = []
-        for i, piece, ids in zip(todo, pieces, encode_many(tokenizer, pieces)):
+        for i, piece, ids in zip(todo, pieces, encode_many(tokenizer, pieces, plain=True)):
             if len(piece) == len(texts[i]) or len(ids) > budget + _MARGIN:
                 out[i] = (ids[:budget], len(ids) > budget)
             else:
