@@ -73,6 +73,24 @@ def test_block_sparse_attention_triton_and_cpu_match_reference(layout_name, D, h
     close(l, ref_l, atol, rtol, "cpu lse")
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("hq,hkv", [(28, 4), (5, 1), (14, 2)])
+def test_groups_of_five_and_seven_query_heads(hq, hkv, dtype, atol, rtol):
+    """Query-head groups that are not powers of two and above 4 (Qwen2.5-7B: 28 query and 4 key/value heads)
+    in both kernels: product rows padded past the group's rows."""
+    layout, q, k, v = make("three_prompts", 64, hq, hkv, dtype, seed=11)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    out, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
+    close(out, ref_o, atol, rtol, "out")
+    close(lse, ref_l, atol, rtol, "lse")
+    T = layout.total_tokens
+    rows = torch.tensor([2, 30, 37, T - 7, T - 1])
+    for mode in ("causal", "documents"):
+        ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
+        tol = (1e-3, 1e-2) if dtype == torch.float16 else (1e-6, 1e-4)
+        close(mass_kernel.attention_mass(q[rows], rows, k, layout, mode=mode), ref, *tol, f"mass, {mode}")
+
+
 @pytest.mark.parametrize("D,hq,hkv", [(64, 4, 1), (80, 3, 3)])
 def test_64bit_offsets_give_the_same_results(D, hq, hkv):
     """The WIDE (64-bit offset) variants, used from 2^31 tensor elements, computed here on small inputs."""

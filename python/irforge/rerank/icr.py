@@ -154,9 +154,10 @@ class ICRReranker:
             q_t, q_mask = self._padded(q_ids, [0] * len(q_ids), q_len)
             row_pads = [p for p in pads for _ in range(n_rounds)]
             q_pos = torch.tensor(lens).repeat_interleave(n_rounds)[:, None] + torch.arange(q_len)[None]
+            q_attn = torch.cat([mask.repeat_interleave(n_rounds, 0), q_mask], 1)  # prefix keys, then query keys
             with capture_mass([(pad, len(x)) for pad, x in zip(row_pads, q_ids)]) as cap:
-                self._body(q_t.to(dev), attention_mask=torch.cat([mask.repeat_interleave(n_rounds, 0), q_mask], 1).to(dev),
-                           position_ids=q_pos.to(dev), **{self._cache_arg: cache}, use_cache=True)
+                self._body(q_t.to(dev), attention_mask=q_attn.to(dev), position_ids=q_pos.to(dev),
+                           **{self._cache_arg: cache}, use_cache=True)
         return [[cap.masses[b * n_rounds + j][:lens[b]].cpu().numpy() for j in range(n_rounds)]
                 for b in range(len(prompts))]
 
