@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from typing import Optional
+
 import torch
 
 from .layout import SegmentLayout
@@ -45,12 +47,18 @@ def check_scale(scale) -> None:
         raise ValueError(f"scale must be a finite positive number, got {scale!r}")
 
 
-def pick_backend(backend: str, device: torch.device) -> str:
+def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. Triton's bfloat16 products need a GPU
+    of compute capability 8.0 or newer (a T4 or V100 has none): TypeError there, naming float16 instead."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return backend
+    which = ("triton" if device.type == "cuda" else "torch") if backend == "auto" else backend
+    if which == "triton" and dtype == torch.bfloat16 and device.type == "cuda":
+        cc = torch.cuda.get_device_capability(device)
+        if cc < (8, 0):
+            raise TypeError(f"bfloat16 needs a GPU of compute capability 8.0 or newer for the Triton kernels; "
+                            f"this one has {cc[0]}.{cc[1]}: use float16")
+    return which
 
 
 def check_launch(**sizes) -> None:

@@ -398,6 +398,24 @@ def test_attention_mass_with_forward_lse_and_reductions():
     torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
 
 
+def test_bfloat16_on_gpus_without_it_names_float16(monkeypatch):
+    """Triton's bfloat16 products need compute capability 8.0: on an older GPU (T4: 7.5) the dispatch says so and
+    names float16, and the CLI's --dtype auto picks float16 there (a fake capability: no GPU here)."""
+    from irforge.cli import auto_dtype
+    from irforge.kernels._checks import pick_backend
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(TypeError, match="use float16"):
+        pick_backend("auto", cuda, torch.bfloat16)
+    assert pick_backend("auto", cuda, torch.float16) == "triton"
+    assert pick_backend("torch", cuda, torch.bfloat16) == "torch"
+    assert auto_dtype(cuda) == "float16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert pick_backend("auto", cuda, torch.bfloat16) == "triton" and auto_dtype(cuda) == "bfloat16"
+    assert auto_dtype(torch.device("cpu")) == "float32"
+
+
 class SmallGPU:
     """A kernel launcher that refuses, as Triton does for lack of shared memory, blocks of more than 16 keys."""
 

@@ -83,7 +83,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         window = int(window)
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
-    which = pick_backend(backend, q_rows.device)
+    which = pick_backend(backend, q_rows.device, q_rows.dtype)
     if weights is not None and which != "triton":  # the Triton path keeps host weights with its row tables
         weights = to_device(weights.float(), q_rows.device)
     if which == "naive":

@@ -32,7 +32,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """
     check_qkv(q, k, v, layout)
     check_scale(scale)
-    which = pick_backend(backend, q.device)
+    which = pick_backend(backend, q.device, q.dtype)
     if which == "naive":
         from .naive import block_sparse_attention as impl
     elif which == "torch":

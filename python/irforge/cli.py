@@ -155,9 +155,19 @@ def _eval_ngram(args, ds) -> int:
     return 0
 
 
+def auto_dtype(dev) -> str:
+    """--dtype auto: bfloat16 on a GPU that has it (compute capability 8.0 or newer), float16 on an older one
+    (T4, V100), float32 on the CPU."""
+    import torch
+
+    if dev.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.get_device_capability(dev) >= (8, 0) else "float16"
+
+
 def _load_lm(path: str, device: str = "auto", dtype: str = "auto"):
     """A causal LM and tokenizer from a directory, a .gguf file, or a hub name already in the local cache, placed
-    on ``device`` in ``dtype`` ("auto": a GPU in bfloat16 when torch sees one, else the CPU in float32)."""
+    on ``device`` in ``dtype`` ("auto": see :func:`auto_dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -166,7 +176,7 @@ def _load_lm(path: str, device: str = "auto", dtype: str = "auto"):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     try:
         dev, _ = check_device_dtype(device, None)
-        _, dt = check_device_dtype(None, ("bfloat16" if dev.type == "cuda" else "float32") if dtype == "auto" else dtype)
+        _, dt = check_device_dtype(None, auto_dtype(dev) if dtype == "auto" else dtype)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"irforge: {e}") from None
     p = Path(path)
@@ -305,7 +315,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    "directory or a .gguf file")
     p.add_argument("--device", default="auto", help="where --model runs: auto (a GPU when torch sees one), cpu, "
                                                    "cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", help="--model's weights: auto (bfloat16 on a GPU, float32 on the CPU), "
+    p.add_argument("--dtype", default="auto", help="--model's weights: auto (bfloat16 on a GPU, float16 on one "
+                                                  "older than compute capability 8.0, float32 on the CPU), "
                                                   "float32, bfloat16 or float16")
     p.add_argument("--rerank-depth", type=int, default=20, help="first-stage hits to rerank (default 20)")
     p.add_argument("--max-doc-tokens", type=int, default=300, help="token budget per document in the prompt")
