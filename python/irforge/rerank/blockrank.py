@@ -50,9 +50,9 @@ def _blockrank_attention(module: Any, query: torch.Tensor, key: torch.Tensor, va
     window = kwargs.get("sliding_window")
     if window is not None and ctx["longest"] > window and not ctx["warned"]:
         ctx["warned"] = True  # once per forward pass
-        warnings.warn(f"BlockRank: this model's layers have a sliding window of {window} tokens and a prompt "
-                      f"holds {ctx['longest']}; BlockRank's layout replaces the window (documents attend to the "
-                      "instruction and themselves, the query segment to its whole prompt)", stacklevel=2)
+        warnings.warn(f"BlockRank: this model's layers have a sliding window of {window} tokens, shorter than a "
+                      "prompt; BlockRank's layout replaces the window (documents attend to the instruction and "
+                      "themselves, the query segment to its whole prompt)", stacklevel=2)  # one text: shown once
     layout: SegmentLayout = ctx["layout"]
     scaling = float(kwargs.get("scaling") or module.scaling)
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
