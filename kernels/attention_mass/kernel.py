@@ -246,7 +246,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     probabilities with a one-hot head matrix, on tensor cores: TF32-rounded probabilities, a relative error of
     at most 2^-11 each, below that of 16-bit inputs; the default for 16-bit inputs and TF32 float32, 1.55x
     faster than "loop" on an H200 in bench_kernels.py --sweep) or "loop" (a masked reduction per head of the
-    group; the default for full-precision float32, where the product would run on FMA units)."""
+    group; the default for full-precision float32, where the product would run on FMA units). ``window``: a
+    sliding window, as in the public :func:`irforge.kernels.attention_mass`. A default configuration that the
+    GPU's shared memory cannot hold falls back to smaller ones (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     if head_sum not in (None, "loop", "dot"):
         raise ValueError(f"head_sum must be 'loop' or 'dot', got {head_sum!r}")

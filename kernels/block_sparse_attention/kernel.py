@@ -277,7 +277,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``one_loop``: a tile's prefix and causal key blocks in one software-pipelined loop, every block masked,
     instead of four loops that skip the masks of whole blocks. A document tile visits only 2-4 blocks, spread
     over those loops, so each loop's first load is waited for; one loop can overlap them. Not the default: it
-    has not been timed on a GPU yet (``bench_kernels.py --sweep`` times both)."""
+    has not been timed on a GPU yet (``bench_kernels.py --sweep`` times both). A default configuration that the
+    GPU's shared memory cannot hold falls back to smaller ones (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks)
     T, Hq, D = q.shape
