@@ -1,4 +1,4 @@
-"""Argument checks shared by the kernels' dispatch functions."""
+"""Argument checks shared by the kernels' dispatch functions, and the host-side integer helpers of their wrappers."""
 from __future__ import annotations
 
 import math
@@ -79,3 +79,14 @@ def check_launch(**sizes) -> None:
         low = 1 if name == "num_warps" else 16
         if not isinstance(val, int) or val < low or val & (val - 1):
             raise ValueError(f"{name} must be a power of two of at least {low}, got {val!r}")
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1). On the host, in place of triton.next_power_of_2, which
+    triton 3.9 wraps as a constexpr function costing about 4 µs a call: the wrappers run once per layer."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of integers (host-side triton.cdiv)."""
+    return -(-int(a) // int(b))

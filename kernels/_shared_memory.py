@@ -46,20 +46,32 @@ def ladder(cfg: dict, min_block_m: int = 16) -> list[dict]:
     return out
 
 
-def launch_fitting(key: Hashable, candidates: list[dict], launch: Callable[[dict], R]) -> R:
-    """``launch(cfg)`` with the first candidate, starting from the one remembered under ``key``, that Triton
-    does not refuse for lack of shared memory. Launching fails before any kernel writes, so a refused launch
-    leaves no partial output. The last refusal is raised when none fits."""
-    start = min(_fitted.get(key, 0), len(candidates) - 1)
-    for i in range(start, len(candidates)):
+def launch_fitting(key: Hashable, cfg: dict, launch: Callable[[dict], R], pinned: bool = False) -> R:
+    """``launch(cfg)``. Where Triton refuses it for lack of shared memory and the caller did not pin it, the
+    smaller configurations of :func:`ladder` in turn; the first that launches is remembered under ``key`` and
+    tried first next time. Launching fails before any kernel writes, so a refused launch leaves no partial
+    output. The last refusal is raised when none fits. The ladder is built only after a refusal: the wrappers
+    run once per layer, and the usual launch should cost nothing extra."""
+    if pinned:
+        return launch(cfg)
+    start = _fitted.get(key, 0)
+    rungs = None
+    if start == 0:
         try:
-            result = launch(candidates[i])
+            return launch(cfg)
         except OutOfResources:
-            if i == len(candidates) - 1:
+            rungs = ladder(cfg)
+            if len(rungs) == 1:
                 raise
-            continue
+    rungs = rungs or ladder(cfg)
+    for i in range(min(max(start, 1), len(rungs) - 1), len(rungs)):
+        try:
+            result = launch(rungs[i])
+        except OutOfResources:
+            if i < len(rungs) - 1:
+                continue
+            raise
         if i != start:
             with _lock:
                 _fitted[key] = i
         return result
-    raise ValueError("no launch configuration given")  # only for an empty candidate list

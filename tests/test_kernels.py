@@ -454,6 +454,9 @@ def test_default_launches_fall_back_to_configurations_that_fit_shared_memory(mon
     assert len(bsa.tried) == 1  # the second call starts from the configuration that fitted
     with pytest.raises(OutOfResources):
         bsa_kernel.block_sparse_attention(q, k, v, layout, block_n=32)
+    bsa.tried.clear()
+    bsa_kernel.block_sparse_attention(q, k, v, layout, block_n=16, num_stages=3)  # pinned: as given
+    assert bsa.tried == [(16, 3)]
 
     rows = torch.tensor([3, 9, 20, 33, 40, 61, 62, 63])
     for name in ("_mass_kernel", "_lse_kernel"):

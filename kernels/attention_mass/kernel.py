@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_launch
-from .._shared_memory import ladder, launch_fitting
+from .._checks import cdiv, check_launch, next_pow2
+from .._shared_memory import launch_fitting
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
 from .common import document_keys, first_keys, row_meta, to_device
@@ -164,23 +164,23 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
     Hkv = k.shape[1]
     group = Hq // Hkv
     rows_per = max(1, block_m // group)
-    bm = max(16, triton.next_power_of_2(rows_per * group))
-    n_rb = triton.cdiv(R, rows_per)
+    bm = max(16, next_pow2(rows_per * group))
+    n_rb = cdiv(R, rows_per)
     lse = torch.empty(R, Hq, dtype=torch.float32, device=q_rows.device)
     if R == 0:
         return lse
     if splits is None:
         splits = 1
-        if triton.cdiv(k.shape[0], block_n) > 256:
+        if cdiv(k.shape[0], block_n) > 256:
             sms = torch.cuda.get_device_properties(q_rows.device).multi_processor_count if q_rows.is_cuda else 4
-            splits = max(1, min(triton.cdiv(2 * sms, n_rb * Hkv), triton.cdiv(k.shape[0], 64 * block_n)))
+            splits = max(1, min(cdiv(2 * sms, n_rb * Hkv), cdiv(k.shape[0], 64 * block_n)))
     final = splits == 1
     part = torch.empty(0 if final else 2 * n_rb * splits * Hkv * bm, dtype=torch.float32, device=q_rows.device)
     pm, pl = (part, part) if final else part.view(2, -1).unbind(0)
     _lse_kernel[(n_rb * splits * Hkv,)](q_rows, k, pos_t, p0_t, doc, lse, pm, pl, R, Hkv, splits, q_rows.stride(0),
                                          q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                                          scale * LOG2E, GROUP=group, ROWS=rows_per, DOCS_ONLY=(mode == "documents"),
-                                         D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=bm,
+                                         D=D, BLOCK_D=max(16, next_pow2(D)), BLOCK_M=bm,
                                          BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps,
                                          **({} if num_stages is None else {"num_stages": num_stages}))
     if final:
@@ -256,7 +256,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q_rows.device
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, next_pow2(D))
     prec = dot_precision(q_rows.dtype)
     cfg = {"block_m": block_m or (16 if prec == "ieee" else 64),
            "block_n": block_n or (16 if prec == "ieee" and block_d >= 128 else 64),
@@ -287,17 +287,17 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
                                num_stages=opts.get("num_stages"))
         row_lse = row_lse.float().contiguous()
         rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
-        _mass_kernel[(triton.cdiv(T, block_n) * Hkv,)](
+        _mass_kernel[(cdiv(T, block_n) * Hkv,)](
             q, k, row_lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv, q.stride(0), q.stride(1),
             k.stride(0), k.stride(1), row_lse.stride(0), row_lse.stride(1), mass.stride(0), mass.stride(1),
-            scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, triton.next_power_of_2(group)), ROWS=rows_per,
+            scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, next_pow2(group)), ROWS=rows_per,
             DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-            BLOCK_M=max(16, triton.next_power_of_2(rows_per * group)), BLOCK_N=block_n, PREC=prec, WIDE=wide,
+            BLOCK_M=max(16, next_pow2(rows_per * group)), BLOCK_N=block_n, PREC=prec, WIDE=wide,
             HEAD_DOT=head_dot, **opts)
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
-    key = ("mass", str(dev), q_rows.dtype, D, group, mode, lse is None, wide, head_dot)
-    launch_fitting(key, [cfg] if pinned else ladder(cfg), run)
+    key = ("mass", dev, q_rows.dtype, D, group, mode, lse is None, wide, head_dot)
+    launch_fitting(key, cfg, run, pinned)
     return mass

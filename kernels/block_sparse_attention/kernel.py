@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_launch
-from .._shared_memory import ladder, launch_fitting
+from .._checks import check_launch, next_pow2
+from .._shared_memory import launch_fitting
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
@@ -288,7 +288,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, next_pow2(D))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages,
                         torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
@@ -298,7 +298,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         cfg = dict(cfg)
         block_n = cfg.pop("block_n")
         rows = max(1, cfg.pop("block_m") // group)  # token rows per tile; the product: rows x group, padded
-        block_m = max(16, triton.next_power_of_2(rows * group))
+        block_m = max(16, next_pow2(rows * group))
         tiles = layout.memo(("tiles", rows), lambda: layout.tiles(rows))
         if len(tiles) == 0:
             return
@@ -328,8 +328,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
-    key = ("bsa", str(q.device), q.dtype, D, group, bool(one_loop), wide)
-    launch_fitting(key, [cfg] if pinned else ladder(cfg), run)
+    key = ("bsa", q.device, q.dtype, D, group, bool(one_loop), wide)
+    launch_fitting(key, cfg, run, pinned)
     return out, lse
 
 
