@@ -2,7 +2,7 @@
 the mask, FlexAttention with the equivalent BlockMask (its construction timed alone and included), and the
 reference where it fits in memory.
 
-    python bench/bench_kernels.py [--write bench/RESULTS.md] [--gpu-only | --sweep]
+    python bench/bench_kernels.py [--write bench/RESULTS.md] [--gpu-only | --sweep | --host]
 
 GPU (when CUDA is present): Mistral-7B-like shapes (32 query heads, 8 KV heads, D 128, bf16): a 64-token
 instruction + 100 documents x 160 tokens + a 50-token query (16,114 tokens), and 500 x 200 (100,114 tokens).
@@ -261,16 +261,67 @@ def sweep_section() -> list[str]:
     return out + mass_out
 
 
+def host_section() -> list[str]:
+    """The wrappers' host time per call with the Triton launches replaced by no-ops: what a model pays on the
+    host in every layer before the GPU sees a kernel (it runs without a GPU: CPU tensors, backend "triton")."""
+    from irforge.kernels.attention_mass import kernel as mass_kernel
+    from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    names = ("_mass_kernel", "_lse_kernel", "_bsa_fwd", "_merge")
+    mods = (mass_kernel, mass_kernel, bsa_kernel, bsa_kernel)
+    saved = [getattr(m, n) for m, n in zip(mods, names)]
+    for m, n in zip(mods, names):
+        setattr(m, n, NoLaunch())
+    try:
+        layout = SegmentLayout.from_lengths([(64, [160] * 100, 50)])
+        T = layout.total_tokens
+        q, k, v = (torch.randn(T, h, 128, dtype=torch.bfloat16) for h in (32, 8, 8))
+        rows = torch.arange(T - 50, T)
+        q_rows, lse = q[rows], torch.zeros(50, 32)
+        calls = (("attention mass, log-sum-exp given (BlockRank's and bench_kernels' call)",
+                  lambda: attention_mass(q_rows, rows, k, layout, lse=lse, backend="triton")),
+                 ("attention mass, log-sum-exp computed (ICR's call, two launches)",
+                  lambda: attention_mass(q_rows, rows, k, layout, backend="triton")),
+                 ("block-sparse attention", lambda: block_sparse_attention(q, k, v, layout, backend="triton")))
+        out = ["Each wrapper's host time per call with its Triton launches replaced by no-ops, at the 16k-token "
+               "shape (32/8 heads, D 128, bf16, tensors on the CPU); best of 5 x 2,000 calls after 200 untimed.",
+               "", "| call | host µs per call |", "|---|---|"]
+        for name, f in calls:
+            for _ in range(200):
+                f()
+            best = min(wall(lambda: [f() for _ in range(2000)], 1) for _ in range(5)) / 2000
+            out.append(f"| {name} | {best * 1e3:.1f} |")  # wall() gives ms
+        return out
+    finally:
+        for m, n, fn in zip(mods, names, saved):
+            setattr(m, n, fn)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write")
     ap.add_argument("--sweep", action="store_true", help="only the GPU launch-configuration sweep")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU figures (no CPU section)")
+    ap.add_argument("--host", action="store_true", help="only the wrappers' host time per call (no GPU needed)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_bm25 import machine, write_section
 
     meta = machine()
+    if args.host:
+        marker = "## Kernel wrappers' host time"
+        text = "\n".join([f"{marker} (bench/bench_kernels.py --host)", "",
+                          f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}. Date: "
+                          f"{meta['date']}; irforge git {meta['git']}. Command: `python bench/bench_kernels.py "
+                          f"{' '.join(sys.argv[1:])}`.", ""] + host_section()) + "\n"
+        print(text)
+        if args.write:
+            write_section(Path(args.write), text, marker=marker)
+        return
     if args.sweep or args.gpu_only:
         if not torch.cuda.is_available():
             sys.exit("--sweep and --gpu-only need a CUDA device")
