@@ -299,6 +299,7 @@ def test_blockrank_training_step_lowers_the_contrastive_loss(tokenizer):
     assert after.item() < before.item()
 
 
+@pytest.mark.filterwarnings("ignore:BlockRank. position id")  # the default offset past the tiny model's range
 @pytest.mark.parametrize("reranker", ["icr", "blockrank"])
 def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker):
     import json
@@ -310,8 +311,14 @@ def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker
     model = tiny("llama")
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
-    assert main(["eval", "--data", str(scifact_dir()), "--reranker", reranker, "--model", str(tmp_path / "m"),
-                 "--rerank-depth", "4", "--max-queries", "3", "--max-doc-tokens", "16", "--k", "10"]) == 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["eval", "--data", str(scifact_dir()), "--reranker", reranker, "--model", str(tmp_path / "m"),
+                     "--rerank-depth", "4", "--max-queries", "3", "--max-doc-tokens", "16", "--k", "10"]) == 0
+    texts = [str(w.message) for w in seen]
+    assert not any("documents cut" in t for t in texts)  # reported in the JSON instead
+    # BlockRank's default query offset (8192) lies past the tiny model's 512 positions: said on stderr
+    assert any("past the model's 512 positions" in t for t in texts) == (reranker == "blockrank")
     res = json.loads(capsys.readouterr().out)
     assert res["queries"] == 3 and res["reranker"] == reranker and res["rerank_depth"] == 4
     assert {"ndcg@10_before_rerank", "ndcg@10_after_rerank", "rerank_s_per_query"} <= res.keys()
@@ -322,6 +329,14 @@ def test_cli_eval_with_a_reranker(tokenizer, scifact, tmp_path, capsys, reranker
     assert main(args + ["--device", "cpu", "--dtype", "bf16"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["device"] == "cpu" and res["dtype"] == "bfloat16"
+    if reranker == "blockrank":
+        with warnings.catch_warnings():  # an offset within the model's 512 positions: no warning
+            warnings.simplefilter("error")
+            assert main(args + ["--query-offset", "200", "--layer", "1"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["query_offset"] == 200 and res["layer"] == 1
+        with pytest.raises(SystemExit, match="layer"):
+            main(args + ["--layer", "7"])
     with pytest.raises(SystemExit, match="dtype"):
         main(args + ["--dtype", "int8"])
     with pytest.raises(SystemExit, match="device"):

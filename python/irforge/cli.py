@@ -199,14 +199,19 @@ def _rerank_run(args, ds, qids, texts, run):
     if args.reranker == "icr":
         reranker = ICRReranker(model, tok, max_doc_tokens=args.max_doc_tokens, progress=sys.stderr.isatty())
     else:
-        reranker = BlockRankReranker(model, tok, max_doc_tokens=args.max_doc_tokens, progress=sys.stderr.isatty())
+        try:
+            reranker = BlockRankReranker(model, tok, max_doc_tokens=args.max_doc_tokens, query_offset=args.query_offset,
+                                         layer=args.layer, progress=sys.stderr.isatty())
+        except ValueError as e:
+            raise SystemExit(f"irforge: {e}") from None
     doc_text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
     before = evaluate(run, ds.qrels, ["ndcg@10"])["ndcg@10"]
     t0 = time.perf_counter()
     reranked, n_trunc = {}, 0
     tops = [[d for d, _ in sorted(run[q].items(), key=lambda x: (-x[1], x[0]))[: args.rerank_depth]] for q in qids]
-    with warnings.catch_warnings():  # truncation is reported once, in the JSON ("documents_truncated")
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # truncation is reported once, in the JSON ("documents_truncated"); other
+        # warnings (positions past the model's range, sliding windows) still reach stderr
+        warnings.filterwarnings("ignore", message=r".* documents cut to \d+ tokens", category=UserWarning)
         results = reranker.rerank_batch(texts, [[doc_text[d] for d in ids] for ids in tops])
     for q, ids, res in zip(qids, tops, results):
         n_trunc += len(res.truncated)
@@ -221,7 +226,9 @@ def _rerank_run(args, ds, qids, texts, run):
             "dtype": str(param.dtype).removeprefix("torch."), "rerank_depth": args.rerank_depth,
             "ndcg@10_before_rerank": round(before, 4), "ndcg@10_after_rerank": round(after, 4),
             "rerank_s_per_query": round(seconds, 3), "documents_truncated": n_trunc,
-            "max_doc_tokens": args.max_doc_tokens}, reranked
+            "max_doc_tokens": args.max_doc_tokens,
+            **({"query_offset": reranker.query_offset, "layer": reranker.layer} if args.reranker == "blockrank" else {})
+            }, reranked
 
 
 def cmd_eval(args) -> int:
@@ -320,6 +327,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                   "float32, bfloat16 or float16")
     p.add_argument("--rerank-depth", type=int, default=20, help="first-stage hits to rerank (default 20)")
     p.add_argument("--max-doc-tokens", type=int, default=300, help="token budget per document in the prompt")
+    p.add_argument("--query-offset", type=int, default=8192,
+                   help="BlockRank: position id of the query segment (default 8192; keep it within the model's "
+                        "positions, e.g. 4096 for an 8k-position model)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="BlockRank: the scoring layer (default: the layer at 5/8 of the depth)")
     p.add_argument("--max-queries", type=int, default=None, help="evaluate the first N judged queries only")
     p.add_argument("--index", help="use this saved index instead of building one")
     p.add_argument("--k", type=int, default=1000, help="hits per query (default 1000)")
