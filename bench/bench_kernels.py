@@ -312,31 +312,31 @@ def main() -> None:
     from bench_bm25 import machine, write_section
 
     meta = machine()
-    if args.host:
-        marker = "## Kernel wrappers' host time"
-        text = "\n".join([f"{marker} (bench/bench_kernels.py --host)", "",
-                          f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}. Date: "
-                          f"{meta['date']}; irforge git {meta['git']}. Command: `python bench/bench_kernels.py "
-                          f"{' '.join(sys.argv[1:])}`.", ""] + host_section()) + "\n"
+    command = f"Command: `python bench/bench_kernels.py {' '.join(sys.argv[1:])}`."
+
+    def emit(marker: str, title: str, where: str, body: list[str]) -> None:
+        text = "\n".join([f"{marker} (bench/bench_kernels.py {title})", "",
+                          f"{where} Date: {meta['date']}; irforge git {meta['git']}. {command}", ""] + body) + "\n"
         print(text)
         if args.write:
             write_section(Path(args.write), text, marker=marker)
+
+    if args.host:
+        emit("## Kernel wrappers' host time", "--host",
+             f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}.", host_section())
         return
     if args.sweep or args.gpu_only:
         if not torch.cuda.is_available():
             sys.exit("--sweep and --gpu-only need a CUDA device")
         import triton
 
-        marker, title, body = (("## Kernel launch configurations", "--sweep", sweep_section) if args.sweep
-                               else ("## Kernels on the GPU", "--gpu-only", gpu_section))
         mib = torch.cuda.get_device_properties(0).total_memory / 2**20
-        text = "\n".join([f"{marker} (bench/bench_kernels.py {title})", "",
-                          f"Date: {meta['date']}; irforge git {meta['git']}. Card: {torch.cuda.get_device_name()} "
-                          f"({mib:,.0f} MiB); torch {torch.__version__}, triton {triton.__version__}. Command: "
-                          f"`python bench/bench_kernels.py {' '.join(sys.argv[1:])}`.", ""] + body()) + "\n"
-        print(text)
-        if args.write:
-            write_section(Path(args.write), text, marker=marker)
+        card = (f"Card: {torch.cuda.get_device_name()} ({mib:,.0f} MiB); torch {torch.__version__}, triton "
+                f"{triton.__version__}.")
+        if args.sweep:
+            emit("## Kernel launch configurations", "--sweep", card, sweep_section())
+        else:
+            emit("## Kernels on the GPU", "--gpu-only", card, gpu_section())
         return
     lines = ["## Kernels (bench/bench_kernels.py)", "",
              f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}. Date: {meta['date']}; irforge git "
