@@ -76,16 +76,21 @@ def load_model(spec: str, tokenizer_dir, device: str, dtype):
     return model.eval(), tok
 
 
-def scifact_top20(n_queries: int) -> list:
-    """(query, the texts of BM25's top 20 documents) for SciFact's first ``n_queries`` judged queries, from
-    IRFORGE_DATA (default ../shared/data)."""
+def scifact_bm25():
+    """SciFact from IRFORGE_DATA (default ../shared/data), its BM25 index, and each document's text (title and
+    body) by id."""
     import irforge
     from irforge.datasets import load_beir
 
     root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     ds = load_beir(root / "beir" / "scifact")
-    index = irforge.BM25Index.build(ds.corpus)
     text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
+    return ds, irforge.BM25Index.build(ds.corpus), text
+
+
+def scifact_top20(n_queries: int) -> list:
+    """(query, the texts of BM25's top 20 documents) for SciFact's first ``n_queries`` judged queries."""
+    ds, index, text = scifact_bm25()
     return [(ds.queries[q], [text[i] for i in index.search(ds.queries[q], k=20).ids])
             for q in list(ds.test_queries)[:n_queries]]
 
@@ -97,18 +102,13 @@ def worker(method: str, n_queries: int, max_doc_tokens: int, out: str, model_spe
     import transformers
     import warnings
 
-    import irforge
-    from irforge.datasets import load_beir
     from irforge.metrics import evaluate
     from irforge.rerank import BlockRankReranker, ICRReranker
     from irforge.rerank.blockrank import blockrank_scores_eager
     from irforge.rerank.icr import icr_token_mass_eager
 
     warnings.simplefilter("ignore")
-    root = Path(os.environ.get("IRFORGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ds = load_beir(root / "beir" / "scifact")
-    index = irforge.BM25Index.build(ds.corpus)
-    text = {d["id"]: (d["title"] + " " + d["text"]).strip() for d in ds.corpus}
+    ds, index, text = scifact_bm25()
     qids = list(ds.test_queries)[:n_queries]
     model, tok = load_model(model_spec, tokenizer_dir, device, getattr(torch, dtype_name))
     cuda = device.startswith("cuda")

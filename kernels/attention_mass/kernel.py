@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import cdiv, check_launch, next_pow2
+from .._checks import cdiv, check_launch, next_pow2, product_rows
 from .._shared_memory import launch_fitting
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
@@ -163,8 +163,7 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
     R, Hq, D = q_rows.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
-    rows_per = max(1, block_m // group)
-    bm = max(16, next_pow2(rows_per * group))
+    rows_per, bm = product_rows(block_m, group)
     n_rb = cdiv(R, rows_per)
     lse = torch.empty(R, Hq, dtype=torch.float32, device=q_rows.device)
     if R == 0:
@@ -199,8 +198,9 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
     """(order or None when the rows are already in position order, positions, first covered keys (prompt
     starts, or later under a sliding ``window``), per key block the run of rows that see it, weights in that
     order) on ``dev``. Rows in position order have ascending first keys too; per key block [a, b) the rows
-    that can see it are those at or after a whose first key is before b: one run of the sorted rows. The tables for the last rows and host weights seen are kept on the
-    layout: a model passes the same rows in every layer, and then no table is rebuilt or copied."""
+    that can see it are those at or after a whose first key is before b: one run of the sorted rows. The tables
+    for the last rows and host weights seen are kept on the layout: a model passes the same rows in every layer,
+    and then no table is rebuilt or copied."""
     pos = rows.detach().cpu().numpy().astype(np.int64)  # a synchronisation only for rows on a GPU
     w_host = weights.detach().float().numpy() if weights is not None and weights.device.type == "cpu" else None
     sig = (pos.tobytes(), window, None if weights is None else (w_host.tobytes() if w_host is not None else "device"))
@@ -286,13 +286,13 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
             row_lse = _row_lse(q, k, pos_t, p0_t, doc, mode, scale, block_m, block_n, prec, wide, opts["num_warps"],
                                num_stages=opts.get("num_stages"))
         row_lse = row_lse.float().contiguous()
-        rows_per = max(1, block_m // group)  # selected rows per product; the product has rows_per x group rows
+        rows_per, product_m = product_rows(block_m, group)  # selected rows per product, rows of the product
         _mass_kernel[(cdiv(T, block_n) * Hkv,)](
             q, k, row_lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv, q.stride(0), q.stride(1),
             k.stride(0), k.stride(1), row_lse.stride(0), row_lse.stride(1), mass.stride(0), mass.stride(1),
             scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, next_pow2(group)), ROWS=rows_per,
             DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-            BLOCK_M=max(16, next_pow2(rows_per * group)), BLOCK_N=block_n, PREC=prec, WIDE=wide,
+            BLOCK_M=product_m, BLOCK_N=block_n, PREC=prec, WIDE=wide,
             HEAD_DOT=head_dot, **opts)
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the

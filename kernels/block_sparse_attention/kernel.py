@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_launch, next_pow2
+from .._checks import check_launch, next_pow2, product_rows
 from .._shared_memory import launch_fitting
 from ..layout import SegmentLayout
 
@@ -297,8 +297,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     def run(cfg: dict) -> None:
         cfg = dict(cfg)
         block_n = cfg.pop("block_n")
-        rows = max(1, cfg.pop("block_m") // group)  # token rows per tile; the product: rows x group, padded
-        block_m = max(16, next_pow2(rows * group))
+        rows, block_m = product_rows(cfg.pop("block_m"), group)  # token rows per tile, rows of the product
         tiles = layout.memo(("tiles", rows), lambda: layout.tiles(rows))
         if len(tiles) == 0:
             return

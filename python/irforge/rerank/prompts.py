@@ -102,9 +102,9 @@ _LOCAL_MODELS = ("BPE", "WordPiece", "WordLevel")  # where a cut changes only th
 
 def truncate_many(tokenizer: Any, texts: list[str], budget: int) -> list[tuple[list[int], bool]]:
     """Each (plain: see :func:`encode`) text's first ``budget`` tokens and whether it has more, equal to those
-    of the whole text's tokenisation. With a fast tokenizer whose model is BPE, WordPiece or WordLevel, only a prefix is
-    tokenised: (budget + 16) x 6 characters, doubled until it holds more than budget + 16 tokens or is the
-    whole text, one tokenizer call per round for all texts; the 16 tokens past the budget absorb what the cut
+    of the whole text's tokenisation. With a fast tokenizer whose model is BPE, WordPiece or WordLevel, only a
+    prefix is tokenised: (budget + 16) x 6 characters, doubled until it holds more than budget + 16 tokens or is
+    the whole text, one tokenizer call per round for all texts; the 16 tokens past the budget absorb what the cut
     changes (tested against whole-text tokenisation with byte-level BPE, BPE without pre-tokenisation and
     word-level models, on SciFact and on runs of one character). A 5,000-token document cut to 300 tokens then
     costs about 300 tokens' work. Unigram models (a segmentation over the whole text: a long run of one
