@@ -91,9 +91,14 @@ def cdiv(a: int, b: int) -> int:
     return -(-int(a) // int(b))
 
 
+def padded_d(d: int) -> int:
+    """BLOCK_D: the head dimension padded to a power of two of at least 16 (tl.dot's minimum) in registers."""
+    return max(16, next_pow2(d))
+
+
 def product_rows(block_m: int, group: int) -> tuple[int, int]:
     """Grouped-query heads packed into the rows of a product: (token rows per product, at least one; the
     product's row count, rows x group padded to a power of two of at least 16, tl.dot's minimum), for a
     requested ``block_m`` and ``group`` query heads per key/value head."""
     rows = max(1, block_m // group)
-    return rows, max(16, next_pow2(rows * group))
+    return rows, padded_d(rows * group)

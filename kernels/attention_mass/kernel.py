@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import cdiv, check_launch, next_pow2, product_rows
+from .._checks import cdiv, check_launch, next_pow2, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from ..block_sparse_attention.kernel import dot_precision, needs_wide
 from ..layout import SegmentLayout
@@ -179,7 +179,7 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
     _lse_kernel[(n_rb * splits * Hkv,)](q_rows, k, pos_t, p0_t, doc, lse, pm, pl, R, Hkv, splits, q_rows.stride(0),
                                          q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
                                          scale * LOG2E, GROUP=group, ROWS=rows_per, DOCS_ONLY=(mode == "documents"),
-                                         D=D, BLOCK_D=max(16, next_pow2(D)), BLOCK_M=bm,
+                                         D=D, BLOCK_D=padded_d(D), BLOCK_M=bm,
                                          BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps,
                                          **({} if num_stages is None else {"num_stages": num_stages}))
     if final:
@@ -256,7 +256,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     T, Hkv = k.shape[0], k.shape[1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q_rows.device
-    block_d = max(16, next_pow2(D))
+    block_d = padded_d(D)
     prec = dot_precision(q_rows.dtype)
     cfg = {"block_m": block_m or (16 if prec == "ieee" else 64),
            "block_n": block_n or (16 if prec == "ieee" and block_d >= 128 else 64),

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_launch, next_pow2, product_rows
+from .._checks import check_launch, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from ..layout import SegmentLayout
 
@@ -288,7 +288,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
-    block_d = max(16, next_pow2(D))
+    block_d = padded_d(D)
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages,
                         torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
