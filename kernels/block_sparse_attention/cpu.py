@@ -5,7 +5,8 @@ before the query segment; instruction rows: nothing) and a causal square over th
 runs through PyTorch's CPU flash attention, which returns the log-sum-exp, and the two are merged:
 lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse). Documents of equal
 length in a prompt go through in one batch. Memory follows the allowed pairs of a batch, not T^2. If the flash
-op is unavailable, an explicit float32 softmax does the same.
+op is unavailable, or gradients are wanted (the flash op has none for its log-sum-exp), an explicit float32
+softmax does the same.
 
 Same signature as naive.block_sparse_attention: q [T, Hq, D], k and v [T, Hkv, D]; returns out [T, Hq, D]
 (q's dtype) and lse [T, Hq] (float32, natural log).
@@ -46,8 +47,11 @@ def _flash_op():
 def _flash(q, k, v, causal, scale):
     """Attention of q [B, Hq, L, D] over k, v [B, Hkv, M, D] (causal: a square, row i sees keys <= i; Hq a
     multiple of Hkv). Returns out [B, Hq, L, D] and lse [B, Hq, L], float32. PyTorch's CPU flash op takes the
-    grouped key/value heads as they are; where it does not (older builds), they are repeated for it."""
-    op = _flash_op()
+    grouped key/value heads as they are; where it does not (older builds), they are repeated for it. When a
+    gradient is wanted the explicit softmax runs instead: the flash op passes no gradient through its
+    log-sum-exp, and the merge of a document's two parts needs one (without it the gradients of q and k are
+    wrong, e.g. when fine-tuning with BlockRank's loss)."""
+    op = None if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad) else _flash_op()
     for attempt in (lambda: (k, v), lambda: _repeat_heads(q, k, v)) if op is not None else ():
         try:
             return op(q, *attempt(), 0.0, causal, scale=scale)[:2]
