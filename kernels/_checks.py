@@ -46,12 +46,24 @@ def check_scale(scale) -> None:
         raise ValueError(f"scale must be a finite positive number, got {scale!r}")
 
 
-def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
-    """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. Triton's bfloat16 products need a GPU
-    of compute capability 8.0 or newer (a T4 or V100 has none): TypeError there, naming float16 instead."""
+def wants_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd will differentiate a call on these tensors (grad mode on, one of them requiring grad)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
+                 grad: bool = False) -> str:
+    """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. The Triton kernels are forward only:
+    where a gradient is wanted (``grad``), "auto" runs PyTorch and "triton" raises ValueError (their outputs
+    would carry no gradient, and a model's residual stream would hide that: the gradients would be silently
+    wrong). Triton's bfloat16 products need a GPU of compute capability 8.0 or newer (a T4 or V100 has none):
+    TypeError there, naming float16 instead."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-    which = ("triton" if device.type == "cuda" else "torch") if backend == "auto" else backend
+    which = ("triton" if device.type == "cuda" and not grad else "torch") if backend == "auto" else backend
+    if which == "triton" and grad:
+        raise ValueError("the Triton kernels have no backward pass: for gradients use backend='torch' (or "
+                         "'auto', which picks it), or call under torch.no_grad() or torch.inference_mode()")
     if which == "triton" and dtype == torch.bfloat16 and device.type == "cuda":
         cc = torch.cuda.get_device_capability(device)
         if cc < (8, 0):

@@ -416,6 +416,29 @@ def test_bfloat16_on_gpus_without_it_names_float16(monkeypatch):
     assert auto_dtype(torch.device("cpu")) == "float32"
 
 
+def test_gradients_never_go_through_the_forward_only_triton_kernels():
+    """Under autograd "auto" runs the PyTorch paths, also on CUDA, and "triton" raises: a Triton output carries
+    no gradient, and inside a model the residual stream would hide that (silently wrong gradients)."""
+    from irforge.kernels._checks import pick_backend
+
+    cuda = torch.device("cuda")
+    assert pick_backend("auto", cuda, torch.float16, grad=True) == "torch"
+    assert pick_backend("auto", cuda, torch.float16, grad=False) == "triton"
+    layout, q, k, v = make("two_prompts", 64, 4, 2, torch.float32)
+    q.requires_grad_()
+    rows = torch.tensor([9, 10])
+    with pytest.raises(ValueError, match="no backward"):
+        block_sparse_attention(q, k, v, layout, backend="triton")
+    with pytest.raises(ValueError, match="no backward"):
+        attention_mass(q[rows], rows, k, layout, backend="triton")
+    out, _ = block_sparse_attention(q, k, v, layout)  # auto: the torch path, with a gradient
+    mass = attention_mass(q[rows], rows, k, layout)
+    assert out.grad_fn is not None and mass.grad_fn is not None
+    with torch.no_grad():  # no gradient wanted: the kernel runs
+        block_sparse_attention(q, k, v, layout, backend="triton")
+        attention_mass(q[rows], rows, k, layout, backend="triton")
+
+
 class SmallGPU:
     """A kernel launcher that refuses, as Triton does for lack of shared memory, blocks of more than 16 keys."""
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import DTYPES, check_scale, pick_backend
+from .._checks import DTYPES, check_scale, pick_backend, wants_grad
 from ..layout import SegmentLayout
 from .common import to_device
 
@@ -38,7 +38,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         a softmax over the prompt's document keys before the row only).
     reduce : "key" -> [T, Hq] (or [T]); "segment" -> [S, Hq] (or [S]), summed over each segment's keys.
     sum_heads : sum over query heads.
-    backend : "auto" (Triton on CUDA, PyTorch otherwise), "triton", "torch" or "naive" (float64, O(R*T) memory).
+    backend : "auto" (Triton on CUDA, PyTorch otherwise and wherever autograd needs a gradient: the Triton
+        kernel is forward only), "triton", "torch" or "naive" (float64, O(R*T) memory).
     window : a sliding window, as in Mistral's, Qwen2's or Gemma's windowed layers: a row at position p covers
         only keys j with p - j < window (transformers' sliding-window masks); None: no window. ``lse``, when
         given, must cover the same keys.
@@ -83,7 +84,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         window = int(window)
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
-    which = pick_backend(backend, q_rows.device, q_rows.dtype)
+    which = pick_backend(backend, q_rows.device, q_rows.dtype, grad=wants_grad(q_rows, k, lse, weights))
     if weights is not None and which != "triton":  # the Triton path keeps host weights with its row tables
         weights = to_device(weights.float(), q_rows.device)
     if which == "naive":

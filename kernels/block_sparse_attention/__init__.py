@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_qkv, check_scale, pick_backend
+from .._checks import check_qkv, check_scale, pick_backend, wants_grad
 from ..layout import SegmentLayout
 
 __all__ = ["block_sparse_attention"]
@@ -23,8 +23,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     q : [T, Hq, D]; k, v : [T, Hkv, D] with Hq a multiple of Hkv; float16, bfloat16 or float32.
     layout : the segments of the packed prompts.
     scale : softmax scale (default 1/sqrt(D)).
-    backend : "auto" (Triton on CUDA tensors, the PyTorch path otherwise), "triton", "torch" or "naive"
-        (dense float64 reference, O(T^2) memory).
+    backend : "auto" (Triton on CUDA tensors, the PyTorch path otherwise and wherever autograd needs a
+        gradient: the Triton kernel is forward only), "triton", "torch" or "naive" (dense float64 reference,
+        O(T^2) memory).
 
     Returns
     -------
@@ -32,7 +33,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     """
     check_qkv(q, k, v, layout)
     check_scale(scale)
-    which = pick_backend(backend, q.device, q.dtype)
+    which = pick_backend(backend, q.device, q.dtype, grad=wants_grad(q, k, v))
     if which == "naive":
         from .naive import block_sparse_attention as impl
     elif which == "torch":

@@ -93,7 +93,8 @@ class BlockRankReranker:
     max_doc_tokens : token budget per document; longer documents are cut, and the result says which.
     chat : chat tags ("chatml", "llama3", "mistral", "none", or "template": the tokenizer's own chat template
         around the instruction and query); guessed from the tokenizer's template when None.
-    backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU; "torch" for fine-tuning).
+    backend : attention backend ("auto": Triton on CUDA, PyTorch on the CPU and wherever autograd needs a
+        gradient, as in fine-tuning with :meth:`loss`; "triton" raises there: its kernels are forward only).
     batch_tokens : :meth:`rerank_batch` packs consecutive prompts into one forward pass (the block-sparse layout
         keeps them apart) while their total length stays within this many tokens; 0 runs one prompt at a time.
         None (default): 16,384 on a GPU, 0 on the CPU (where packing measured 1.2x slower: bench/RESULTS.md).
@@ -242,7 +243,7 @@ class BlockRankReranker:
 
     def loss(self, query: str, docs: Sequence[str], positive: int, temperature: float = 0.05) -> torch.Tensor:
         """BlockRank's auxiliary contrastive loss: InfoNCE over S(q, d) / temperature with document ``positive``
-        as the target. Differentiable with the "torch" backend."""
+        as the target. Differentiable with backends "auto" and "torch" (both run the PyTorch paths here)."""
         if not 0 <= positive < len(docs):
             raise IndexError(f"positive {positive} out of range for {len(docs)} documents")
         s, _ = self.scores(query, docs)
