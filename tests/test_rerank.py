@@ -282,6 +282,30 @@ def test_blockrank_positions_and_bad_input(tokenizer):
         BlockRankReranker(tiny("llama"), tokenizer, layer=3)
     with pytest.raises(IndexError):
         r.loss("cats", DOCS, positive=9)
+    with pytest.raises(TypeError, match="positive"):
+        r.loss("cats", DOCS, positive=1.0)
+    for bad in (0.0, -0.05, float("nan"), float("inf")):  # would give inf or NaN losses
+        with pytest.raises(ValueError, match="temperature"):
+            r.loss("cats", DOCS, positive=1, temperature=bad)
+
+
+def test_blockrank_loss_gradients_equal_the_dense_reference(tokenizer):
+    """Fine-tuning's gradients: the loss through the PyTorch paths ("auto" here) against the dense float64
+    reference paths ("naive"), for the attention projections of every layer up to the scoring one."""
+    from irforge.rerank import BlockRankReranker
+
+    model = tiny("llama")
+    grads = {}
+    for backend in ("auto", "naive"):
+        r = BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=200, backend=backend)
+        model.zero_grad()
+        r.loss("fish swim", DOCS, positive=2).backward()
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()
+                          if any(x in n for x in ("q_proj", "k_proj", "v_proj")) and p.grad is not None}
+    assert len(grads["naive"]) == 5  # layer 0, and layer 1 but its v (scores read q and k; layer 2 never runs)
+    for name, want in grads["naive"].items():
+        assert want.abs().max() > 0, name
+        torch.testing.assert_close(grads["auto"][name], want, atol=1e-6, rtol=1e-3, msg=name)
 
 
 def test_blockrank_training_step_lowers_the_contrastive_loss(tokenizer):

@@ -14,6 +14,8 @@ fine-tuning (:meth:`BlockRankReranker.loss`).
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import threading
 import warnings
 from typing import Any, Optional, Sequence
@@ -244,8 +246,13 @@ class BlockRankReranker:
     def loss(self, query: str, docs: Sequence[str], positive: int, temperature: float = 0.05) -> torch.Tensor:
         """BlockRank's auxiliary contrastive loss: InfoNCE over S(q, d) / temperature with document ``positive``
         as the target. Differentiable with backends "auto" and "torch" (both run the PyTorch paths here)."""
+        if isinstance(positive, bool) or not isinstance(positive, numbers.Integral):
+            raise TypeError(f"positive must be an int (a document's index), got {type(positive).__name__}")
         if not 0 <= positive < len(docs):
             raise IndexError(f"positive {positive} out of range for {len(docs)} documents")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+                math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite positive number, got {temperature!r}")
         s, _ = self.scores(query, docs)
         logits = (s / temperature)[None]
         return torch.nn.functional.cross_entropy(logits, torch.tensor([positive], device=logits.device))
