@@ -67,7 +67,6 @@ def main() -> None:
         rel = [r for r, i in enumerate(top[q]) if ds.qrels[q].get(str(i), 0) > 0]
         if rel:
             examples.append((q, rel[0]))
-    layers = model.base_model.layers
     for name, p in model.named_parameters():  # only the embeddings and the layers up to the scoring layer learn
         p.requires_grad = name.startswith("model.embed_tokens") or any(
             name.startswith(f"model.layers.{i}.") for i in range(br.layer + 1))
