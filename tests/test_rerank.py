@@ -289,12 +289,15 @@ def test_blockrank_positions_and_bad_input(tokenizer):
             r.loss("cats", DOCS, positive=1, temperature=bad)
 
 
-def test_blockrank_loss_gradients_equal_the_dense_reference(tokenizer):
-    """Fine-tuning's gradients: the loss through the PyTorch paths ("auto" here) against the dense float64
-    reference paths ("naive"), for the attention projections of every layer up to the scoring one."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_blockrank_loss_gradients_equal_the_dense_reference(tokenizer, device):
+    """Fine-tuning's gradients: the loss with the default backend ("auto", which under autograd runs the
+    PyTorch paths, also on CUDA, where it would otherwise pick the forward-only Triton kernels) against the
+    dense float64 reference paths ("naive"), for the attention projections of every layer that runs."""
     from irforge.rerank import BlockRankReranker
 
-    model = tiny("llama")
+    model = tiny("llama").to(device)
     grads = {}
     for backend in ("auto", "naive"):
         r = BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=200, backend=backend)
