@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from .._checks import wants_grad
 from ..layout import DOCUMENT, SegmentLayout
 
 BATCH_ELEMENTS = 1 << 24  # score elements per batched call
@@ -51,7 +52,7 @@ def _flash(q, k, v, causal, scale):
     gradient is wanted the explicit softmax runs instead: the flash op passes no gradient through its
     log-sum-exp, and the merge of a document's two parts needs one (without it the gradients of q and k are
     wrong, e.g. when fine-tuning with BlockRank's loss)."""
-    op = None if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad) else _flash_op()
+    op = None if wants_grad(q, k, v) else _flash_op()
     for attempt in (lambda: (k, v), lambda: _repeat_heads(q, k, v)) if op is not None else ():
         try:
             return op(q, *attempt(), 0.0, causal, scale=scale)[:2]
