@@ -17,9 +17,7 @@ beside the language-modelling loss on the answer, which this script leaves out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ def main() -> None:
     import torch
     import warnings
 
+    from bench_bm25 import machine
     from bench_rerank import load_model, scifact_bm25
     from irforge.metrics import ndcg
     from irforge.rerank import BlockRankReranker
@@ -101,12 +100,11 @@ def main() -> None:
             if len(losses) % 25 == 0:
                 print(f"step {len(losses)}: mean loss of the last 25 {np.mean(losses[-25:]):.3f}", flush=True)
     after = evaluate(top), evaluate(shuffled)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    meta = machine()
     chunks = [float(np.mean(c)) for c in np.array_split(np.array(losses), min(8, len(losses)))] if losses else []
     out = (f"SmolLM2-135M-Instruct (float32, 2 CPU threads), BlockRank at layer {br.layer}, query offset "
            f"{br.query_offset}, documents cut to {args.max_doc_tokens} tokens. Date: "
-           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; irforge git {commit}; torch "
+           f"{meta['date']}; irforge git {meta['git']}; torch "
            f"{torch.__version__}; command: `python bench/finetune_blockrank.py --eval-queries {args.eval_queries} "
            f"--train-queries {args.train_queries} --epochs {args.epochs} --lr {args.lr:g} --max-doc-tokens "
            f"{args.max_doc_tokens}`.\n\n"

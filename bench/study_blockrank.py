@@ -18,8 +18,6 @@ The "blockrank" variant at the reranker's layer is checked against BlockRankRera
 from __future__ import annotations
 
 import argparse
-import datetime
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ def main() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    from bench_bm25 import machine
     from bench_rerank import load_model, scifact_bm25
     from irforge.kernels import DOCUMENT, SegmentLayout, block_sparse_attention
     from irforge.metrics import ndcg
@@ -130,12 +129,11 @@ def main() -> None:
 
     base = float(np.mean([ndcg(sorted(bm25[q], key=lambda d: -bm25[q][d]), ds.qrels[q], 10) for q in qids]))
     table = {key: mean_ndcg(run) for key, run in ranked.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    meta = machine()
     lines = [f"SciFact, first {len(qids)} judged queries, BM25 top 20 (nDCG@10 {base:.4f}), documents cut to "
              f"{args.max_doc_tokens} tokens, SmolLM2-135M-Instruct (float32, CPU), query offset "
              f"{args.query_offset} in the blockrank variant. Date: "
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; irforge git {commit}; command: "
+             f"{meta['date']}; irforge git {meta['git']}; command: "
              f"`python bench/study_blockrank.py --queries {args.queries} --max-doc-tokens {args.max_doc_tokens} "
              f"--query-offset {args.query_offset}`. Columns: variant, scoring rows (last2: the last two query "
              f"tokens, BlockRank's; query: the whole query segment), -cal: calibrated by \"N/A\". The blockrank "
