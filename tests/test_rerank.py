@@ -457,6 +457,45 @@ def test_icr_batches_equal_one_prompt_at_a_time(tokenizer, kind):
         ICRReranker(model, tokenizer, batch_tokens=2.5)
 
 
+def test_retrieve_rerank_pipeline(tokenizer):
+    """BM25's top ``depth`` reordered by the reranker: the hits are the reranker's ranking of exactly those
+    documents, with its scores; search_batch (one first-stage batch, one rerank_batch) equals search query by
+    query, including a query that retrieves nothing; a first-stage hit without text raises KeyError naming it."""
+    from irforge import BM25Index
+    from irforge.pipeline import RetrieveRerank
+
+    corpus = {f"d{i}": t for i, t in enumerate(DOCS + ["cats and dogs", "fish and birds fly", "the cats swim"])}
+    index = BM25Index.build(list(corpus.values()), ids=list(corpus), stemmer=None, stopwords=None)
+    r = ICRReranker(tiny("llama"), tokenizer, chat="none")
+    pipe = RetrieveRerank(index, r, corpus, depth=3)
+    queries = ["cats", "fish swim", "quantum", "n/a"]  # the last retrieves nothing
+    alone = [pipe.search(q, k=2) for q in queries]
+    for q, hits in zip(queries, alone):
+        first = index.search(q, k=3)
+        if len(first) == 0:
+            assert len(hits) == 0
+            continue
+        ref = r.rerank(q, [corpus[i] for i in first.ids], k=2)
+        assert list(hits.ids) == [first.ids[i] for i in ref.indices]
+        np.testing.assert_allclose(hits.scores, ref.scores, rtol=1e-6)
+        assert set(hits.docnos) <= set(first.docnos) and len(hits) == min(2, len(first))
+    for got, ref in zip(pipe.search_batch(queries, k=2, threads=1), alone):
+        assert list(got.ids) == list(ref.ids)
+        np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-4, atol=1e-7)
+    by_function = RetrieveRerank(index, r, corpus.__getitem__, depth=3)
+    assert list(by_function.search("cats", k=2).ids) == list(alone[0].ids)
+    with pytest.raises(KeyError, match="'d0'"):
+        RetrieveRerank(index, r, {k: v for k, v in corpus.items() if k != "d0"}, depth=3).search("cats sleep")
+    with pytest.raises(ValueError, match="k must be positive"):
+        pipe.search("cats", k=0)
+    with pytest.raises(TypeError, match="single string"):
+        pipe.search_batch("cats")
+    with pytest.raises(ValueError, match="depth"):
+        RetrieveRerank(index, r, corpus, depth=0)
+    with pytest.raises(TypeError, match="texts"):
+        RetrieveRerank(index, r, ["cats"], depth=3)
+
+
 def test_cli_eval_seal_with_a_model(tokenizer, scifact, tmp_path, capsys):
     import json
 
