@@ -146,7 +146,9 @@ def gpu_section() -> list[str]:
                ("irforge Triton, 32-key blocks", bench(lambda: bsa_kernel.block_sparse_attention(
                    q, k, v, layout, block_n=32))),
                ("irforge Triton, one loop over prefix and causal blocks", bench(
-                   lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, one_loop=True)))]
+                   lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, one_loop=True))),
+               ("irforge Triton, one loop, 4 tiles of a segment per program", bench(
+                   lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tiles_per_program=4)))]
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             causal = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True))
         res.append(("SDPA dense causal (flash)", causal))
@@ -168,11 +170,13 @@ def gpu_section() -> list[str]:
         err_o, err_l = sampled_rows_error(q, k, v, layout, o, lse)
         err1_o, err1_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(q, k, v, layout,
                                                                                                 one_loop=True))
+        err4_o, err4_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(
+            q, k, v, layout, tiles_per_program=4))
         out += [f"GPU {torch.cuda.get_device_name()}: {T:,} tokens (64 + {n_docs} x {doc_len} + 50), 32/8 heads, D 128, "
                 f"bf16; allowed pairs {frac:.2%} of dense causal. Target: irforge <= 1.5 x causal x fraction = "
                 f"{1.5 * causal[0] * frac:.3f} ms, and below FlexAttention + mask construction. Max abs error on 256 "
                 f"sampled rows against float32 attention: output {err_o:.1e}, log-sum-exp {err_l:.1e} (one-loop "
-                f"form: {err1_o:.1e}, {err1_l:.1e}).", "",
+                f"form: {err1_o:.1e}, {err1_l:.1e}; 4 tiles per program: {err4_o:.1e}, {err4_l:.1e}).", "",
                 "| method | median ms | p20 | p80 | ratio to irforge |", "|---|---|---|---|---|"]
         out += [f"| {n} | {t[0]:.3f} | {t[1]:.3f} | {t[2]:.3f} | {t[0] / ours:.2f} |" for n, t in res]
         # attention mass from the 50 query rows, against materialising their attention weights
@@ -216,20 +220,22 @@ def sweep_section() -> list[str]:
     from irforge.kernels.attention_mass import kernel as mass_kernel
     from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
 
-    # (product rows, key block, warps, stages, one loop); the first is the Hopper default. The one-loop form
-    # needs fewer registers (ptxas, sm_90: 218 against 255 at 64 x 64, 145 against 187 at 64 x 32, no spills at
-    # 3 stages), so it gets the 3-stage and 32-key rows too.
-    configs = [(64, 64, 4, 2, False), (64, 32, 4, 3, False), (64, 16, 4, 2, False), (128, 64, 8, 2, False),
-               (64, 64, 4, 2, True), (64, 64, 4, 3, True), (64, 32, 4, 2, True), (64, 32, 4, 3, True),
-               (128, 64, 8, 2, True)]
+    # (product rows, key block, warps, stages, one loop, tiles per program); the first is the Hopper default. The
+    # one-loop form needs fewer registers (ptxas, sm_90: 218 against 255 at 64 x 64, 145 against 187 at 64 x 32,
+    # no spills at 3 stages), so it gets the 3-stage and 32-key rows too. Runs of tiles (one loop, several tiles
+    # of a segment per program) use 255 registers without spills at 64 x 64 and 64 x 32, 2 or 3 stages.
+    configs = [(64, 64, 4, 2, False, 1), (64, 32, 4, 3, False, 1), (64, 16, 4, 2, False, 1),
+               (128, 64, 8, 2, False, 1), (64, 64, 4, 2, True, 1), (64, 64, 4, 3, True, 1), (64, 32, 4, 2, True, 1),
+               (64, 32, 4, 3, True, 1), (128, 64, 8, 2, True, 1), (64, 64, 4, 2, True, 2), (64, 64, 4, 2, True, 4),
+               (64, 64, 4, 2, True, 16), (64, 64, 4, 3, True, 4), (64, 32, 4, 3, True, 4)]
     # (product rows, key block, warps, per-head sum); the second is the default (16-bit inputs)
     mass_configs = [(64, 64, 4, "loop"), (64, 64, 4, "dot"), (64, 128, 4, "loop"), (64, 128, 8, "dot"),
                     (128, 64, 8, "loop"), (128, 64, 8, "dot"), (64, 32, 4, "loop"), (64, 64, 8, "loop")]
     name = torch.cuda.get_device_name()
     out = [f"GPU {name}: block-sparse kernel launch configurations, 32 query / 8 KV heads, D 128, bf16. Product "
            f"rows = token rows x 4 query heads per KV head. Median ms by triton.testing.do_bench.", "",
-           "| shape | product rows | key block | warps | stages | one loop | median ms |",
-           "|---|---|---|---|---|---|---|"]
+           "| shape | product rows | key block | warps | stages | one loop | tiles per program | median ms |",
+           "|---|---|---|---|---|---|---|---|"]
     mass_out = ["", f"GPU {name}: attention-mass kernel launch configurations, 50 query rows (causal), same heads. "
                 f"Median ms by triton.testing.do_bench.", "",
                 "| shape | product rows | key block | warps | per-head sum | median ms |", "|---|---|---|---|---|---|"]
@@ -245,10 +251,11 @@ def sweep_section() -> list[str]:
         T = layout.total_tokens
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
         shape = f"64 + {n_docs} x {doc_len} + 50"
-        for bm, bn, w, st, one in configs:
+        for bm, bn, w, st, one, per in configs:
             ms = timed(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn,
-                                                                  num_warps=w, num_stages=st, one_loop=one))
-            out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {ms} |")
+                                                                  num_warps=w, num_stages=st, one_loop=one,
+                                                                  tiles_per_program=per))
+            out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {per} | {ms} |")
             print(out[-1], flush=True)
         _, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
         rows = torch.arange(T - 50, T)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attention  # noqa: E402
+from irforge.kernels import INSTRUCTION, QUERY, SegmentLayout, attention_mass, block_sparse_attention  # noqa: E402
 from irforge.kernels.attention_mass import kernel as mass_kernel  # noqa: E402
 from irforge.kernels.block_sparse_attention import kernel as bsa_kernel  # noqa: E402
 
@@ -125,19 +125,20 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
     close(l, ref_l, atol, rtol, "default-config lse")
 
 
-@pytest.mark.parametrize("one_loop", [False, True])
+@pytest.mark.parametrize("one_loop,per_program", [(False, 1), (True, 1), (True, 3)])
 @pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 1)])
 @pytest.mark.parametrize("max_blocks", [1, 3])
 @pytest.mark.parametrize("layout_name", ["long_instruction", "long_doc", "three_prompts"])
-def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, one_loop):
+def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, one_loop, per_program):
     """Tiles cut into chunks of key blocks (prefix and causal range), run as separate programs and merged by
-    log-sum-exp, give the unsplit result; in the four-loop and the one-loop form."""
+    log-sum-exp, give the unsplit result; in the four-loop and the one-loop form, and with the unsplit tiles of
+    a segment taken three at a time by one program."""
     layout, q, k, v = make(layout_name, 64, hq, hkv, torch.float32, seed=2)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.shape[0], hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=16,
-                                      max_blocks=max_blocks, one_loop=one_loop)
+                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program)
     close(out, ref_o, 2e-5, 1e-4, "split out")
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
 
@@ -160,12 +161,14 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     block_m, block_n = int(rng.choice([16, 32, 64])), int(rng.choice([16, 32]))
     max_blocks = int(rng.choice([0, 1, 2, 4]))
     one_loop = bool(rng.random() < 0.5)
+    per_program = int(rng.choice([1, 2, 5])) if one_loop else 1
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((T, hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=block_m, block_n=block_n,
-                                      max_blocks=max_blocks, one_loop=one_loop)
-    what = f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}, one loop {one_loop}"
+                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program)
+    what = (f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}, one loop {one_loop}, "
+            f"{per_program} tiles per program")
     close(out, ref_o, 2e-5, 1e-4, f"out: {what}")
     close(lse, ref_l, 2e-5, 1e-4, f"lse: {what}")
 
@@ -204,7 +207,9 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
     tiles = layout.tiles(32)
     for max_blocks in (0, 1, 3, 7, 1000):
         table, groups = bsa_kernel.schedule(tiles, 16, max_blocks)
-        cost = bsa_kernel.key_blocks(table.astype(np.int64), 16)
+        cost = table[:, 7]
+        unsplit = table[:, 6] < 0
+        assert (cost[unsplit] == bsa_kernel.key_blocks(table[unsplit].astype(np.int64), 16)).all()
         assert (np.diff(cost) <= 0).all()  # longest first
         if max_blocks:
             assert cost.max() <= max_blocks
@@ -217,6 +222,38 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
             assert [x for a, b in cau for x in range(a, b)] == list(range(c0, r1))
             assert (len(mine) > 1) == (mine[0, 6] >= 0)  # a split tile writes partials, a whole one writes out
         assert sorted(table[table[:, 6] >= 0, 6].tolist()) == list(range(int(groups[:, 3].sum()) if len(groups) else 0))
+
+
+@pytest.mark.parametrize("per_program", [2, 3, 100])
+def test_runs_join_consecutive_tiles_of_one_segment(per_program):
+    """With several tiles per program, every unsplit tile lies in exactly one run; a run holds at most
+    ``per_program`` tiles of one segment, each whole but the last, and sums their key blocks; split tiles stay
+    alone. A prompt without documents may join its instruction and query: they share the causal rule."""
+    layout = SegmentLayout.from_lengths([(70, [40, 3, 130], 200), (5, [9], 4), (32, [], 10), (20, [50], 0)])
+    rows, block_n = 16, 16
+    tiles = layout.tiles(rows)
+    seg = layout.segment_ids()
+    for max_blocks in (0, 4):
+        one, _ = bsa_kernel.schedule(tiles, block_n, max_blocks)
+        table, groups = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program)
+        assert (np.diff(table[:, 7]) <= 0).all()  # longest first
+        assert sorted(map(tuple, table[table[:, 6] >= 0].tolist())) == sorted(map(tuple, one[one[:, 6] >= 0].tolist()))
+        singles = {tuple(t[:2]): t for t in one[one[:, 6] < 0].tolist()}
+        covered = []
+        for r0, r1, p0, p1, c0, c1, part, blocks in table[table[:, 6] < 0].tolist():
+            assert c1 == r1 and part == -1
+            starts = list(range(r0, r1, rows))
+            assert 1 <= len(starts) <= per_program
+            members = [singles[(a, min(a + rows, r1))] for a in starts]  # whole tiles, the last may be short
+            assert all(m[2:5] == [p0, p1, c0] for m in members)
+            assert blocks == sum(m[7] for m in members)
+            kinds = {int(layout.kinds[seg[a]]) for a in starts}
+            assert len(set(seg[starts].tolist())) == 1 or kinds <= {INSTRUCTION, QUERY}
+            covered += starts
+        assert sorted(covered) == sorted(a for a, _ in singles)
+    with pytest.raises(ValueError, match="tiles_per_program"):
+        small, q, k, v = make("two_prompts", 64, 2, 1, torch.float32)
+        bsa_kernel.block_sparse_attention(q, k, v, small, tiles_per_program=0)
 
 
 def test_tiles_never_straddle_segments_and_skip_masked_blocks():
@@ -543,6 +580,8 @@ def test_bad_inputs():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.bfloat16, 3e-2, 3e-2), (torch.float16, 1e-2, 1e-2)])
 def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
+    """The public call, then the one-loop form and runs of tiles (with split tiles too), in the default launch
+    configuration of the card."""
     layout = SegmentLayout.from_lengths([(64, [160] * 12, 50), (30, [97, 1, 63], 7)])
     g = torch.Generator().manual_seed(0)
     T = layout.total_tokens
@@ -551,6 +590,10 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "gpu out")
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
+    for form in (dict(one_loop=True), dict(tiles_per_program=4), dict(tiles_per_program=16, max_blocks=2)):
+        o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, **form)  # the default launch configuration
+        close(o, ref_o, atol, rtol, f"gpu out, {form}")
+        close(l, ref_l, 1e-2, 1e-2, f"gpu lse, {form}")
 
 
 @gpu

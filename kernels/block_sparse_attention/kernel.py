@@ -14,7 +14,8 @@ block and the blocks crossing the diagonal are masked. Online softmax in float32
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
 the average load per SM (a long prompt's query segment) is split into chunks of key blocks that run as separate
-programs; a second small kernel merges their partial outputs by log-sum-exp.
+programs; a second small kernel merges their partial outputs by log-sum-exp. Optionally (``tiles_per_program``,
+one-loop form) a program takes several consecutive tiles of one segment in one software-pipelined loop.
 
 Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 works; D is padded to a power of
 two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T, Hq] (float32, natural log).
@@ -38,6 +39,7 @@ from .._shared_memory import launch_fitting
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
+COLS = tl.constexpr(8)  # ints per launch row (schedule)
 
 
 @triton.jit
@@ -113,18 +115,21 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
-             ONE_LOOP: tl.constexpr):
+             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
-    # launch row: row start, row end, prefix start, prefix end, causal start, causal end, partial slot (-1: none)
-    row_s = tl.load(TILES + tile * 7 + 0)
-    row_e = tl.load(TILES + tile * 7 + 1)
-    pre_s = tl.load(TILES + tile * 7 + 2)
-    pre_e = tl.load(TILES + tile * 7 + 3)
-    cau_s = tl.load(TILES + tile * 7 + 4)
-    cau_e = tl.load(TILES + tile * 7 + 5)
-    part = tl.load(TILES + tile * 7 + 6)
+    # launch row (COLS ints): row start, row end, prefix start, prefix end, causal start, causal end, partial slot
+    # (-1: none), key blocks visited. RUNS (one-loop form): a row may hold a run of tiles of one segment; tile t
+    # covers rows [row start + t * ROWS, ...), each tile but the last whole, and its causal range ends at its own
+    # last row (or at the causal end, when that comes first: a split chunk's).
+    row_s = tl.load(TILES + tile * COLS + 0)
+    row_e = tl.load(TILES + tile * COLS + 1)
+    pre_s = tl.load(TILES + tile * COLS + 2)
+    pre_e = tl.load(TILES + tile * COLS + 3)
+    cau_s = tl.load(TILES + tile * COLS + 4)
+    cau_e = tl.load(TILES + tile * COLS + 5)
+    part = tl.load(TILES + tile * COLS + 6)
     D_PAD: tl.constexpr = BLOCK_D != D
 
     offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
@@ -136,14 +141,41 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if ONE_LOOP:  # prefix blocks then causal blocks in one loop: loads overlap across the two ranges
+    if ONE_LOOP:
+        # One loop over the prefix blocks then the causal blocks, every block masked: loads overlap across the
+        # two ranges. RUNS: over the (tile, key block) pairs of a run of tiles, so that they also overlap from one
+        # tile to the next.
         n_pre = tl.cdiv(pre_e - pre_s, BLOCK_N)
-        for it in range(0, n_pre + tl.cdiv(cau_e - cau_s, BLOCK_N)):
-            in_prefix = it < n_pre
-            start = tl.where(in_prefix, pre_s + it * BLOCK_N, cau_s + (it - n_pre) * BLOCK_N)
-            m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, cau_e), in_prefix, kvh,
+        tile_s = row_s
+        tile_e = tl.minimum(tl.minimum(row_s + ROWS, row_e), cau_e)  # the current tile's causal end
+        j = 0  # the current tile's key block
+        for it in range(0, tl.load(TILES + tile * COLS + 7)):
+            in_prefix = j < n_pre
+            start = tl.where(in_prefix, pre_s + j * BLOCK_N, cau_s + (j - n_pre) * BLOCK_N)
+            m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, tile_e), in_prefix, kvh,
                                        stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok, m_i, l_i,
                                        acc, qk_scale, True, True, True, BLOCK_N, D_PAD, WIDE, PREC)
+            if RUNS:
+                done = j == n_pre + tl.cdiv(tile_e - cau_s, BLOCK_N) - 1  # the tile's last block
+                if done:  # stores only: a branch that yields values would stop the loop's software pipelining
+                    _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask,
+                           stride_ot, stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M)
+                # then the run's next tile, by selects: its query rows (a load that is off unless ``done``) and a
+                # fresh softmax state
+                tile_s = tl.where(done, tile_s + ROWS, tile_s)
+                tile_e = tl.minimum(tl.minimum(tile_s + ROWS, row_e), cau_e)
+                j = tl.where(done, 0, j + 1)
+                offs_i, tok, head, m_mask = _product_rows(tile_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
+                # q kept where the load is off; ``done`` enters the mask through a row comparison (the interpreter
+                # rejects a mask combined with a scalar)
+                load_rows = m_mask & (offs_i < tl.where(done, BLOCK_M, 0))
+                q = tl.load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                            mask=load_rows[:, None] & d_mask[None, :], other=q)
+                m_i = tl.where(done, float("-inf"), m_i)
+                l_i = tl.where(done, 0.0, l_i)
+                acc = tl.where(done, 0.0, acc)
+            else:
+                j += 1
     else:
         # The instruction prefix (document tiles): every row sees every key; only a last partial block is masked.
         pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
@@ -167,7 +199,15 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
             m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                        stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
                                        True, False, BLOCK_N, D_PAD, WIDE, PREC)
+    if not RUNS:
+        _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
+               stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M)
 
+
+@triton.jit
+def _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot, stride_oh,
+           stride_lt, stride_lh, HKV, D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A finished tile's output and log-sum-exp, or (``part`` >= 0) one split chunk's float32 partials."""
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634  # -inf for a row that saw no key (split chunks only)
@@ -215,26 +255,50 @@ def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_
     tl.store(LSE + tok * stride_lt + head * stride_lh, m_safe + tl.log(den_safe), mask=m_mask)
 
 
-def launch_table(tiles: np.ndarray) -> np.ndarray:
-    """Layout tiles (int [n, 5]) as launch rows, int64 [n, 7]: the causal range ends at the tile's last row and
-    no partial slot (-1)."""
+def launch_table(tiles: np.ndarray, block_n: int) -> np.ndarray:
+    """Layout tiles (int [n, 5]) as launch rows, int64 [n, 8]: the causal range ends at the tile's last row, no
+    partial slot (-1), and the key blocks the tile visits."""
     t = tiles.astype(np.int64)
-    return np.column_stack([t, t[:, 1], np.full(len(t), -1, dtype=np.int64)])
+    table = np.column_stack([t, t[:, 1], np.full(len(t), -1, dtype=np.int64), np.zeros(len(t), dtype=np.int64)])
+    table[:, 7] = key_blocks(table, block_n)
+    return table
 
 
 def key_blocks(table: np.ndarray, block_n: int) -> np.ndarray:
-    """Key blocks each launch row visits (prefix and causal range), int64 [n]."""
+    """Key blocks each one-tile launch row visits (prefix and causal range), int64 [n]."""
     return -(-(table[:, 3] - table[:, 2]) // block_n) + -(-(table[:, 5] - table[:, 4]) // block_n)
 
 
-def schedule(tiles: np.ndarray, block_n: int, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """The launch table (int32 [n, 7], longest first) and the merge groups (int32 [g, 4]: row start, row end,
+def runs(table: np.ndarray, rows: int, per_program: int) -> np.ndarray:
+    """One-tile launch rows (unsplit, in layout order) joined into runs of at most ``per_program`` consecutive
+    tiles of one segment: same prefix and causal start, each tile but the last ``rows`` rows long and ending
+    where the next begins. A run's row spans its tiles' rows and sums their key blocks."""
+    if per_program <= 1 or len(table) < 2:
+        return table
+    prev, cur = table[:-1], table[1:]
+    joins = ((cur[:, 2:5] == prev[:, 2:5]).all(1) & (cur[:, 0] == prev[:, 1]) & (prev[:, 1] - prev[:, 0] == rows))
+    chain = np.concatenate([[0], np.cumsum(~joins)])  # tiles joined to the one before share a chain
+    first = np.flatnonzero(np.concatenate([[True], ~joins]))
+    run = (np.arange(len(table)) - first[chain]) // per_program  # position in the chain, per program
+    starts = np.flatnonzero(np.concatenate([[True], (chain[1:] != chain[:-1]) | (run[1:] != run[:-1])]))
+    ends = np.concatenate([starts[1:], [len(table)]]) - 1
+    out = table[starts].copy()
+    out[:, 1] = out[:, 5] = table[ends, 1]
+    out[:, 7] = np.add.reduceat(table[:, 7], starts)
+    return out
+
+
+def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1,
+             per_program: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The launch table (int32 [n, 8], longest first) and the merge groups (int32 [g, 4]: row start, row end,
     first partial slot, chunks). A tile that visits more than ``max_blocks`` key blocks (0: never split) becomes
-    chunks of at most that many blocks, each with its own partial slot."""
-    table = launch_table(tiles)
-    cost = key_blocks(table, block_n)
+    chunks of at most that many blocks, each with its own partial slot. With ``per_program`` > 1 (the one-loop
+    form only) the other tiles of a segment run ``per_program`` at a time in one program (tiles of ``rows``
+    token rows)."""
+    table = launch_table(tiles, block_n)
+    cost = table[:, 7]
     split = np.flatnonzero(cost > max_blocks) if max_blocks > 0 else np.zeros(0, dtype=np.int64)
-    rows, groups = [table[np.setdiff1d(np.arange(len(table)), split)]], []
+    rows_out, groups = [runs(table[np.setdiff1d(np.arange(len(table)), split)], rows, per_program)], []
     slot = 0
     for i in split.tolist():
         r0, r1, p0, p1, c0 = table[i, :5].tolist()
@@ -244,11 +308,12 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int) -> tuple[np.ndarr
             last = min(first + max_blocks, int(cost[i]))
             pre = (min(p0 + first * block_n, p1), min(p0 + last * block_n, p1))
             a, b = max(first - n_pre, 0), max(last - n_pre, 0)
-            rows.append(np.array([[r0, r1, *pre, min(c0 + a * block_n, r1), min(c0 + b * block_n, r1), slot]]))
+            rows_out.append(np.array([[r0, r1, *pre, min(c0 + a * block_n, r1), min(c0 + b * block_n, r1), slot,
+                                       last - first]]))
             slot += 1
         groups.append((r0, r1, first_slot, slot - first_slot))
-    table = np.concatenate(rows)
-    order = np.argsort(-key_blocks(table, block_n), kind="stable")
+    table = np.concatenate(rows_out)
+    order = np.argsort(-table[:, 7], kind="stable")
     return table[order].astype(np.int32), np.asarray(groups, dtype=np.int32).reshape(-1, 4)
 
 
@@ -258,7 +323,7 @@ def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.d
     if device.type != "cuda":
         return 0
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(64, -(-int(key_blocks(launch_table(tiles), block_n).sum()) * heads // (2 * sms)))
+    return max(64, -(-int(launch_table(tiles, block_n)[:, 7].sum()) * heads // (2 * sms)))
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
@@ -267,7 +332,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                           one_loop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                           one_loop: bool = False, tiles_per_program: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
@@ -277,10 +342,19 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``one_loop``: a tile's prefix and causal key blocks in one software-pipelined loop, every block masked,
     instead of four loops that skip the masks of whole blocks. A document tile visits only 2-4 blocks, spread
     over those loops, so each loop's first load is waited for; one loop can overlap them. Not the default: it
-    has not been timed on a GPU yet (``bench_kernels.py --sweep`` times both). A default configuration that the
-    GPU's shared memory cannot hold falls back to smaller ones (kernels/_shared_memory.py)."""
+    has not been timed on a GPU yet (``bench_kernels.py --sweep`` times both). ``tiles_per_program``: in the
+    one-loop form (implied when above 1), a program takes up to this many consecutive tiles of one segment in
+    turn, in the same loop, so that the next tile's first key blocks load while this tile's last ones are
+    computed and the pipeline fills once per run instead of once per tile (a 160-token document holds 10 tiles
+    of 16 tokens); tiles that are split never join a run. Not timed on a GPU yet either; ptxas (triton 3.9) gives
+    it 255 registers without spills at D 128 on sm_80 and sm_90, and spills at D 256. A default
+    configuration that the GPU's shared memory cannot hold falls back to smaller ones
+    (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks)
+    if isinstance(tiles_per_program, bool) or not isinstance(tiles_per_program, int) or tiles_per_program < 1:
+        raise ValueError(f"tiles_per_program must be a positive int, got {tiles_per_program!r}")
+    one_loop = bool(one_loop) or tiles_per_program > 1
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -307,18 +381,20 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                      lambda: auto_max_blocks(tiles, block_n, Hkv, q.device))
 
         def build():
-            table, groups = schedule(tiles, block_n, max_blocks)
+            table, groups = schedule(tiles, block_n, max_blocks, rows, tiles_per_program)
             return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
                     int(groups[:, 3].sum()) if len(groups) else 0)
 
-        table, groups, parts = layout.memo(("bsa", rows, block_n, max_blocks, str(q.device)), build)
+        table, groups, parts = layout.memo(("bsa", rows, block_n, max_blocks, tiles_per_program, str(q.device)),
+                                           build)
         part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
         _bsa_fwd[(len(table) * Hkv,)](q, k, v, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
                                       k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
                                       out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
                                       ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
-                                      PREC=dot_precision(q.dtype), ONE_LOOP=bool(one_loop), **cfg)
+                                      PREC=dot_precision(q.dtype), ONE_LOOP=one_loop, RUNS=tiles_per_program > 1,
+                                      **cfg)
         if len(groups):
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
@@ -327,7 +403,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
-    key = ("bsa", q.device, q.dtype, D, group, bool(one_loop), wide)
+    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, wide)
     launch_fitting(key, cfg, run, pinned)
     return out, lse
 
