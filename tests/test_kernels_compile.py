@@ -86,6 +86,7 @@ SCRIPT = textwrap.dedent(r"""
                                capture_output=True, text=True).stderr
         ptx = k.asm["ptx"]
         return dict(cp_async="cp.async" in ptx, mma=("wgmma" if cc >= 90 else "mma.sync") in ptx,
+                    copies=k.asm["ttgir"].count("async_copy_global_to_local"),
                     size=len(k.asm["cubin"]), shared=k.metadata.shared,
                     regs=int(re.search(r"Used (\d+) registers", v).group(1)),
                     spills=int(re.search(r"(\d+) bytes spill stores", v).group(1)))
@@ -135,6 +136,9 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     # 16-bit products run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
     bsa = [d for d in done if d["kernel"] == "_bsa_fwd"]
     assert all(d["cp_async"] for d in bsa), bsa
+    # a pipelined loop copies its key and value blocks both ahead of the loop and in it (4 copies at least; a
+    # loop that Triton did not pipeline, as a branch yielding values causes, has 2)
+    assert all(d["copies"] >= 4 for d in bsa), bsa
     assert all(d["mma"] for d in bsa if d["dt"] != "fp32"), bsa
 
 
