@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -51,6 +51,13 @@ def wants_grad(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
+def check_backend(backend: Any) -> str:
+    """ValueError unless ``backend`` is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    return backend
+
+
 def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
                  grad: bool = False) -> str:
     """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. The Triton kernels are forward only:
@@ -58,8 +65,7 @@ def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype
     would carry no gradient, and a model's residual stream would hide that: the gradients would be silently
     wrong). Triton's bfloat16 products need a GPU of compute capability 8.0 or newer (a T4 or V100 has none):
     TypeError there, naming float16 instead."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    check_backend(backend)
     which = ("triton" if device.type == "cuda" and not grad else "torch") if backend == "auto" else backend
     if which == "triton" and grad:
         raise ValueError("the Triton kernels have no backward pass: for gradients use backend='torch' (or "

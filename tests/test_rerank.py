@@ -196,6 +196,30 @@ def test_one_token_documents_and_bad_input(tokenizer):
         ICRReranker(tiny("llama"), tokenizer, chat="alpaca")
 
 
+def test_both_rerankers_reject_what_would_rank_the_wrong_thing(tokenizer):
+    """A single string as the documents (its characters would be ranked) or as the queries of a batch raises
+    TypeError; numpy integers are valid k; a bool or a fraction is no layer, token budget or offset; a backend
+    name is checked when the reranker is built, not at its first forward pass."""
+    from irforge.rerank import BlockRankReranker
+
+    model = tiny("llama")
+    for r in (ICRReranker(model, tokenizer, chat="none"),
+              BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=300)):
+        with pytest.raises(TypeError, match="single string"):
+            r.rerank("cats", "cats sleep")
+        with pytest.raises(TypeError, match="single string"):
+            r.rerank_batch("cats", [DOCS])
+        assert r.rerank("cats", DOCS, k=np.int64(2)).indices.tolist() == r.rerank("cats", DOCS, k=2).indices.tolist()
+        assert len(r.rerank("cats", np.array(DOCS[:3])).indices) == 3  # any sequence of str
+    for bad in (dict(layer=True), dict(layer=1.5), dict(max_doc_tokens=True), dict(query_offset=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BlockRankReranker(model, tokenizer, chat="none", **bad)
+    with pytest.raises(ValueError, match="backend"):
+        BlockRankReranker(model, tokenizer, chat="none", backend="cuda")
+    with pytest.raises(ValueError, match="max_doc_tokens"):
+        ICRReranker(model, tokenizer, max_doc_tokens=False)
+
+
 def test_nan_scores_rank_last():
     from irforge.rerank.icr import _rank
 

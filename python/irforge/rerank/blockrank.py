@@ -25,10 +25,11 @@ import torch
 from transformers import AttentionInterface
 
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
+from ..kernels._checks import check_backend
 from .attention import check_attention_kwargs
 from .icr import RerankResult
 from .prompts import (PositionCheck, _progress, batches, chat_tags, check_batch, check_batch_tokens,
-                      check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
+                      check_int, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
                       warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
@@ -114,13 +115,12 @@ class BlockRankReranker:
                  progress: bool = False, batch_tokens: Optional[int] = None, device: Any = None,
                  dtype: Any = None) -> None:
         depth = model.config.num_hidden_layers
-        self.layer = int(depth * 5 / 8) if layer is None else layer
-        if not 0 <= self.layer < depth:
+        self.layer = int(depth * 5 / 8) if layer is None else check_int("layer", layer, 0)
+        if not self.layer < depth:
             raise ValueError(f"layer must lie in [0, {depth}), got {layer}")
-        if not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0:
-            raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
-        if not isinstance(query_offset, int) or query_offset < 0:
-            raise ValueError(f"query_offset must be a non-negative int, got {query_offset!r}")
+        max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, 1)
+        query_offset = check_int("query_offset", query_offset, 0)
+        check_backend(backend)
         chat, self._tags = chat_tags(tokenizer, chat)
         self.model, self.tokenizer = place_model(model, device, dtype), tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
@@ -216,7 +216,7 @@ class BlockRankReranker:
     def rerank_batch(self, queries: Any, docs: Any, k: Any = None) -> list[RerankResult]:
         """``rerank`` for each (query, documents) pair, prompts packed into forward passes of at most
         ``batch_tokens`` tokens (a longer prompt runs alone); the scores equal one-prompt-at-a-time scoring."""
-        check_k(k)
+        k = check_k(k)
         queries, docs = check_batch(queries, docs)
         out: list[Optional[RerankResult]] = [None] * len(queries)
         todo = []
@@ -238,7 +238,8 @@ class BlockRankReranker:
         return out  # type: ignore[return-value]
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
-        check_k(k)
+        k = check_k(k)
+        docs = check_query_docs(query, docs)
         if not docs:
             return RerankResult.ranked(np.zeros(0), k, [])
         with torch.inference_mode():

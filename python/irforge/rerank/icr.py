@@ -21,7 +21,7 @@ import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
 from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch,
-                      check_batch_tokens, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
+                      check_batch_tokens, check_int, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
                       warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
@@ -79,8 +79,7 @@ class ICRReranker:
     def __init__(self, model: Any, tokenizer: Any, *, max_doc_tokens: int = 300, reverse_order: bool = True,
                  calibrate: bool = True, chat: Optional[str] = None, progress: bool = False,
                  batch_tokens: Optional[int] = None, device: Any = None, dtype: Any = None) -> None:
-        if not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0:
-            raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
+        max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, 1)
         chat, self._tags = chat_tags(tokenizer, chat)
         self.model, self.tokenizer = place_model(model, device, dtype).eval(), tokenizer
         self.max_doc_tokens, self.reverse_order, self.calibrate = max_doc_tokens, reverse_order, calibrate
@@ -202,7 +201,7 @@ class ICRReranker:
 
     def rerank(self, query: str, docs: Sequence[str], k: Optional[int] = None) -> RerankResult:
         """Documents ranked by ICR score, best first (at most ``k``)."""
-        check_k(k)
+        k = check_k(k)
         scores, truncated = self.score(query, docs)
         return RerankResult.ranked(scores, k, truncated)
 
@@ -210,7 +209,7 @@ class ICRReranker:
         """``rerank`` for each (query, documents) pair. Prompts of similar length run together, left-padded, in
         batches of at most ``batch_tokens`` padded tokens (a longer prompt runs alone); the scores equal
         one-prompt-at-a-time scoring up to float rounding."""
-        check_k(k)
+        k = check_k(k)
         queries, docs = check_batch(queries, docs)
         out: list[Optional[RerankResult]] = [None] * len(queries)
         prompts: dict[int, Prompt] = {}

@@ -3,9 +3,10 @@ known exactly. Chat tags follow the model family (ChatML for Qwen/SmolLM2, Llama
 the tokenizer's own chat template for other families."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 CHAT_TAGS = {
     "chatml": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"),
@@ -128,9 +129,12 @@ def truncate_many(tokenizer: Any, texts: list[str], budget: int) -> list[tuple[l
 
 
 def check_query_docs(query: Any, docs: Any) -> list:
-    """TypeError unless ``query`` is a str and ``docs`` a sequence of str; returns the documents as a list."""
+    """TypeError unless ``query`` is a str and ``docs`` a sequence of str (a single str is not: it would rank
+    its characters); returns the documents as a list."""
     if not isinstance(query, str):
         raise TypeError(f"query must be str, got {type(query).__name__}")
+    if isinstance(docs, (str, bytes)):
+        raise TypeError("docs must be a sequence of documents, not a single string")
     docs = list(docs)
     for i, d in enumerate(docs):
         if not isinstance(d, str):
@@ -140,6 +144,8 @@ def check_query_docs(query: Any, docs: Any) -> list:
 
 def check_batch(queries: Any, docs: Any) -> tuple[list[str], list[list[str]]]:
     """The arguments of ``rerank_batch``: as many document lists as queries, each checked by check_query_docs."""
+    if isinstance(queries, (str, bytes)):
+        raise TypeError("queries must be a sequence of queries, not a single string")
     queries, docs = list(queries), list(docs)
     if len(queries) != len(docs):
         raise ValueError(f"{len(queries)} queries but {len(docs)} document lists")
@@ -246,10 +252,19 @@ def warn_truncated(name: str, truncated: list[list[int]], n_docs: list[int], bud
         warnings.warn(f"{name}: {cut} of {sum(n_docs)} documents cut to {budget} tokens", stacklevel=3)
 
 
-def check_k(k: Any) -> None:
-    """``k`` of rerank / rerank_batch: None (all documents) or a positive int."""
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+def check_k(k: Any) -> Optional[int]:
+    """``k`` of rerank / rerank_batch: None (all documents) or a positive int (numpy's integers too)."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0):
         raise ValueError(f"k must be a positive int, got {k!r}")
+    return None if k is None else int(k)
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    """``value`` as an int of at least ``low`` (numpy's integers too; not a bool); ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        kind = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return int(value)
 
 
 class _NoBar:
