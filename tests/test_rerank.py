@@ -220,6 +220,29 @@ def test_both_rerankers_reject_what_would_rank_the_wrong_thing(tokenizer):
         ICRReranker(model, tokenizer, max_doc_tokens=False)
 
 
+def test_capture_sums_layers_of_one_pass_and_refuses_a_second_shape(tokenizer):
+    """capture_mass adds every layer's mass into one total: for one prompt, the eager reference; a second pass
+    over other keys inside the same capture raises instead of mixing them."""
+    from irforge.rerank.attention import capture_mass, use_capture_attention
+
+    model = tiny("llama")
+    eager = tiny("llama")
+    eager.set_attn_implementation("eager")
+    ids = [1, 8, 9, 10, 11, 12, 13, 14]
+    with torch.inference_mode(), use_capture_attention(model):
+        with capture_mass() as cap:
+            model(torch.tensor([ids]))
+        assert cap.layers == 3 and cap.mass.shape == (len(ids),)
+        # every row is a query row here: the mean over rows of each causal row's probabilities, summed over heads
+        out = eager(torch.tensor([ids]), output_attentions=True)
+        ref = sum(a[0].double().sum(0).mean(0) for a in out.attentions)
+        np.testing.assert_allclose(cap.mass.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
+        with pytest.raises(ValueError, match="one forward pass"):
+            with capture_mass():
+                model(torch.tensor([ids]))
+                model(torch.tensor([ids[:5]]))
+
+
 def test_nan_scores_rank_last():
     from irforge.rerank.icr import _rank
 

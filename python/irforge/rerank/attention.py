@@ -27,16 +27,24 @@ _state = threading.local()
 class _Capture:
     def __init__(self, spans: Optional[list[tuple[int, int]]]) -> None:
         self.spans = spans  # per batch row: (first valid key, query rows); None: one prompt, every key valid
-        self.masses: list[Optional[torch.Tensor]] = [None] * (len(spans) if spans else 1)  # per prompt, float64
+        self.total: Optional[torch.Tensor] = None  # float64, the prompts' masses packed back to back, summed over layers
         self.packing: Optional[tuple] = None  # ((query rows, keys), rows, weights, lengths, layout) of the last layer
         self.layers = 0
 
     @property
+    def masses(self) -> list[Optional[torch.Tensor]]:
+        """Per prompt, the mass on each of its keys (float64), or None before any layer ran."""
+        if self.total is None:
+            return [None] * (len(self.spans) if self.spans else 1)
+        return list(torch.split(self.total, self.packing[3]))
+
+    @property
     def mass(self) -> Optional[torch.Tensor]:
         """The mass on every key of a single prompt (batch size 1)."""
-        if len(self.masses) != 1:
-            raise ValueError(f"the capture holds {len(self.masses)} prompts; use .masses")
-        return self.masses[0]
+        masses = self.masses
+        if len(masses) != 1:
+            raise ValueError(f"the capture holds {len(masses)} prompts; use .masses")
+        return masses[0]
 
 
 def check_attention_kwargs(kwargs: dict, who: str) -> None:
@@ -76,15 +84,20 @@ def _capture_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
                 off += end - first
             cap.packing = ((n_q, n_keys), torch.cat(rows), torch.tensor(weights), lens,
                            SegmentLayout.from_lengths(layout))
-        _, rows, weights, lens, layout = cap.packing
+        _, rows, weights, _, layout = cap.packing
         keys = [key[b, :, first:n_keys - n_q + n_rows] for b, (first, n_rows) in enumerate(spans)]
         q_rows = [query[b, :, :n_rows] for b, (_, n_rows) in enumerate(spans)]
         scaling = kwargs.get("scaling") or module.scaling
         m = attention_mass(torch.cat(q_rows, 1).transpose(0, 1), rows, torch.cat(keys, 1).transpose(0, 1), layout,
                            weights=weights, mode="causal", scale=float(scaling), sum_heads=True,
-                           window=kwargs.get("sliding_window")).double()  # this layer's window, or None
-        for b, part in enumerate(torch.split(m, lens)):  # on the first layer's device (a model split over GPUs)
-            cap.masses[b] = part if cap.masses[b] is None else cap.masses[b] + part.to(cap.masses[b].device)
+                           window=kwargs.get("sliding_window"))  # this layer's window, or None
+        # one running float64 total for all prompts, split per prompt when read: two operators per layer
+        if cap.total is None:
+            cap.total = m.double()
+        elif cap.total.shape != m.shape:
+            raise ValueError("an attention capture holds one forward pass: its layers must see the same keys")
+        else:
+            cap.total.add_(m.to(cap.total.device))  # on the first layer's device (a model split over GPUs)
         cap.layers += 1
     return out
 
