@@ -27,7 +27,7 @@ _state = threading.local()
 class _Capture:
     def __init__(self, spans: Optional[list[tuple[int, int]]]) -> None:
         self.spans = spans  # per batch row: (first valid key, query rows); None: one prompt, every key valid
-        self.total: Optional[torch.Tensor] = None  # float64, the prompts' masses packed back to back, summed over layers
+        self.total: Optional[torch.Tensor] = None  # float64: the prompts' masses back to back, summed over layers
         self.packing: Optional[tuple] = None  # ((query rows, keys), rows, weights, lengths, layout) of the last layer
         self.layers = 0
 

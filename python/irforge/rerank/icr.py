@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
-from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch,
-                      check_batch_tokens, check_int, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
+from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch, check_batch_tokens,
+                      check_int, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
                       warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
