@@ -135,83 +135,104 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
+    if RUNS and part < 0:  # a run of whole tiles, each written in the loop (split chunks take the path below)
+        _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt,
+                  stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh,
+                  offs_d, d_mask, qk_scale, True, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
+    else:
+        if ONE_LOOP:
+            m_i, l_i, acc = _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES,
+                                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
+                                      stride_oh, stride_lt, stride_lh, offs_d, d_mask, qk_scale, False, GROUP, ROWS,
+                                      D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
+        else:
+            q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask,
+                      True, D_PAD)
+            m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            # The instruction prefix (document tiles): every row sees every key; only a last partial block is
+            # masked.
+            pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
+            for start in range(pre_s, pre_mid, BLOCK_N):
+                m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                           stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
+                                           False, False, BLOCK_N, D_PAD, WIDE, PREC)
+            for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
+                m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                           stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
+                                           False, False, BLOCK_N, D_PAD, WIDE, PREC)
+            # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole
+            # by every row; the rest (the diagonal and a last partial block) are masked.
+            full_end = tl.minimum(cau_e, row_s + 1)
+            cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
+            for start in range(cau_s, cau_mid, BLOCK_N):
+                m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                           stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
+                                           True, False, BLOCK_N, D_PAD, WIDE, PREC)
+            for start in range(cau_mid, cau_e, BLOCK_N):
+                m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
+                                           stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
+                                           True, False, BLOCK_N, D_PAD, WIDE, PREC)
+        _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
+               stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M, True)
+
+
+@triton.jit
+def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt, stride_qh,
+              stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh, offs_d, d_mask,
+              qk_scale, RUNS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr,
+              PREC: tl.constexpr):
+    """One loop over a tile's prefix blocks then its causal blocks, every block masked: loads overlap across the
+    two ranges. Returns the tile's softmax state. RUNS: over the (tile, key block) pairs of the row's run of
+    tiles, so that loads also overlap from one tile to the next; each tile is written out in the loop."""
+    offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
     q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
               D_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
-    if ONE_LOOP:
-        # One loop over the prefix blocks then the causal blocks, every block masked: loads overlap across the
-        # two ranges. RUNS: over the (tile, key block) pairs of a run of tiles, so that they also overlap from one
-        # tile to the next.
-        n_pre = tl.cdiv(pre_e - pre_s, BLOCK_N)
-        tile_s = row_s
-        tile_e = tl.minimum(tl.minimum(row_s + ROWS, row_e), cau_e)  # the current tile's causal end
-        j = 0  # the current tile's key block
-        for it in range(0, tl.load(TILES + tile * COLS + 7)):
-            in_prefix = j < n_pre
-            start = tl.where(in_prefix, pre_s + j * BLOCK_N, cau_s + (j - n_pre) * BLOCK_N)
-            m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, tile_e), in_prefix, kvh,
-                                       stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok, m_i, l_i,
-                                       acc, qk_scale, True, True, True, BLOCK_N, D_PAD, WIDE, PREC)
-            if RUNS:
-                done = j == n_pre + tl.cdiv(tile_e - cau_s, BLOCK_N) - 1  # the tile's last block
-                if done:  # stores only: a branch that yields values would stop the loop's software pipelining
-                    _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask,
-                           stride_ot, stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M)
-                # then the run's next tile, by selects: its query rows (a load that is off unless ``done``) and a
-                # fresh softmax state
-                tile_s = tl.where(done, tile_s + ROWS, tile_s)
-                tile_e = tl.minimum(tl.minimum(tile_s + ROWS, row_e), cau_e)
-                j = tl.where(done, 0, j + 1)
-                offs_i, tok, head, m_mask = _product_rows(tile_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
-                # q kept where the load is off; ``done`` enters the mask through a row comparison (the interpreter
-                # rejects a mask combined with a scalar)
-                load_rows = m_mask & (offs_i < tl.where(done, BLOCK_M, 0))
-                q = tl.load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
-                            mask=load_rows[:, None] & d_mask[None, :], other=q)
-                m_i = tl.where(done, float("-inf"), m_i)
-                l_i = tl.where(done, 0.0, l_i)
-                acc = tl.where(done, 0.0, acc)
-            else:
-                j += 1
-    else:
-        # The instruction prefix (document tiles): every row sees every key; only a last partial block is masked.
-        pre_mid = pre_s + (pre_e - pre_s) // BLOCK_N * BLOCK_N
-        for start in range(pre_s, pre_mid, BLOCK_N):
-            m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
-                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
-                                       False, False, BLOCK_N, D_PAD, WIDE, PREC)
-        for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
-            m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
-                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
-                                       False, False, BLOCK_N, D_PAD, WIDE, PREC)
-        # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole by
-        # every row; the rest (the diagonal and a last partial block) are masked.
-        full_end = tl.minimum(cau_e, row_s + 1)
-        cau_mid = cau_s + tl.maximum(full_end - cau_s, 0) // BLOCK_N * BLOCK_N
-        for start in range(cau_s, cau_mid, BLOCK_N):
-            m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
-                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
-                                       True, False, BLOCK_N, D_PAD, WIDE, PREC)
-        for start in range(cau_mid, cau_e, BLOCK_N):
-            m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
-                                       stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
-                                       True, False, BLOCK_N, D_PAD, WIDE, PREC)
-    if not RUNS:
-        _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
-               stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, offs_d.shape[0]], dtype=tl.float32)
+    n_pre = tl.cdiv(pre_e - pre_s, BLOCK_N)
+    tile_s = row_s
+    tile_e = tl.minimum(tl.minimum(row_s + ROWS, row_e), cau_e)  # the current tile's causal end
+    j = 0  # the current tile's key block
+    for it in range(0, tl.load(TILES + tile * COLS + 7)):
+        if RUNS:  # the current tile's query rows, loaded ahead with the key and value blocks by the pipeline
+            q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask,
+                      True, D_PAD)
+        in_prefix = j < n_pre
+        start = tl.where(in_prefix, pre_s + j * BLOCK_N, cau_s + (j - n_pre) * BLOCK_N)
+        m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, tile_e), in_prefix, kvh, stride_kt,
+                                   stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale,
+                                   True, True, True, BLOCK_N, D_PAD, WIDE, PREC)
+        if RUNS:
+            done = j == n_pre + tl.cdiv(tile_e - cau_s, BLOCK_N) - 1  # the tile's last block
+            if done:  # stores only: a branch that yields values would stop the loop's software pipelining
+                _write(O, LSE, O, LSE, m_i, l_i, acc, -1, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
+                       stride_oh, stride_lt, stride_lh, 0, D, BLOCK_M, False)
+            # then the run's next tile, by selects: its rows and a fresh softmax state
+            tile_s = tl.where(done, tile_s + ROWS, tile_s)
+            tile_e = tl.minimum(tl.minimum(tile_s + ROWS, row_e), cau_e)
+            j = tl.where(done, 0, j + 1)
+            offs_i, tok, head, m_mask = _product_rows(tile_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
+            m_i = tl.where(done, float("-inf"), m_i)
+            l_i = tl.where(done, 0.0, l_i)
+            acc = tl.where(done, 0.0, acc)
+        else:
+            j += 1
+    return m_i, l_i, acc
 
 
 @triton.jit
 def _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot, stride_oh,
-           stride_lt, stride_lh, HKV, D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """A finished tile's output and log-sum-exp, or (``part`` >= 0) one split chunk's float32 partials."""
+           stride_lt, stride_lh, HKV, D: tl.constexpr, BLOCK_M: tl.constexpr, PARTIAL: tl.constexpr):
+    """A finished tile's output and log-sum-exp, or (PARTIAL, ``part`` >= 0) one split chunk's float32 partials.
+    Without PARTIAL the partials' store, and the shared memory its layout conversion takes, are not compiled."""
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634  # -inf for a row that saw no key (split chunks only)
-    if part < 0:
+    if not PARTIAL or part < 0:
         tl.store(O + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
         tl.store(LSE + tok * stride_lt + head * stride_lh, lse, mask=m_mask)
@@ -346,8 +367,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     one-loop form (implied when above 1), a program takes up to this many consecutive tiles of one segment in
     turn, in the same loop, so that the next tile's first key blocks load while this tile's last ones are
     computed and the pipeline fills once per run instead of once per tile (a 160-token document holds 10 tiles
-    of 16 tokens); tiles that are split never join a run. Not timed on a GPU yet either; ptxas (triton 3.9) gives
-    it 255 registers without spills at D 128 on sm_80 and sm_90, and spills at D 256. A default
+    of 16 tokens); tiles that are split never join a run. The query rows load ahead with the key and value
+    blocks. Not timed on a GPU yet either; ptxas (triton 3.9) gives it no spills (bf16, D 128, 64 x 64: 252
+    registers and 104 KB of shared memory on sm_90 at 4 warps and 2 stages, two programs per SM). A default
     configuration that the GPU's shared memory cannot hold falls back to smaller ones
     (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
