@@ -188,8 +188,9 @@ def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, ti
     two ranges. Returns the tile's softmax state. RUNS: over the (tile, key block) pairs of the row's run of
     tiles, so that loads also overlap from one tile to the next; each tile is written out in the loop."""
     offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
-    q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
-              D_PAD)
+    if not RUNS:  # (runs load their query rows in the loop)
+        q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
+                  D_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, offs_d.shape[0]], dtype=tl.float32)
