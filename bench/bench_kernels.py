@@ -225,18 +225,22 @@ def sweep_section() -> list[str]:
     # no spills at 3 stages), so it gets the 3-stage and 32-key rows too. Runs of tiles (one loop, several tiles
     # of a segment per program; sm_90, triton 3.9): 104 KB of shared memory at 64 x 64 and 2 stages (two programs
     # per SM), 152 KB at 3 stages (one), 72 KB at 64 x 32.
+    # The last three load a run's query rows once per tile (query_load="tile") instead of with every key block:
+    # less traffic from L2, the rows held in registers (36 bytes of spills at 64 x 64 on sm_90, none at 64 x 32).
     configs = [(64, 64, 4, 2, False, 1), (64, 32, 4, 3, False, 1), (64, 16, 4, 2, False, 1),
                (128, 64, 8, 2, False, 1), (64, 64, 4, 2, True, 1), (64, 64, 4, 3, True, 1), (64, 32, 4, 2, True, 1),
                (64, 32, 4, 3, True, 1), (128, 64, 8, 2, True, 1), (64, 64, 4, 2, True, 2), (64, 64, 4, 2, True, 4),
                (64, 64, 4, 2, True, 16), (64, 64, 4, 3, True, 4), (64, 32, 4, 2, True, 4), (64, 32, 4, 3, True, 4)]
+    configs = [c + ("block",) for c in configs] + [(64, 64, 4, 2, True, 4, "tile"), (64, 32, 4, 2, True, 4, "tile"),
+                                                   (64, 32, 4, 3, True, 16, "tile")]
     # (product rows, key block, warps, per-head sum); the second is the default (16-bit inputs)
     mass_configs = [(64, 64, 4, "loop"), (64, 64, 4, "dot"), (64, 128, 4, "loop"), (64, 128, 8, "dot"),
                     (128, 64, 8, "loop"), (128, 64, 8, "dot"), (64, 32, 4, "loop"), (64, 64, 8, "loop")]
     name = torch.cuda.get_device_name()
     out = [f"GPU {name}: block-sparse kernel launch configurations, 32 query / 8 KV heads, D 128, bf16. Product "
            f"rows = token rows x 4 query heads per KV head. Median ms by triton.testing.do_bench.", "",
-           "| shape | product rows | key block | warps | stages | one loop | tiles per program | median ms |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| shape | product rows | key block | warps | stages | one loop | tiles per program | query rows loaded per "
+           "| median ms |", "|---|---|---|---|---|---|---|---|---|"]
     mass_out = ["", f"GPU {name}: attention-mass kernel launch configurations, 50 query rows (causal), same heads. "
                 f"Median ms by triton.testing.do_bench.", "",
                 "| shape | product rows | key block | warps | per-head sum | median ms |", "|---|---|---|---|---|---|"]
@@ -252,11 +256,12 @@ def sweep_section() -> list[str]:
         T = layout.total_tokens
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
         shape = f"64 + {n_docs} x {doc_len} + 50"
-        for bm, bn, w, st, one, per in configs:
+        for bm, bn, w, st, one, per, ql in configs:
             ms = timed(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn,
                                                                   num_warps=w, num_stages=st, one_loop=one,
-                                                                  tiles_per_program=per))
-            out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {per} | {ms} |")
+                                                                  tiles_per_program=per, query_load=ql))
+            out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {per} | "
+                       f"{ql if per > 1 else ''} | {ms} |")
             print(out[-1], flush=True)
         _, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
         rows = torch.arange(T - 50, T)

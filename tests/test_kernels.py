@@ -125,20 +125,22 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
     close(l, ref_l, atol, rtol, "default-config lse")
 
 
-@pytest.mark.parametrize("one_loop,per_program", [(False, 1), (True, 1), (True, 3)])
+@pytest.mark.parametrize("one_loop,per_program,query_load", [(False, 1, "block"), (True, 1, "block"),
+                                                              (True, 3, "block"), (True, 3, "tile")])
 @pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 1)])
 @pytest.mark.parametrize("max_blocks", [1, 3])
 @pytest.mark.parametrize("layout_name", ["long_instruction", "long_doc", "three_prompts"])
-def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, one_loop, per_program):
+def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, one_loop, per_program, query_load):
     """Tiles cut into chunks of key blocks (prefix and causal range), run as separate programs and merged by
     log-sum-exp, give the unsplit result; in the four-loop and the one-loop form, and with the unsplit tiles of
-    a segment taken three at a time by one program."""
+    a segment taken three at a time by one program (query rows loaded with every key block, or per tile)."""
     layout, q, k, v = make(layout_name, 64, hq, hkv, torch.float32, seed=2)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.shape[0], hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=16,
-                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program)
+                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program,
+                                      query_load=query_load)
     close(out, ref_o, 2e-5, 1e-4, "split out")
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
 
@@ -162,13 +164,15 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     max_blocks = int(rng.choice([0, 1, 2, 4]))
     one_loop = bool(rng.random() < 0.5)
     per_program = int(rng.choice([1, 2, 5])) if one_loop else 1
+    query_load = str(rng.choice(["block", "tile"]))
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((T, hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=block_m, block_n=block_n,
-                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program)
+                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program,
+                                      query_load=query_load)
     what = (f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}, one loop {one_loop}, "
-            f"{per_program} tiles per program")
+            f"{per_program} tiles per program, query rows per {query_load}")
     close(out, ref_o, 2e-5, 1e-4, f"out: {what}")
     close(lse, ref_l, 2e-5, 1e-4, f"lse: {what}")
 
@@ -251,9 +255,11 @@ def test_runs_join_consecutive_tiles_of_one_segment(per_program):
             assert len(set(seg[starts].tolist())) == 1 or kinds <= {INSTRUCTION, QUERY}
             covered += starts
         assert sorted(covered) == sorted(a for a, _ in singles)
+    small, q, k, v = make("two_prompts", 64, 2, 1, torch.float32)
     with pytest.raises(ValueError, match="tiles_per_program"):
-        small, q, k, v = make("two_prompts", 64, 2, 1, torch.float32)
         bsa_kernel.block_sparse_attention(q, k, v, small, tiles_per_program=0)
+    with pytest.raises(ValueError, match="query_load"):
+        bsa_kernel.block_sparse_attention(q, k, v, small, tiles_per_program=2, query_load="row")
 
 
 def test_tiles_never_straddle_segments_and_skip_masked_blocks():
@@ -590,7 +596,8 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "gpu out")
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
-    for form in (dict(one_loop=True), dict(tiles_per_program=4), dict(tiles_per_program=16, max_blocks=2)):
+    for form in (dict(one_loop=True), dict(tiles_per_program=4), dict(tiles_per_program=16, max_blocks=2),
+                 dict(tiles_per_program=4, query_load="tile", block_n=32)):
         o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, **form)  # the default launch configuration
         close(o, ref_o, atol, rtol, f"gpu out, {form}")
         close(l, ref_l, 1e-2, 1e-2, f"gpu lse, {form}")

@@ -46,8 +46,8 @@ SCRIPT = textwrap.dedent(r"""
         cfg = dict(rungs[min(step, len(rungs) - 1)])
         bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
         consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
-                      WIDE=wide, PREC=prec, ONE_LOOP=docs,  # the one-loop form in half the configurations,
-                      RUNS=docs and dt != "fp32")  # with runs of tiles in 16 bits
+                        WIDE=wide, PREC=prec, ONE_LOOP=docs,  # the one-loop form in half the configurations,
+                      RUNS=docs and dt != "fp32", Q_AT_SWITCH=False)  # with runs of tiles in 16 bits
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)

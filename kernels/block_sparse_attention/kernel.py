@@ -115,7 +115,7 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
-             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr):
+             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
@@ -138,13 +138,13 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     if RUNS and part < 0:  # a run of whole tiles, each written in the loop (split chunks take the path below)
         _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt,
                   stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh,
-                  offs_d, d_mask, qk_scale, True, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
+                  offs_d, d_mask, qk_scale, True, Q_AT_SWITCH, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
     else:
         if ONE_LOOP:
             m_i, l_i, acc = _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES,
                                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
-                                      stride_oh, stride_lt, stride_lh, offs_d, d_mask, qk_scale, False, GROUP, ROWS,
-                                      D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
+                                      stride_oh, stride_lt, stride_lh, offs_d, d_mask, qk_scale, False, False,
+                                      GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
         else:
             q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask,
                       True, D_PAD)
@@ -181,16 +181,21 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
 @triton.jit
 def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt, stride_qh,
               stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh, offs_d, d_mask,
-              qk_scale, RUNS: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
+              qk_scale, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
+              D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr,
               PREC: tl.constexpr):
     """One loop over a tile's prefix blocks then its causal blocks, every block masked: loads overlap across the
     two ranges. Returns the tile's softmax state. RUNS: over the (tile, key block) pairs of the row's run of
-    tiles, so that loads also overlap from one tile to the next; each tile is written out in the loop."""
+    tiles, so that loads also overlap from one tile to the next; each tile is written out in the loop. A run's
+    query rows load in the loop, ahead, with every key block, or (Q_AT_SWITCH) only with a tile's first block
+    (the load is off, and moves no data, on the others) and are then held in registers."""
     offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
     if not RUNS:  # (runs load their query rows in the loop)
         q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask, True,
                   D_PAD)
+    elif Q_AT_SWITCH:
+        q = tl.zeros([BLOCK_M, offs_d.shape[0]], dtype=Q.dtype.element_ty)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, offs_d.shape[0]], dtype=tl.float32)
@@ -200,8 +205,14 @@ def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, ti
     j = 0  # the current tile's key block
     for it in range(0, tl.load(TILES + tile * COLS + 7)):
         if RUNS:  # the current tile's query rows, loaded ahead with the key and value blocks by the pipeline
-            q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask,
-                      True, D_PAD)
+            if Q_AT_SWITCH:  # (``first`` is a row comparison: the interpreter rejects a mask with a scalar)
+                first = offs_i < tl.where(j == 0, BLOCK_M, 0)
+                q_new = tl.load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                                mask=(m_mask & first)[:, None] & d_mask[None, :], other=0.0)
+                q = tl.where(j == 0, q_new, q)
+            else:
+                q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask,
+                          d_mask, True, D_PAD)
         in_prefix = j < n_pre
         start = tl.where(in_prefix, pre_s + j * BLOCK_N, cau_s + (j - n_pre) * BLOCK_N)
         m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, tile_e), in_prefix, kvh, stride_kt,
@@ -354,7 +365,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                           one_loop: bool = False, tiles_per_program: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                           one_loop: bool = False, tiles_per_program: int = 1,
+                           query_load: str = "block") -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
@@ -369,14 +381,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     turn, in the same loop, so that the next tile's first key blocks load while this tile's last ones are
     computed and the pipeline fills once per run instead of once per tile (a 160-token document holds 10 tiles
     of 16 tokens); tiles that are split never join a run. The query rows load ahead with the key and value
-    blocks. Not timed on a GPU yet either; ptxas (triton 3.9) gives it no spills (bf16, D 128, 64 x 64: 252
-    registers and 104 KB of shared memory on sm_90 at 4 warps and 2 stages, two programs per SM). A default
-    configuration that the GPU's shared memory cannot hold falls back to smaller ones
+    blocks (``query_load="block"``): half again the traffic from L2 of the key and value blocks alone.
+    ``query_load="tile"`` loads them only with a tile's first block and holds them in registers instead. Not
+    timed on a GPU yet either; ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
+    registers, 104 KB of shared memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x
+    32 keys). A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
     (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks)
     if isinstance(tiles_per_program, bool) or not isinstance(tiles_per_program, int) or tiles_per_program < 1:
         raise ValueError(f"tiles_per_program must be a positive int, got {tiles_per_program!r}")
+    if query_load not in ("block", "tile"):
+        raise ValueError(f"query_load must be 'block' or 'tile', got {query_load!r}")
     one_loop = bool(one_loop) or tiles_per_program > 1
     T, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -417,7 +433,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                       out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
                                       ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
                                       PREC=dot_precision(q.dtype), ONE_LOOP=one_loop, RUNS=tiles_per_program > 1,
-                                      **cfg)
+                                      Q_AT_SWITCH=query_load == "tile", **cfg)
         if len(groups):
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
@@ -426,7 +442,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
-    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, wide)
+    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide)
     launch_fitting(key, cfg, run, pinned)
     return out, lse
 
