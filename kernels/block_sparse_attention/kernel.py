@@ -135,7 +135,10 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     offs_i, tok, head, m_mask = _product_rows(row_s, row_e, kvh, GROUP, ROWS, BLOCK_M, WIDE)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    if RUNS and part < 0:  # a run of whole tiles, each written in the loop (split chunks take the path below)
+    in_run = False  # a compile-time False without RUNS, so that the run's loop is not compiled at all
+    if RUNS:
+        in_run = part < 0
+    if in_run:  # a run of whole tiles, each written in the loop (split chunks take the path below)
         _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt,
                   stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh,
                   offs_d, d_mask, qk_scale, True, Q_AT_SWITCH, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
