@@ -391,9 +391,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     32 keys). A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
     (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
-                 max_blocks=max_blocks)
-    if isinstance(tiles_per_program, bool) or not isinstance(tiles_per_program, int) or tiles_per_program < 1:
-        raise ValueError(f"tiles_per_program must be a positive int, got {tiles_per_program!r}")
+                 max_blocks=max_blocks, tiles_per_program=tiles_per_program)
     if query_load not in ("block", "tile"):
         raise ValueError(f"query_load must be 'block' or 'tile', got {query_load!r}")
     one_loop = bool(one_loop) or tiles_per_program > 1

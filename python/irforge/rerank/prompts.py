@@ -195,12 +195,9 @@ def place_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
 def check_batch_tokens(batch_tokens: Any, model: Any) -> int:
     """A reranker's ``batch_tokens``: a non-negative int, or None for 16,384 on a GPU and 0 (one prompt per forward
     pass) on the CPU."""
-    if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
-                                     or batch_tokens < 0):
-        raise ValueError(f"batch_tokens must be a non-negative int or None, got {batch_tokens!r}")
     if batch_tokens is None:
         return 16384 if next(model.parameters()).device.type == "cuda" else 0
-    return batch_tokens
+    return check_int("batch_tokens", batch_tokens, 0)
 
 
 class PositionCheck:
@@ -254,9 +251,7 @@ def warn_truncated(name: str, truncated: list[list[int]], n_docs: list[int], bud
 
 def check_k(k: Any) -> Optional[int]:
     """``k`` of rerank / rerank_batch: None (all documents) or a positive int (numpy's integers too)."""
-    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0):
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    return None if k is None else int(k)
+    return None if k is None else check_int("k", k, 1)
 
 
 def check_int(name: str, value: Any, low: int) -> int:
