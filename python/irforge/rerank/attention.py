@@ -38,6 +38,12 @@ class _Capture:
             return [None] * (len(self.spans) if self.spans else 1)
         return list(torch.split(self.total, self.packing[3]))
 
+    def host_masses(self) -> list:
+        """:attr:`masses` as NumPy arrays, after one copy of the total to the host (not one per prompt)."""
+        if self.total is None:
+            raise ValueError("no layer has been captured")
+        return [m.numpy() for m in torch.split(self.total.cpu(), self.packing[3])]
+
     @property
     def mass(self) -> Optional[torch.Tensor]:
         """The mass on every key of a single prompt (batch size 1)."""

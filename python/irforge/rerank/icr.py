@@ -157,8 +157,8 @@ class ICRReranker:
             with capture_mass([(pad, len(x)) for pad, x in zip(row_pads, q_ids)]) as cap:
                 self._body(q_t.to(dev), attention_mask=q_attn.to(dev), position_ids=q_pos.to(dev),
                            **{self._cache_arg: cache}, use_cache=True)
-        return [[cap.masses[b * n_rounds + j][:lens[b]].cpu().numpy() for j in range(n_rounds)]
-                for b in range(len(prompts))]
+        masses = cap.host_masses()  # row b * n_rounds + j: query j of prompt b
+        return [[masses[b * n_rounds + j][:lens[b]] for j in range(n_rounds)] for b in range(len(prompts))]
 
     def _padded(self, seqs: list[list[int]], left: list[int], width: Optional[int] = None):
         """Token ids [B, width] with ``left[b]`` pad tokens before sequence b and the rest after; its 0/1 mask."""
