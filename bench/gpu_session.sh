@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, as one run on a lent machine (the device tool): the GPU-marked tests,
-# bench_kernels.py --gpu-only and bench_rerank.py on the GPU, a torch.profiler run of the rerankers
-# (profile_rerank.py), then the whole kernel test file on the GPU (it compiles many kernel variants), then the
-# kernels' launch-configuration sweep. On an H200 all but the profile took 280 s with the build (build 30,
-# tests 25, kernels 30, sweep 30, rerank 100, kernel tests 65). Each step has its
-# own time limit (a step that runs out is reported and the next one starts); a second call on the still-warm
-# machine can run steps again without the build: `IRFORGE_SKIP_INSTALL=1 bash bench/gpu_session.sh sweep`.
+# bench_kernels.py --gpu-only, the kernels' launch-configuration sweep, bench_rerank.py on the GPU, a
+# torch.profiler run of the rerankers (profile_rerank.py), then the whole kernel test file on the GPU (it
+# compiles many kernel variants). The least-needed step comes last, so a run that reaches its limit loses it
+# first. On an H200 all but the profile took 280 s with the build (build 30, tests 25, kernels 30, sweep 30 with
+# 9 configurations, rerank 100, kernel tests 65). Each step has its own time limit (a step that runs out is
+# reported and the next one starts); a second call on the still-warm machine can run steps again without the
+# build: `IRFORGE_SKIP_INSTALL=1 bash bench/gpu_session.sh sweep`.
 # Results land in $OUT: RESULTS.md (the tree's bench/RESULTS.md with the GPU sections written in, copied
 # after every step) and one log per step (install.log also names the card and versions): 8 files, the most
 # a device run brings back. Copy the GPU sections back into bench/RESULTS.md.
 #
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
-#              STEP: tests, kernels, rerank, profile, kernel-tests, sweep (default: all six, in that order)
+#              STEP: tests, kernels, sweep, rerank, profile, kernel-tests (default: all six, in that order)
 #
 # The machine reaches no network: irforge is built from the tree with the image's own torch, triton,
 # transformers, pybind11, scikit-build-core, cmake and ninja (pip --no-index --no-build-isolation).
@@ -22,7 +23,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 cp bench/RESULTS.md "$OUT/RESULTS.md"
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests kernels rerank profile kernel-tests sweep)
+[ ${#steps[@]} -eq 0 ] && steps=(tests kernels sweep rerank profile kernel-tests)
 say() { echo "== $1 ($(date -u +%T))"; }
 limited() {  # seconds, log name, command...
   local secs=$1 log=$2
