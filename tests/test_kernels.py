@@ -111,14 +111,25 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
     """The tile sizes users get by default (64 x 64 in 16 bits, 32 x 32 for full-precision float32)."""
     layout, q, k, v = make("three_prompts", 128, 4, 2, dtype, seed=3)
     assert bsa_kernel.launch_config(dtype, 128)["block_m"] == (32 if dtype == torch.float32 else 64)
-    # Hopper, rows of 256 bytes in 16 bits: one warpgroup, two stages; elsewhere eight warps, Triton's stages
+    # Hopper, rows of 256 bytes in 16 bits: one warpgroup and the one-loop form by default, with 32-key blocks
+    # and three stages (two stages and 64 keys in the four-loop form); elsewhere the four-loop form, eight warps,
+    # Triton's stages
     hopper = bsa_kernel.launch_config(dtype, 128, capability=(9, 0))
+    hopper_one = bsa_kernel.launch_config(dtype, 128, capability=(9, 0), one_loop=True)
     ampere = bsa_kernel.launch_config(dtype, 128, capability=(8, 0))
+    assert not bsa_kernel.default_one_loop(dtype, 128, (8, 0)) and not bsa_kernel.default_one_loop(dtype, 128, None)
+    assert not bsa_kernel.default_one_loop(dtype, 64, (9, 0))
     if dtype == torch.float32:
-        assert hopper == ampere
+        assert hopper == ampere == bsa_kernel.launch_config(dtype, 128, capability=(8, 0), one_loop=True)
+        assert not bsa_kernel.default_one_loop(dtype, 128, (9, 0))
     else:
-        assert (hopper["num_warps"], hopper["num_stages"], ampere["num_warps"]) == (4, 2, 8)
+        assert bsa_kernel.default_one_loop(dtype, 128, (9, 0))
+        assert (hopper["num_warps"], hopper["num_stages"], hopper["block_n"], ampere["num_warps"]) == (4, 2, 64, 8)
+        assert (hopper_one["num_warps"], hopper_one["num_stages"], hopper_one["block_n"]) == (4, 3, 32)
         assert "num_stages" not in ampere
+        # what the caller sets is kept
+        assert bsa_kernel.launch_config(dtype, 128, block_n=64, num_stages=2, capability=(9, 0), one_loop=True) == {
+            "block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "default-config out")
@@ -586,8 +597,8 @@ def test_bad_inputs():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.bfloat16, 3e-2, 3e-2), (torch.float16, 1e-2, 1e-2)])
 def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
-    """The public call, then the one-loop form and runs of tiles (with split tiles too), in the default launch
-    configuration of the card."""
+    """The public call (on Hopper: the one-loop form, 32-key blocks, 3 stages), then the four-loop form, the
+    one-loop form, and runs of tiles (with split tiles too), each in the card's default launch configuration."""
     layout = SegmentLayout.from_lengths([(64, [160] * 12, 50), (30, [97, 1, 63], 7)])
     g = torch.Generator().manual_seed(0)
     T = layout.total_tokens
@@ -596,7 +607,8 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "gpu out")
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
-    for form in (dict(one_loop=True), dict(tiles_per_program=4), dict(tiles_per_program=16, max_blocks=2),
+    for form in (dict(one_loop=False), dict(one_loop=True), dict(tiles_per_program=4),
+                 dict(tiles_per_program=16, max_blocks=2),
                  dict(tiles_per_program=4, query_load="tile", block_n=32)):
         o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, **form)  # the default launch configuration
         close(o, ref_o, atol, rtol, f"gpu out, {form}")

@@ -35,19 +35,19 @@ SCRIPT = textwrap.dedent(r"""
         return {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
                 for n in fn.arg_names}
 
-    def kernels(cc, dt, D, wide, docs, grp, step):
+    def kernels(cc, dt, D, wide, docs, grp, runs, step):
         # (kernel, pointer types, constexprs, launch options) as the wrappers launch them, at rung ``step`` of
         # the shared-memory ladder (0: the default configuration)
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
         cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d,
-                            capability=(cc // 10, cc % 10))
+                            capability=(cc // 10, cc % 10), one_loop=docs)
         rungs = ladder(cfg)
         cfg = dict(rungs[min(step, len(rungs) - 1)])
         bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
         consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
-                        WIDE=wide, PREC=prec, ONE_LOOP=docs,  # the one-loop form in half the configurations,
-                      RUNS=docs and dt != "fp32", Q_AT_SWITCH=False)  # with runs of tiles in 16 bits
+                      WIDE=wide, PREC=prec, ONE_LOOP=docs,  # the one-loop form in half the configurations,
+                      RUNS=runs, Q_AT_SWITCH=False)  # runs of tiles in some of them
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
@@ -93,14 +93,15 @@ SCRIPT = textwrap.dedent(r"""
 
     done = []
     mode, configs = sys.argv[1], json.loads(sys.argv[2])
-    for cc, dt, D, wide, docs, grp, *limit in configs:
+    for cc, dt, D, wide, docs, grp, runs, *limit in configs:
         if mode == "default":  # every kernel in its default configuration
-            for fn, p, c, opts in kernels(cc, dt, D, wide, docs, grp, 0):
+            for fn, p, c, opts in kernels(cc, dt, D, wide, docs, grp, runs, 0):
                 done.append(dict(kernel=fn.__name__, cc=cc, dt=dt, D=D, **build(cc, fn, p, c, opts)))
         else:  # "fit": per kernel, the ladder's first rung within ``limit`` bytes of shared memory
             for name in ("_bsa_fwd", "_mass_kernel", "_lse_kernel"):
                 for step in range(5):
-                    fn, p, c, opts = next(x for x in kernels(cc, dt, D, wide, docs, grp, step) if x[0].__name__ == name)
+                    fn, p, c, opts = next(x for x in kernels(cc, dt, D, wide, docs, grp, runs, step)
+                                          if x[0].__name__ == name)
                     got = build(cc, fn, p, c, opts)
                     if got["shared"] <= limit[0] or step == 4:
                         done.append(dict(kernel=name, cc=cc, dt=dt, D=D, step=step, limit=limit[0], **got))
@@ -108,11 +109,15 @@ SCRIPT = textwrap.dedent(r"""
     print(json.dumps(done))
 """)
 
-# (compute capability, dtype, head dim, 64-bit offsets, attention mass over documents only, query heads per
-# key/value head)
-CONFIGS = [(90, "bf16", 128, False, True, 4), (90, "fp16", 80, True, False, 4), (90, "fp32", 64, False, False, 4),
-           (80, "bf16", 128, False, False, 4), (90, "bf16", 64, False, False, 3), (90, "fp32", 128, False, True, 4),
-           (80, "fp32", 128, False, False, 2)]
+# (compute capability, dtype, head dim, 64-bit offsets, attention mass over documents only and the block-sparse
+# kernel's one-loop form, query heads per key/value head, runs of tiles). The first is the Hopper default for
+# 16-bit D 128 (one loop, 32-key blocks, 3 stages), the second the same with runs of tiles; sm_90 fp16 D 80 is
+# the Hopper four-loop form (64-key blocks, 2 stages).
+CONFIGS = [(90, "bf16", 128, False, True, 4, False), (90, "bf16", 128, False, True, 4, True),
+           (90, "fp16", 80, True, False, 4, False), (90, "fp32", 64, False, False, 4, False),
+           (80, "bf16", 128, False, False, 4, False), (90, "bf16", 64, False, False, 3, False),
+           (90, "fp32", 128, False, True, 4, False), (80, "fp32", 128, False, False, 2, False),
+           (80, "bf16", 128, False, True, 4, True)]
 
 
 def compile_kernels(tmp_path, mode, configs):
@@ -150,8 +155,8 @@ def test_shared_memory_ladder_reaches_a_launchable_configuration(tmp_path):
     """D 256 (Gemma's heads) in 16 bits needs more shared memory by default than an A100 (block-sparse kernel)
     or an sm_86/89 card (all three kernels) gives; the wrappers' ladder of smaller configurations must reach one
     that fits, without register spills. D 128 fits those cards as it is."""
-    cases = [(80, "bf16", 256, False, False, 4), (86, "bf16", 256, False, True, 4), (89, "fp16", 256, False, False, 2),
-             (86, "bf16", 128, False, False, 4)]
+    cases = [(80, "bf16", 256, False, False, 4, False), (86, "bf16", 256, False, True, 4, True),
+             (89, "fp16", 256, False, False, 2, False), (86, "bf16", 128, False, False, 4, False)]
     done = compile_kernels(tmp_path, "fit", [c + (SHARED_LIMIT[c[0]],) for c in cases])
     assert len(done) == 3 * len(cases)
     fits = [d for d in done if d["shared"] <= d["limit"]]

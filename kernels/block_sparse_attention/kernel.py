@@ -368,7 +368,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                           one_loop: bool = False, tiles_per_program: int = 1,
+                           one_loop: Optional[bool] = None, tiles_per_program: int = 1,
                            query_load: str = "block") -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
@@ -378,15 +378,19 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout.
     ``one_loop``: a tile's prefix and causal key blocks in one software-pipelined loop, every block masked,
     instead of four loops that skip the masks of whole blocks. A document tile visits only 2-4 blocks, spread
-    over those loops, so each loop's first load is waited for; one loop can overlap them. Not the default: it
-    has not been timed on a GPU yet (``bench_kernels.py --sweep`` times both). ``tiles_per_program``: in the
+    over those loops, so each loop's first load is waited for; one loop overlaps them. None (the default): one
+    loop where :func:`launch_config` picks it (Hopper, 16-bit rows of 256 bytes or more: 1.33x the four-loop
+    form at 16k tokens and 1.20x at 100k on an H100, ``bench_kernels.py --sweep``), four loops elsewhere (not
+    timed on other GPUs). ``tiles_per_program``: in the
     one-loop form (implied when above 1), a program takes up to this many consecutive tiles of one segment in
     turn, in the same loop, so that the next tile's first key blocks load while this tile's last ones are
     computed and the pipeline fills once per run instead of once per tile (a 160-token document holds 10 tiles
     of 16 tokens); tiles that are split never join a run. The query rows load ahead with the key and value
     blocks (``query_load="block"``): half again the traffic from L2 of the key and value blocks alone.
-    ``query_load="tile"`` loads them only with a tile's first block and holds them in registers instead. Not
-    timed on a GPU yet either; ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
+    ``query_load="tile"`` loads them only with a tile's first block and holds them in registers instead.
+    Neither is the default: on an H100 runs of 2-16 tiles took 0.287-0.293 ms at 16k tokens against 0.242 for
+    one tile per program in the default configuration, and "tile" was slower than "block" in every
+    configuration swept. ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
     registers, 104 KB of shared memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x
     32 keys). A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
     (kernels/_shared_memory.py)."""
@@ -394,7 +398,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program)
     if query_load not in ("block", "tile"):
         raise ValueError(f"query_load must be 'block' or 'tile', got {query_load!r}")
-    one_loop = bool(one_loop) or tiles_per_program > 1
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -403,8 +406,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
     block_d = padded_d(D)
-    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages,
-                        torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
+    capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
+    one_loop = tiles_per_program > 1 or (default_one_loop(q.dtype, block_d, capability) if one_loop is None
+                                         else bool(one_loop))
+    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop)
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
     given_max_blocks = max_blocks
 
@@ -448,30 +453,45 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     return out, lse
 
 
+def _hopper_16bit(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]]) -> bool:
+    """Hopper (sm_90) and 16-bit rows of 256 bytes or more (D 128 and up): the case the launch-configuration
+    sweeps on an H200 and an H100 (bench_kernels.py --sweep) chose defaults for."""
+    return (dtype in (torch.float16, torch.bfloat16) and block_d * torch.finfo(dtype).bits // 8 >= 256
+            and capability is not None and capability[0] == 9)
+
+
+def default_one_loop(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]]) -> bool:
+    """Whether the kernel runs in its one-loop form when the caller does not say: on Hopper with 16-bit rows of
+    256 bytes or more, where the H100 sweep timed it fastest; the four-loop form elsewhere."""
+    return _hopper_16bit(dtype, block_d, capability)
+
+
 def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
                   num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                  capability: Optional[tuple[int, int]] = None) -> dict:
+                  capability: Optional[tuple[int, int]] = None, one_loop: bool = False) -> dict:
     """Tile sizes and Triton launch options, each taken from the caller when given; ``capability``: the GPU's
-    compute capability (None: not known). Chosen so that ptxas spills no registers in the shipped
-    configurations (tests/test_kernels_compile.py reads its counts for sm_80 and sm_90):
+    compute capability (None: not known); ``one_loop``: the kernel's form. Chosen so that ptxas spills no
+    registers in the shipped configurations (tests/test_kernels_compile.py reads its counts for sm_80 and
+    sm_90):
     - Products of 64 rows (token rows x the query-head group, padded to a power of two) by 64 keys.
-    - Rows of 256 bytes or more (D 128 in 16 bits): on Hopper (sm_90) one warpgroup, 4 warps, and 2 stages, the
-      fastest in bench_kernels.py --sweep on an H200 (1.8x 8 warps and 3 stages; 3 stages at 4 warps spill);
-      elsewhere 8 warps, since at 4 the 64 x D float32 accumulator, the query tile and the key/value tiles need
-      more than 255 registers per thread on sm_80. Narrower rows: 4 warps.
+    - Rows of 256 bytes or more (D 128 in 16 bits): on Hopper (sm_90) one warpgroup, 4 warps. In the one-loop
+      form 32 keys per block and 3 stages: on an H100, 0.242 ms at 16k tokens against 0.277 at 64 keys and 3
+      stages, 0.309 at 64 keys and 2 stages, and 0.322 for the four-loop form's best (64 keys, 2 stages; 3
+      stages spill there). Elsewhere 8 warps, since at 4 the 64 x D float32 accumulator, the query tile and the
+      key/value tiles need more than 255 registers per thread on sm_80. Narrower rows: 4 warps.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
       registers): 32 rows by 32 keys (16 keys from a padded D of 128) and 8 warps. With TF32 allowed: 64 x 64,
       8 warps from D 64.
     Otherwise Triton's default stages."""
     ieee = dot_precision(dtype) == "ieee"
     wide_rows = block_d * torch.finfo(dtype).bits // 8 >= 256
-    hopper_16bit = (dtype in (torch.float16, torch.bfloat16) and wide_rows and capability is not None
-                    and capability[0] == 9)
+    hopper_16bit = _hopper_16bit(dtype, block_d, capability)
+    hopper_one_loop = hopper_16bit and one_loop and num_warps is None
     cfg = {"block_m": block_m or (32 if ieee else 64),
-           "block_n": block_n or ((16 if block_d >= 128 else 32) if ieee else 64),
+           "block_n": block_n or ((16 if block_d >= 128 else 32) if ieee else 32 if hopper_one_loop else 64),
            "num_warps": num_warps or (4 if hopper_16bit else 8 if ieee or wide_rows else 4)}
     if num_stages is None and hopper_16bit and num_warps is None:
-        num_stages = 2
+        num_stages = 3 if one_loop else 2
     if num_stages is not None:
         cfg["num_stages"] = num_stages
     return cfg
