@@ -220,10 +220,19 @@ def gpu_section() -> list[str]:
     return out
 
 
-def sweep_section() -> list[str]:
+# --sweep-one-loop: the block-sparse kernel's one-loop form, one tile per program, around its Hopper default (64
+# rows, 32-key blocks, 4 warps, 3 stages; the first row): more stages, 16-key blocks, 8 warps, 128 rows
+ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block"), (64, 32, 4, 4, True, 1, "block"),
+                    (64, 16, 4, 3, True, 1, "block"), (64, 16, 4, 4, True, 1, "block"),
+                    (64, 32, 8, 3, True, 1, "block"), (128, 32, 8, 3, True, 1, "block"),
+                    (128, 64, 8, 3, True, 1, "block"), (64, 64, 4, 4, True, 1, "block")]
+
+
+def sweep_section(configs=None) -> list[str]:
     """Launch configurations of the two kernels on the two GPU shapes: the block-sparse kernel's product rows,
     key block, warps, stages and loop form (four loops or one); the attention-mass kernel's product rows, key
-    block, warps and per-head sum (50 query rows, causal mode)."""
+    block, warps and per-head sum (50 query rows, causal mode). ``configs``: only these block-sparse
+    configurations, and no attention-mass ones."""
     import triton
 
     from irforge.kernels.attention_mass import kernel as mass_kernel
@@ -237,15 +246,19 @@ def sweep_section() -> list[str]:
     # per SM), 152 KB at 3 stages (one), 72 KB at 64 x 32.
     # The last three load a run's query rows once per tile (query_load="tile") instead of with every key block:
     # less traffic from L2, the rows held in registers (36 bytes of spills at 64 x 64 on sm_90, none at 64 x 32).
-    configs = [(64, 64, 4, 2, False, 1), (64, 32, 4, 3, False, 1), (64, 16, 4, 2, False, 1),
-               (128, 64, 8, 2, False, 1), (64, 64, 4, 2, True, 1), (64, 64, 4, 3, True, 1), (64, 32, 4, 2, True, 1),
-               (64, 32, 4, 3, True, 1), (128, 64, 8, 2, True, 1), (64, 64, 4, 2, True, 2), (64, 64, 4, 2, True, 4),
-               (64, 64, 4, 2, True, 16), (64, 64, 4, 3, True, 4), (64, 32, 4, 2, True, 4), (64, 32, 4, 3, True, 4)]
-    configs = [c + ("block",) for c in configs] + [(64, 64, 4, 2, True, 4, "tile"), (64, 32, 4, 2, True, 4, "tile"),
-                                                   (64, 32, 4, 3, True, 16, "tile")]
+    all_configs = [(64, 64, 4, 2, False, 1), (64, 32, 4, 3, False, 1), (64, 16, 4, 2, False, 1),
+                   (128, 64, 8, 2, False, 1), (64, 64, 4, 2, True, 1), (64, 64, 4, 3, True, 1), (64, 32, 4, 2, True, 1),
+                   (64, 32, 4, 3, True, 1), (128, 64, 8, 2, True, 1), (64, 64, 4, 2, True, 2), (64, 64, 4, 2, True, 4),
+                   (64, 64, 4, 2, True, 16), (64, 64, 4, 3, True, 4), (64, 32, 4, 2, True, 4), (64, 32, 4, 3, True, 4)]
+    all_configs = [c + ("block",) for c in all_configs] + [(64, 64, 4, 2, True, 4, "tile"),
+                                                           (64, 32, 4, 2, True, 4, "tile"),
+                                                           (64, 32, 4, 3, True, 16, "tile")]
+    mass = configs is None
+    configs = all_configs if configs is None else configs
     # (product rows, key block, warps, per-head sum); the second is the default (16-bit inputs)
     mass_configs = [(64, 64, 4, "loop"), (64, 64, 4, "dot"), (64, 128, 4, "loop"), (64, 128, 8, "dot"),
                     (128, 64, 8, "loop"), (128, 64, 8, "dot"), (64, 32, 4, "loop"), (64, 64, 8, "loop")]
+    mass_configs = mass_configs if mass else []
     name = torch.cuda.get_device_name()
     out = [f"GPU {name}: block-sparse kernel launch configurations, 32 query / 8 KV heads, D 128, bf16. Product "
            f"rows = token rows x 4 query heads per KV head. Median ms by triton.testing.do_bench.", "",
@@ -281,7 +294,7 @@ def sweep_section() -> list[str]:
                                                           num_warps=w, head_sum=how))
             mass_out.append(f"| {shape} | {bm} | {bn} | {w} | {how} | {ms} |")
             print(mass_out[-1], flush=True)
-    return out + mass_out
+    return out + (mass_out if mass else [])
 
 
 def host_section() -> list[str]:
@@ -328,6 +341,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write")
     ap.add_argument("--sweep", action="store_true", help="only the GPU launch-configuration sweep")
+    ap.add_argument("--sweep-one-loop", action="store_true",
+                    help="only the block-sparse kernel's one-loop configurations around its Hopper default")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU figures (no CPU section)")
     ap.add_argument("--host", action="store_true", help="only the wrappers' host time per call (no GPU needed)")
     args = ap.parse_args()
@@ -348,7 +363,7 @@ def main() -> None:
         emit("## Kernel wrappers' host time", "--host",
              f"Machine: {meta['cpu']}, {meta['cores']} cores; torch {torch.__version__}.", host_section())
         return
-    if args.sweep or args.gpu_only:
+    if args.sweep or args.gpu_only or args.sweep_one_loop:
         if not torch.cuda.is_available():
             sys.exit("--sweep and --gpu-only need a CUDA device")
         import triton
@@ -356,7 +371,9 @@ def main() -> None:
         mib = torch.cuda.get_device_properties(0).total_memory / 2**20
         card = (f"Card: {torch.cuda.get_device_name()} ({mib:,.0f} MiB); torch {torch.__version__}, triton "
                 f"{triton.__version__}.")
-        if args.sweep:
+        if args.sweep_one_loop:
+            emit("## Kernel one-loop configurations", "--sweep-one-loop", card, sweep_section(ONE_LOOP_CONFIGS))
+        elif args.sweep:
             emit("## Kernel launch configurations", "--sweep", card, sweep_section())
         else:
             emit("## Kernels on the GPU", "--gpu-only", card, gpu_section())
