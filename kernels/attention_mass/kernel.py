@@ -14,9 +14,9 @@ the same sorted rows (ICR's capture, which runs SDPA, and "documents" mode).
 
 Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
-Timed on: an NVIDIA H200 (bench/RESULTS.md, "Kernels on the GPU"); tested in the Triton interpreter on the
-CPU and on that GPU; compiled for sm_80 and sm_90 in the tests. _lse_kernel: tested in the interpreter and
-compiled; not yet run on a GPU.
+Timed on: an NVIDIA H200 and an H100 (bench/RESULTS.md, "Kernels on the GPU" and the notes after it); tested
+in the Triton interpreter on the CPU and on both GPUs (_lse_kernel and sliding windows on the H100 only);
+compiled for sm_80 and sm_90 in the tests.
 """
 from __future__ import annotations
 

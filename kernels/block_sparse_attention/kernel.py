@@ -8,8 +8,11 @@ groups of 3), so less of it is padding.
 
 A tile visits exactly the keys its rows may see: the instruction prefix (document tiles) and its causal range
 [start, last row]. Fully masked key blocks are never loaded, so the cost follows the allowed (q, k) pairs, not
-T^2. Key blocks that every row of the tile may see in full run without any mask; only a range's last partial
-block and the blocks crossing the diagonal are masked. Online softmax in float32 with exp2.
+T^2. In the four-loop form, key blocks that every row of the tile may see in full run without any mask; only a
+range's last partial block and the blocks crossing the diagonal are masked. The one-loop form (the default on
+Hopper for 16-bit rows of 256 bytes or more) runs a tile's prefix and causal blocks in one software-pipelined
+loop, every block masked, so that a document tile's 2-4 blocks overlap their loads. Online softmax in float32
+with exp2.
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
@@ -21,8 +24,8 @@ Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 work
 two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T, Hq] (float32, natural log).
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``), so that long packed
 prompts at large shapes (e.g. 524k tokens x 32 heads x 128) address correctly.
-Timed on: an NVIDIA H200 (bench/RESULTS.md, "Kernels on the GPU"); tested in the Triton interpreter on the
-CPU and on that GPU; compiled for sm_80 and sm_90 in the tests.
+Timed on: an NVIDIA H200 and an H100 (bench/RESULTS.md, "Kernels on the GPU" and the notes after it); tested in
+the Triton interpreter on the CPU and on both GPUs; compiled for sm_80 and sm_90 in the tests.
 """
 from __future__ import annotations
 
