@@ -30,8 +30,8 @@ from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attentio
 
 def flex_setup(layout: SegmentLayout, device, compiled: bool = False):
     """FlexAttention's BlockMask construction for ``layout``, as a function to time. ``compiled``: through
-    create_block_mask's compiled path, which never materialises the T x T mask (the eager path needs about 75 GB
-    at 100k tokens, more than an H100 has)."""
+    create_block_mask's compiled path, which never materialises the T x T mask (at 100k tokens the eager path
+    asked for 74.8 GiB at once, more than an H100 had free)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     r = torch.as_tensor(layout.row_ranges(), device=device)
@@ -365,7 +365,7 @@ def main() -> None:
         return
     if args.sweep or args.gpu_only or args.sweep_one_loop:
         if not torch.cuda.is_available():
-            sys.exit("--sweep and --gpu-only need a CUDA device")
+            sys.exit("--sweep, --sweep-one-loop and --gpu-only need a CUDA device")
         import triton
 
         mib = torch.cuda.get_device_properties(0).total_memory / 2**20
