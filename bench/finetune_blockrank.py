@@ -11,8 +11,9 @@ relevant one among them (queries with none in the top 20 are skipped), the docum
 time (in BM25's order the positive is most often the first, and "ID: 1" would be learnt instead of relevance).
 Evaluation gives the held-out lists both in BM25's order and in a fixed random order; a reranker that learnt
 relevance ranks both alike. One optimizer step per example (AdamW, gradient norm clipped at 1); the layers
-above BlockRank's scoring layer and the LM head get no gradient and are frozen. The loss is BlockRank's auxiliary InfoNCE over S(q, d) at temperature 0.05, alone: BlockRank trains it
-beside the language-modelling loss on the answer, which this script leaves out.
+above BlockRank's scoring layer and the LM head get no gradient and are frozen. The loss is BlockRank's
+auxiliary InfoNCE over S(q, d) at temperature 0.05, alone: BlockRank trains it beside the language-modelling
+loss on the answer, which this script leaves out.
 """
 from __future__ import annotations
 
