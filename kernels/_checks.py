@@ -81,13 +81,18 @@ def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype
 def check_launch(**sizes) -> None:
     """Launch options of the Triton kernels: tile sizes (``block_*``) powers of two of at least 16 (tl.dot's
     minimum), ``num_warps`` a power of two, ``num_stages`` and ``tiles_per_program`` positive ints,
-    ``max_blocks`` a non-negative int; None means the default."""
+    ``max_blocks`` a non-negative int, ``max_registers`` an int from 24 to 255 (ptxas's range per thread); None
+    means the default."""
     for name, val in sizes.items():
         if val is None:
             continue
         if name in ("num_stages", "tiles_per_program"):
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
+            continue
+        if name == "max_registers":
+            if not isinstance(val, int) or isinstance(val, bool) or not 24 <= val <= 255:
+                raise ValueError(f"max_registers must be an int from 24 to 255, got {val!r}")
             continue
         if name == "max_blocks":
             if not isinstance(val, int) or val < 0:

@@ -127,9 +127,15 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
         assert (hopper["num_warps"], hopper["num_stages"], hopper["block_n"], ampere["num_warps"]) == (4, 2, 64, 8)
         assert (hopper_one["num_warps"], hopper_one["num_stages"], hopper_one["block_n"]) == (4, 3, 32)
         assert "num_stages" not in ampere
+        # at most 168 registers (three programs per SM) in the Hopper one-loop form at D 128 only; none at D 256,
+        # in the four-loop form or off Hopper
+        assert hopper_one["maxnreg"] == 168
+        assert all("maxnreg" not in c for c in (hopper, ampere, bsa_kernel.launch_config(
+            dtype, 256, capability=(9, 0), one_loop=True)))
         # what the caller sets is kept
-        assert bsa_kernel.launch_config(dtype, 128, block_n=64, num_stages=2, capability=(9, 0), one_loop=True) == {
-            "block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+        assert bsa_kernel.launch_config(dtype, 128, block_n=64, num_stages=2, capability=(9, 0), one_loop=True,
+                                        max_registers=200) == {
+            "block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2, "maxnreg": 200}
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "default-config out")
@@ -154,6 +160,35 @@ def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, on
                                       query_load=query_load)
     close(out, ref_o, 2e-5, 1e-4, "split out")
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
+
+
+@pytest.mark.parametrize("layout_name,one_loop,per_program,max_blocks,lazy", [
+    ("long_doc", False, 1, 0, True), ("long_doc", True, 1, 0, True), ("long_doc", True, 3, 0, True),
+    ("long_doc", False, 1, 2, True), ("long_doc", True, 1, 2, True), ("long_instruction", False, 1, 0, True),
+    ("long_instruction", True, 1, 2, True), ("long_doc", False, 1, 0, False), ("long_doc", True, 1, 0, False)])
+def test_running_maximum_that_grows_along_the_keys(layout_name, one_loop, per_program, max_blocks, lazy):
+    """Scores that climb along the key axis, at a different pace per query head (so per row of one tile):
+    by about 14, 4 and 1 in base 2 per 16-key block, flat, and falling. The lazy rescale (the accumulator
+    rescaled only when some row's maximum grows by more than 2^8) then both rescales and keeps stale maxima in
+    the middle of a tile's keys, and must still match the reference, as the rescale after every block does."""
+    layout = SegmentLayout.from_lengths(LAYOUTS[layout_name])
+    T, D, hq, hkv = layout.total_tokens, 64, 10, 2
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(T, h, D, generator=g) for h in (hq, hkv, hkv))
+    u = torch.nn.functional.normalize(torch.randn(D, generator=g), dim=0)
+    k += torch.arange(T, dtype=torch.float32)[:, None, None] * 0.1 * u  # the keys' component along u climbs
+    # per 16-key block a row's score gains pace x 0.1 x 16 / sqrt(64) x log2(e) in base 2: 14, 4, 1, 0, -3
+    pace = torch.tensor([48.0, 14.0, 3.5, 0.0, -10.0]).repeat(2)
+    q += pace[None, :, None] * u
+    q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((T, hq), float("nan"), device=q.device)
+    bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=16,
+                                      max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program,
+                                      lazy_rescale=lazy)
+    close(out, ref_o, 2e-5, 1e-4, "out, climbing scores")
+    close(lse, ref_l, 2e-5, 1e-4, "lse, climbing scores")
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -564,7 +599,9 @@ def test_bad_inputs():
         SegmentLayout.from_lengths([(2, [3], 1)]).__class__(np.array([0, 2, 5]), np.array([0, 1]))
     with pytest.raises(ValueError, match="non-negative"):
         SegmentLayout.from_lengths([(2, [-1], 1)])
-    for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1), dict(num_stages=0)):
+    for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1), dict(num_stages=0),
+                dict(max_registers=300), dict(max_registers=16), dict(max_registers=True), dict(max_registers=128.0),
+                dict(scale=-0.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             bsa_kernel.block_sparse_attention(q, k, v, layout, **bad)
     for bad in (dict(block_n=100), dict(block_m=0), dict(num_warps=6), dict(num_stages=1.5), dict(head_sum="sum")):

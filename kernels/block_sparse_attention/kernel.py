@@ -12,7 +12,10 @@ T^2. In the four-loop form, key blocks that every row of the tile may see in ful
 range's last partial block and the blocks crossing the diagonal are masked. The one-loop form (the default on
 Hopper for 16-bit rows of 256 bytes or more) runs a tile's prefix and causal blocks in one software-pipelined
 loop, every block masked, so that a document tile's 2-4 blocks overlap their loads. Online softmax in float32
-with exp2.
+with exp2: a masked block cuts each row at one per-row limit (a comparison and a select per score), the scale
+goes into each exponent's fused multiply-add, and the output accumulator is rescaled only when a row's maximum
+grows by more than a factor of 2^8 (``lazy_rescale``). On Hopper at D 128 the default holds three programs per
+SM (at most 168 registers per thread).
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
@@ -37,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_launch, padded_d, product_rows
+from .._checks import check_launch, check_scale, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from ..layout import SegmentLayout
 
@@ -76,40 +79,61 @@ def _product_rows(row_s, row_e, kvh, GROUP: tl.constexpr, ROWS: tl.constexpr, BL
 @triton.jit
 def _key_block(q, K, V, start, end, in_prefix, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok,
                m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, EITHER: tl.constexpr,
-               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr):
+               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
+               LAZY: tl.constexpr):
     """Keys [start, start + BLOCK_N) into the tile's online softmax. MASKED: keys at or past ``end`` are cut and,
     with CAUSAL, keys after a row's token ``tok``; unmasked blocks are wholly visible to every row of the tile.
-    EITHER (the one-loop form): a masked block that is causal unless the run-time flag ``in_prefix`` is set."""
-    offs_n = start + tl.arange(0, BLOCK_N)
-    if WIDE:
-        offs_n = offs_n.to(tl.int64)
-    n_mask = offs_n < end
-    k = _load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], n_mask, d_mask, MASKED, D_PAD)
-    v = _load(V + offs_n[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], n_mask, d_mask, MASKED, D_PAD)
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-    if MASKED:
-        allowed = n_mask[None, :]
-        if EITHER:
-            allowed = allowed & ((offs_n[None, :] <= tok[:, None]) | in_prefix)
-        elif CAUSAL:
-            allowed = allowed & (offs_n[None, :] <= tok[:, None])
-        s = tl.where(allowed, s, float("-inf"))
-    return _softmax_step(s, v, m_i, l_i, acc, MASKED, PREC)
+    EITHER (the one-loop form): a masked block that is causal unless the run-time flag ``in_prefix`` is set.
+    A row's visible keys end at one per-row limit, so the mask is one comparison and one select per score."""
+    offs_b = tl.arange(0, BLOCK_N)
+    n_mask = offs_b < end - start
+    first = tl.cast(start, tl.int64) if WIDE else start  # (a Python int in the interpreter's loops)
+    k = _load(K + first * stride_kt + kvh * stride_kh + (offs_b[:, None] * stride_kt + offs_d[None, :]), n_mask,
+              d_mask, MASKED, D_PAD)
+    v = _load(V + first * stride_vt + kvh * stride_vh + (offs_b[:, None] * stride_vt + offs_d[None, :]), n_mask,
+              d_mask, MASKED, D_PAD)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # unscaled: the scale goes into the softmax's exponent
+    if MASKED:  # (against the block's own key offsets: against absolute positions ptxas took 60 more registers)
+        if EITHER or CAUSAL:
+            last = tl.minimum(tok, end - 1)  # each row's last visible key
+            if EITHER:
+                last = tl.where(in_prefix, end - 1, last)
+            s = tl.where(tl.arange(0, BLOCK_N)[None, :] <= (last - start)[:, None], s, float("-inf"))
+        else:
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+    return _softmax_step(s, v, m_i, l_i, acc, qk_scale, MASKED, PREC, LAZY)
 
 
 @triton.jit
-def _softmax_step(s, v, m_i, l_i, acc, MASKED: tl.constexpr, PREC: tl.constexpr):
-    """One key block's scores ``s`` (base 2) and values into the running maximum, sum and output. MASKED: some
-    scores may be -inf, and a row that sees none of these keys (yet) must not rescale by -inf - -inf."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+def _softmax_step(s, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PREC: tl.constexpr, LAZY: tl.constexpr):
+    """One key block's unscaled scores ``s`` and values into the running maximum (scaled, base 2), sum and
+    output. The scale (positive) multiplies the row maxima, then the scores inside one fused multiply-add with
+    the maximum's subtraction. MASKED: some scores may be -inf, and a row that sees none of these keys (yet) must
+    not rescale by -inf - -inf.
+    LAZY: a row's running maximum moves only when the block's maximum passes it by more than 8 (a factor of 256
+    in base 2), and the output accumulator (64 multiplies per thread at 64 x 128) is rescaled only when some row
+    of the tile moved, by a branch that the whole program takes or skips. In between, probabilities may reach
+    2^8: the same relative rounding in 16 bits, far from any overflow in float32. The sum and the
+    log-sum-exp are taken against the maximum actually used, so the results are the same up to rounding."""
+    m_blk = tl.max(s, 1) * qk_scale
+    if LAZY:
+        grow = m_blk > m_i + 8.0
+        m_new = tl.where(grow, m_blk, m_i)
+    else:
+        m_new = tl.maximum(m_i, m_blk)
     if MASKED:
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_safe = m_new
-    p = tl.exp2(s - m_safe[:, None])
+    p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    if LAZY:
+        if tl.max(grow.to(tl.int32), 0) > 0:  # (alpha is exactly 1 on the rows that did not move)
+            acc = acc * alpha[:, None]
+    else:
+        acc = acc * alpha[:, None]
+    acc = acc + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return m_new, l_i, acc
 
 
@@ -118,7 +142,7 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
-             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr):
+             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, LAZY: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
@@ -144,13 +168,14 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
     if in_run:  # a run of whole tiles, each written in the loop (split chunks take the path below)
         _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt,
                   stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh,
-                  offs_d, d_mask, qk_scale, True, Q_AT_SWITCH, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
+                  offs_d, d_mask, qk_scale, True, Q_AT_SWITCH, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC,
+                  LAZY)
     else:
         if ONE_LOOP:
             m_i, l_i, acc = _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES,
                                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
                                       stride_oh, stride_lt, stride_lh, offs_d, d_mask, qk_scale, False, False,
-                                      GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC)
+                                      GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
         else:
             q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask,
                       True, D_PAD)
@@ -163,11 +188,11 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
             for start in range(pre_s, pre_mid, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
-                                           False, False, BLOCK_N, D_PAD, WIDE, PREC)
+                                           False, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
             for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
                 m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
-                                           False, False, BLOCK_N, D_PAD, WIDE, PREC)
+                                           False, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
             # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole
             # by every row; the rest (the diagonal and a last partial block) are masked.
             full_end = tl.minimum(cau_e, row_s + 1)
@@ -175,11 +200,11 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
             for start in range(cau_s, cau_mid, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
-                                           True, False, BLOCK_N, D_PAD, WIDE, PREC)
+                                           True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
             for start in range(cau_mid, cau_e, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
-                                           True, False, BLOCK_N, D_PAD, WIDE, PREC)
+                                           True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
         _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
                stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M, True)
 
@@ -190,7 +215,7 @@ def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, ti
               qk_scale, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
               D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, LAZY: tl.constexpr):
     """One loop over a tile's prefix blocks then its causal blocks, every block masked: loads overlap across the
     two ranges. Returns the tile's softmax state. RUNS: over the (tile, key block) pairs of the row's run of
     tiles, so that loads also overlap from one tile to the next; each tile is written out in the loop. A run's
@@ -223,7 +248,7 @@ def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, ti
         start = tl.where(in_prefix, pre_s + j * BLOCK_N, cau_s + (j - n_pre) * BLOCK_N)
         m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, tile_e), in_prefix, kvh, stride_kt,
                                    stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale,
-                                   True, True, True, BLOCK_N, D_PAD, WIDE, PREC)
+                                   True, True, True, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
         if RUNS:
             done = j == n_pre + tl.cdiv(tile_e - cau_s, BLOCK_N) - 1  # the tile's last block
             if done:  # stores only: a branch that yields values would stop the loop's software pipelining
@@ -372,7 +397,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                            one_loop: Optional[bool] = None, tiles_per_program: int = 1,
-                           query_load: str = "block") -> tuple[torch.Tensor, torch.Tensor]:
+                           query_load: str = "block", lazy_rescale: bool = True,
+                           max_registers: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
@@ -396,11 +422,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     configuration swept. ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
     registers, 104 KB of shared memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x
     32 keys). A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
-    (kernels/_shared_memory.py)."""
+    (kernels/_shared_memory.py). ``lazy_rescale`` (the default): the output accumulator is rescaled only when a
+    row's running maximum grows by more than a factor of 2^8, not after every key block (see ``_softmax_step``);
+    False rescales every block, as before. ``max_registers``: ptxas's register limit per thread (Triton's
+    ``maxnreg``, NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs
+    fit an SM whatever registers a Triton version's compiler would otherwise take), else the compiler's choice."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
-                 max_blocks=max_blocks, tiles_per_program=tiles_per_program)
+                 max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
         raise ValueError(f"query_load must be 'block' or 'tile', got {query_load!r}")
+    check_scale(scale)  # positive: the kernel scales the row maxima, not each score (see _softmax_step)
+    if max_registers is not None and torch.version.hip is not None:
+        raise ValueError("max_registers is ptxas's register limit: NVIDIA GPUs only")
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -412,7 +445,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
     one_loop = tiles_per_program > 1 or (default_one_loop(q.dtype, block_d, capability) if one_loop is None
                                          else bool(one_loop))
-    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop)
+    cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop,
+                        max_registers)
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
     given_max_blocks = max_blocks
 
@@ -442,7 +476,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                       out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
                                       ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
                                       PREC=dot_precision(q.dtype), ONE_LOOP=one_loop, RUNS=tiles_per_program > 1,
-                                      Q_AT_SWITCH=query_load == "tile", **cfg)
+                                      Q_AT_SWITCH=query_load == "tile", LAZY=bool(lazy_rescale), **cfg)
         if len(groups):
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
@@ -450,17 +484,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
-    pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
-    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide)
+    pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages, max_registers))
+    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, bool(lazy_rescale))
     launch_fitting(key, cfg, run, pinned)
     return out, lse
 
 
 def _hopper_16bit(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]]) -> bool:
-    """Hopper (sm_90) and 16-bit rows of 256 bytes or more (D 128 and up): the case the launch-configuration
-    sweeps on an H200 and an H100 (bench_kernels.py --sweep) chose defaults for."""
+    """NVIDIA Hopper (sm_90) and 16-bit rows of 256 bytes or more (D 128 and up): the case the
+    launch-configuration sweeps on an H200 and an H100 (bench_kernels.py --sweep) chose defaults for. (ROCm
+    builds of torch report AMD GPUs' own versions as capabilities, (9, 4) for an MI300: not Hopper.)"""
     return (dtype in (torch.float16, torch.bfloat16) and block_d * torch.finfo(dtype).bits // 8 >= 256
-            and capability is not None and capability[0] == 9)
+            and capability is not None and capability[0] == 9 and torch.version.hip is None)
 
 
 def default_one_loop(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]]) -> bool:
@@ -471,17 +506,22 @@ def default_one_loop(dtype: torch.dtype, block_d: int, capability: Optional[tupl
 
 def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
                   num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                  capability: Optional[tuple[int, int]] = None, one_loop: bool = False) -> dict:
+                  capability: Optional[tuple[int, int]] = None, one_loop: bool = False,
+                  max_registers: Optional[int] = None) -> dict:
     """Tile sizes and Triton launch options, each taken from the caller when given; ``capability``: the GPU's
-    compute capability (None: not known); ``one_loop``: the kernel's form. Chosen so that ptxas spills no
-    registers in the shipped configurations (tests/test_kernels_compile.py reads its counts for sm_80 and
-    sm_90):
+    compute capability (None: not known); ``one_loop``: the kernel's form; ``max_registers``: ptxas's limit per
+    thread (``maxnreg``). Chosen so that ptxas spills no registers in the shipped configurations
+    (tests/test_kernels_compile.py reads its counts for sm_80 and sm_90):
     - Products of 64 rows (token rows x the query-head group, padded to a power of two) by 64 keys.
     - Rows of 256 bytes or more (D 128 in 16 bits): on Hopper (sm_90) one warpgroup, 4 warps. In the one-loop
       form 32 keys per block and 3 stages: on an H100, 0.242 ms at 16k tokens against 0.277 at 64 keys and 3
       stages, 0.309 at 64 keys and 2 stages, and 0.322 for the four-loop form's best (64 keys, 2 stages; 3
-      stages spill there). Elsewhere 8 warps, since at 4 the 64 x D float32 accumulator, the query tile and the
-      key/value tiles need more than 255 registers per thread on sm_80. Narrower rows: 4 warps.
+      stages spill there). With at most 168 registers per thread (``maxnreg``), so that 3 programs share an SM
+      (3 x 128 threads x 168 <= 65,536 registers; 3 x 64 KB of shared memory): ptxas alone gives this form
+      201-205 registers under triton 3.6 to 3.9 (2 programs per SM above 168), and at 168 spills none in any
+      of them. Only at D 128: a D 256 tile's 128 KB of shared memory lets one program run per SM in any case.
+      Elsewhere 8 warps, since at 4 the 64 x D float32 accumulator, the query tile and the key/value tiles need
+      more than 255 registers per thread on sm_80. Narrower rows: 4 warps.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
       registers): 32 rows by 32 keys (16 keys from a padded D of 128) and 8 warps. With TF32 allowed: 64 x 64,
       8 warps from D 64.
@@ -497,6 +537,10 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
         num_stages = 3 if one_loop else 2
     if num_stages is not None:
         cfg["num_stages"] = num_stages
+    if max_registers is None and hopper_one_loop and block_d * torch.finfo(dtype).bits // 8 == 256:
+        max_registers = 168
+    if max_registers is not None:
+        cfg["maxnreg"] = max_registers
     return cfg
 
 
