@@ -144,6 +144,10 @@ def gpu_section() -> list[str]:
         frac = layout.allowed_pairs() / (T * (T + 1) / 2)
         bench = lambda f: triton.testing.do_bench(f, quantiles=[0.5, 0.2, 0.8])  # noqa: E731
         res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton"))),
+               ("irforge Triton, accumulator rescaled after every key block (lazy_rescale=False)",
+                bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, lazy_rescale=False))),
+               ("irforge Triton, registers not capped (max_registers=255: as many as the compiler takes)",
+                bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_registers=255))),
                ("irforge Triton, four loops (64-key blocks, 2 stages on Hopper: its default before the H100 sweep)",
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, one_loop=False))),
                ("irforge Triton, long tiles not split", bench(lambda: bsa_kernel.block_sparse_attention(
@@ -221,11 +225,15 @@ def gpu_section() -> list[str]:
 
 
 # --sweep-one-loop: the block-sparse kernel's one-loop form, one tile per program, around its Hopper default (64
-# rows, 32-key blocks, 4 warps, 3 stages; the first row): more stages, 16-key blocks, 8 warps, 128 rows
-ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block"), (64, 32, 4, 4, True, 1, "block"),
-                    (64, 16, 4, 3, True, 1, "block"), (64, 16, 4, 4, True, 1, "block"),
-                    (64, 32, 8, 3, True, 1, "block"), (128, 32, 8, 3, True, 1, "block"),
-                    (128, 64, 8, 3, True, 1, "block"), (64, 64, 4, 4, True, 1, "block")]
+# rows, 32-key blocks, 4 warps, 3 stages, the accumulator rescaled lazily, at most 168 registers: the first row).
+# (..., lazy rescale, register cap; 255: uncapped.) Programs per SM on an H100 by registers and shared memory
+# (ptxas, triton 3.6 and 3.9): 3 for the first four and the sixth, 4 for the fifth (2 stages: 48 KB) and the
+# last, 2 at 64 keys, 3 at 16 keys and 4 stages
+ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", True, 168), (64, 32, 4, 3, True, 1, "block", False, 168),
+                    (64, 32, 4, 3, True, 1, "block", True, 255), (64, 32, 4, 3, True, 1, "block", False, 255),
+                    (64, 32, 4, 2, True, 1, "block", True, 128), (64, 32, 4, 3, True, 1, "block", True, 128),
+                    (64, 64, 4, 3, True, 1, "block", True, 168), (64, 64, 4, 2, True, 1, "block", True, 168),
+                    (64, 16, 4, 4, True, 1, "block", True, 168), (64, 16, 4, 3, True, 1, "block", True, 128)]
 
 
 def sweep_section(configs=None) -> list[str]:
@@ -263,7 +271,7 @@ def sweep_section(configs=None) -> list[str]:
     out = [f"GPU {name}: block-sparse kernel launch configurations, 32 query / 8 KV heads, D 128, bf16. Product "
            f"rows = token rows x 4 query heads per KV head. Median ms by triton.testing.do_bench.", "",
            "| shape | product rows | key block | warps | stages | one loop | tiles per program | query rows loaded per "
-           "| median ms |", "|---|---|---|---|---|---|---|---|---|"]
+           "| lazy rescale | max registers | median ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     mass_out = ["", f"GPU {name}: attention-mass kernel launch configurations, 50 query rows (causal), same heads. "
                 f"Median ms by triton.testing.do_bench.", "",
                 "| shape | product rows | key block | warps | per-head sum | median ms |", "|---|---|---|---|---|---|"]
@@ -279,12 +287,14 @@ def sweep_section(configs=None) -> list[str]:
         T = layout.total_tokens
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
         shape = f"64 + {n_docs} x {doc_len} + 50"
-        for bm, bn, w, st, one, per, ql in configs:
+        for bm, bn, w, st, one, per, ql, *rest in configs:
+            lazy, regs = rest if rest else (True, None)  # (the lazy rescale is the default)
             ms = timed(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn,
                                                                   num_warps=w, num_stages=st, one_loop=one,
-                                                                  tiles_per_program=per, query_load=ql))
+                                                                  tiles_per_program=per, query_load=ql,
+                                                                  lazy_rescale=lazy, max_registers=regs))
             out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {per} | "
-                       f"{ql if per > 1 else ''} | {ms} |")
+                       f"{ql if per > 1 else ''} | {'yes' if lazy else 'no'} | {regs or ''} | {ms} |")
             print(out[-1], flush=True)
         _, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
         rows = torch.arange(T - 50, T)
