@@ -273,7 +273,7 @@ def _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, 
     """A finished tile's output and log-sum-exp, or (PARTIAL, ``part`` >= 0) one split chunk's float32 partials.
     Without PARTIAL the partials' store, and the shared memory its layout conversion takes, are not compiled."""
     l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_safe[:, None]
+    out = acc * (1.0 / l_safe)[:, None]  # one division per row, not per element (a division is ~5 instructions)
     lse = (m_i + tl.log2(l_safe)) / 1.4426950408889634  # -inf for a row that saw no key (split chunks only)
     if not PARTIAL or part < 0:
         tl.store(O + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
@@ -315,7 +315,7 @@ def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_
         acc += w[:, None] * o
     den_safe = tl.where(den > 0, den, 1.0)
     tl.store(O + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-             (acc / den_safe[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+             (acc * (1.0 / den_safe)[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
     tl.store(LSE + tok * stride_lt + head * stride_lh, m_safe + tl.log(den_safe), mask=m_mask)
 
 
