@@ -288,13 +288,14 @@ def sweep_section(configs=None) -> list[str]:
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
         shape = f"64 + {n_docs} x {doc_len} + 50"
         for bm, bn, w, st, one, per, ql, *rest in configs:
-            lazy, regs = rest if rest else (True, None)  # (the lazy rescale is the default)
+            lazy, regs = rest if rest else (None, None)  # (None: the defaults for the configuration)
             ms = timed(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn,
                                                                   num_warps=w, num_stages=st, one_loop=one,
                                                                   tiles_per_program=per, query_load=ql,
                                                                   lazy_rescale=lazy, max_registers=regs))
+            lazy_col = "" if lazy is None else "yes" if lazy else "no"
             out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {per} | "
-                       f"{ql if per > 1 else ''} | {'yes' if lazy else 'no'} | {regs or ''} | {ms} |")
+                       f"{ql if per > 1 else ''} | {lazy_col} | {regs or ''} | {ms} |")
             print(out[-1], flush=True)
         _, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
         rows = torch.arange(T - 50, T)

@@ -130,6 +130,10 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
         # at most 168 registers (three programs per SM) in the Hopper one-loop form at D 128 only; none at D 256,
         # in the four-loop form or off Hopper
         assert hopper_one["maxnreg"] == 168
+        # the lazy rescale by default on Hopper with one warpgroup only
+        assert bsa_kernel.default_lazy_rescale(dtype, 128, (9, 0), 4)
+        assert not any(bsa_kernel.default_lazy_rescale(dtype, d, c, w)
+                       for d, c, w in ((128, (9, 0), 8), (128, (8, 0), 4), (128, None, 4), (64, (9, 0), 4)))
         assert all("maxnreg" not in c for c in (hopper, ampere, bsa_kernel.launch_config(
             dtype, 256, capability=(9, 0), one_loop=True)))
         # what the caller sets is kept
@@ -194,7 +198,7 @@ def test_running_maximum_that_grows_along_the_keys(layout_name, one_loop, per_pr
 @pytest.mark.parametrize("seed", range(8))
 def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     """Random packed prompts (empty and one-token segments included) under random product rows, key blocks,
-    query-head groups and split thresholds."""
+    query-head groups, split thresholds and rescale rules."""
     rng = np.random.default_rng(seed)
     prompts = [(int(rng.integers(0, 40)), [int(x) for x in rng.integers(0, 70, size=rng.integers(0, 5))],
                 int(rng.integers(0, 30))) for _ in range(rng.integers(1, 4))]
@@ -211,14 +215,15 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     one_loop = bool(rng.random() < 0.5)
     per_program = int(rng.choice([1, 2, 5])) if one_loop else 1
     query_load = str(rng.choice(["block", "tile"]))
+    lazy = bool(rng.random() < 0.5)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((T, hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=block_m, block_n=block_n,
                                       max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program,
-                                      query_load=query_load)
+                                      query_load=query_load, lazy_rescale=lazy)
     what = (f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}, one loop {one_loop}, "
-            f"{per_program} tiles per program, query rows per {query_load}")
+            f"{per_program} tiles per program, query rows per {query_load}, lazy rescale {lazy}")
     close(out, ref_o, 2e-5, 1e-4, f"out: {what}")
     close(lse, ref_l, 2e-5, 1e-4, f"lse: {what}")
 

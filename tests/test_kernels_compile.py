@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(r"""
     from irforge.kernels.attention_mass.kernel import _lse_kernel, _mass_kernel
     import torch
     from irforge.kernels._shared_memory import ladder
-    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
+    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, default_lazy_rescale, launch_config
 
     def signature(fn, pointers, consts):
         return {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
@@ -40,15 +40,16 @@ SCRIPT = textwrap.dedent(r"""
         # the shared-memory ladder (0: the default configuration)
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
-        cfg = launch_config({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt], block_d,
-                            capability=(cc // 10, cc % 10), one_loop=docs)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
+        cfg = launch_config(dtype, block_d, capability=(cc // 10, cc % 10), one_loop=docs)
+        lazy = default_lazy_rescale(dtype, block_d, (cc // 10, cc % 10), cfg["num_warps"])
         rungs = ladder(cfg)
         cfg = dict(rungs[min(step, len(rungs) - 1)])
         bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
         consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
                       WIDE=wide, PREC=prec, ONE_LOOP=docs,  # the one-loop form in half the configurations,
                       RUNS=runs, Q_AT_SWITCH=False,  # runs of tiles in some of them,
-                      LAZY=True)  # the accumulator rescaled only when a row's maximum grows (the default)
+                      LAZY=lazy)  # the accumulator rescaled only when a row's maximum grows (Hopper)
         ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
         merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)

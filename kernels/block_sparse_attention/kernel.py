@@ -13,9 +13,9 @@ range's last partial block and the blocks crossing the diagonal are masked. The 
 Hopper for 16-bit rows of 256 bytes or more) runs a tile's prefix and causal blocks in one software-pipelined
 loop, every block masked, so that a document tile's 2-4 blocks overlap their loads. Online softmax in float32
 with exp2: a masked block cuts each row at one per-row limit (a comparison and a select per score), the scale
-goes into each exponent's fused multiply-add, and the output accumulator is rescaled only when a row's maximum
-grows by more than a factor of 2^8 (``lazy_rescale``). On Hopper at D 128 the default holds three programs per
-SM (at most 168 registers per thread).
+goes into each exponent's fused multiply-add, and (``lazy_rescale``, Hopper's default) the output accumulator
+is rescaled only when a row's maximum grows by more than a factor of 2^8. On Hopper at D 128 the default holds
+three programs per SM (at most 168 registers per thread).
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
@@ -397,7 +397,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            wide: Optional[bool] = None, max_blocks: Optional[int] = None,
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                            one_loop: Optional[bool] = None, tiles_per_program: int = 1,
-                           query_load: str = "block", lazy_rescale: bool = True,
+                           query_load: str = "block", lazy_rescale: Optional[bool] = None,
                            max_registers: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
@@ -422,9 +422,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     configuration swept. ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
     registers, 104 KB of shared memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x
     32 keys). A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
-    (kernels/_shared_memory.py). ``lazy_rescale`` (the default): the output accumulator is rescaled only when a
-    row's running maximum grows by more than a factor of 2^8, not after every key block (see ``_softmax_step``);
-    False rescales every block, as before. ``max_registers``: ptxas's register limit per thread (Triton's
+    (kernels/_shared_memory.py). ``lazy_rescale``: the output accumulator is rescaled only when a row's running
+    maximum grows by more than a factor of 2^8, not after every key block (see ``_softmax_step``); None: where
+    :func:`default_lazy_rescale` says. ``max_registers``: ptxas's register limit per thread (Triton's
     ``maxnreg``, NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs
     fit an SM whatever registers a Triton version's compiler would otherwise take), else the compiler's choice."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
@@ -447,6 +447,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                          else bool(one_loop))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop,
                         max_registers)
+    lazy = (default_lazy_rescale(q.dtype, block_d, capability, cfg["num_warps"]) if lazy_rescale is None
+            else bool(lazy_rescale))
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
     given_max_blocks = max_blocks
 
@@ -476,7 +478,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                       out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
                                       ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
                                       PREC=dot_precision(q.dtype), ONE_LOOP=one_loop, RUNS=tiles_per_program > 1,
-                                      Q_AT_SWITCH=query_load == "tile", LAZY=bool(lazy_rescale), **cfg)
+                                      Q_AT_SWITCH=query_load == "tile", LAZY=lazy, **cfg)
         if len(groups):
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
@@ -485,7 +487,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages, max_registers))
-    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, bool(lazy_rescale))
+    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, lazy)
     launch_fitting(key, cfg, run, pinned)
     return out, lse
 
@@ -502,6 +504,18 @@ def default_one_loop(dtype: torch.dtype, block_d: int, capability: Optional[tupl
     """Whether the kernel runs in its one-loop form when the caller does not say: on Hopper with 16-bit rows of
     256 bytes or more, where the H100 sweep timed it fastest; the four-loop form elsewhere."""
     return _hopper_16bit(dtype, block_d, capability)
+
+
+def default_lazy_rescale(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]],
+                         num_warps: int) -> bool:
+    """Whether the kernel rescales its accumulator lazily when the caller does not say: on Hopper, 16-bit rows
+    of 256 bytes or more, one warpgroup (4 warps). There, by SASS count, it saves 33-50 of 320-351 instructions
+    per key block in the one-loop form (triton 3.6 and 3.9: 64 accumulator multiplies per thread, against about
+    30 for the program-wide test), warpgroup-wide products already keep the program's warps in step, and the
+    four-loop form (at ptxas's 255-register cap) spills 4-8 bytes without it. Not elsewhere: in the sm_80
+    four-loop default (8 warps, 32 accumulator values per thread) it saves 2 of 515 and adds a barrier per
+    block."""
+    return num_warps == 4 and _hopper_16bit(dtype, block_d, capability)
 
 
 def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
