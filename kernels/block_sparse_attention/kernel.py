@@ -98,7 +98,7 @@ def _key_block(q, K, V, start, end, in_prefix, kvh, stride_kt, stride_kh, stride
             last = tl.minimum(tok, end - 1)  # each row's last visible key
             if EITHER:
                 last = tl.where(in_prefix, end - 1, last)
-            s = tl.where(tl.arange(0, BLOCK_N)[None, :] <= (last - start)[:, None], s, float("-inf"))
+            s = tl.where(offs_b[None, :] <= (last - start)[:, None], s, float("-inf"))
         else:
             s = tl.where(n_mask[None, :], s, float("-inf"))
     return _softmax_step(s, v, m_i, l_i, acc, qk_scale, MASKED, PREC, LAZY)
@@ -111,10 +111,11 @@ def _softmax_step(s, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PREC: tl.
     the maximum's subtraction. MASKED: some scores may be -inf, and a row that sees none of these keys (yet) must
     not rescale by -inf - -inf.
     LAZY: a row's running maximum moves only when the block's maximum passes it by more than 8 (a factor of 256
-    in base 2), and the output accumulator (64 multiplies per thread at 64 x 128) is rescaled only when some row
-    of the tile moved, by a branch that the whole program takes or skips. In between, probabilities may reach
-    2^8: the same relative rounding in 16 bits, far from any overflow in float32. The sum and the
-    log-sum-exp are taken against the maximum actually used, so the results are the same up to rounding."""
+    in base 2), and the output accumulator (64 multiplies per thread at 64 x 128 on 4 warps) is rescaled only
+    when some row of the tile moved, by a branch that the whole program takes or skips. In between,
+    probabilities may reach 2^8: the same relative rounding in 16 bits, far from any overflow in float32. The
+    sum and the log-sum-exp are taken against the maximum actually used, so the results are the same up to
+    rounding."""
     m_blk = tl.max(s, 1) * qk_scale
     if LAZY:
         grow = m_blk > m_i + 8.0
