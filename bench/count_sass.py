@@ -1,0 +1,152 @@
+"""Instruction counts of the block-sparse kernel's compiled code, without a GPU.
+
+    python bench/count_sass.py [--cc 90] [--dtype bf16] [--d 128] [--four-loop] [--lazy yes|no]
+                               [--max-registers N]
+
+Compiles ``_bsa_fwd`` as the wrapper launches it (its default configuration for the given GPU generation,
+pointers and strides specialised as divisible by 16, as torch's are), disassembles the cubin with the nvdisasm
+that the triton wheel ships, and prints per thread: the instructions of each key loop's body (and what its
+forward branches skip: the lazy rescale's accumulator multiplies), the instructions before the loop and after
+it up to the first exit (the write-out of an unsplit tile), ptxas's registers and spills, and shared memory.
+This is the floor that a GPU timing is compared with (bench/RESULTS.md, the kernel notes); it measures no time.
+Runs in a process without TRITON_INTERPRET (the interpreter would replace the kernels with Python functions).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+INSTR = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+LABEL = re.compile(r"^(\.L_x_\d+):")
+BRANCH = re.compile(r"BRA `\((\.L_x_\d+)\)")
+
+
+def opcode(text: str) -> str:
+    """``@!P0 FMUL.FTZ R1, ...`` -> ``FMUL``."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+
+
+def compile_kernel(cc: int, dtype_name: str, d: int, one_loop: bool, lazy, max_registers):
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from irforge.kernels.block_sparse_attention.kernel import (_bsa_fwd, default_lazy_rescale, dot_precision,
+                                                               launch_config)
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    block_d = max(16, triton.next_power_of_2(d))
+    capability = (cc // 10, cc % 10)
+    cfg = launch_config(dtype, block_d, capability=capability, one_loop=one_loop, max_registers=max_registers)
+    if lazy is None:
+        lazy = default_lazy_rescale(dtype, block_d, capability, cfg["num_warps"])
+    opts = dict(cfg)
+    block_m, block_n = opts.pop("block_m"), opts.pop("block_n")
+    group = 4  # Mistral's query heads per key/value head
+    consts = dict(GROUP=group, ROWS=block_m // group, D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+                  WIDE=False, PREC=dot_precision(dtype), ONE_LOOP=one_loop, RUNS=False, Q_AT_SWITCH=False, LAZY=lazy)
+    ptrs = dict(Q="*" + dtype_name, K="*" + dtype_name, V="*" + dtype_name, O="*" + dtype_name, LSE="*fp32",
+                PO="*fp32", PL="*fp32", TILES="*i32")
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n == "qk_scale" else "i32")
+           for n in _bsa_fwd.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(_bsa_fwd.arg_names)
+             if n in ptrs or n.startswith("stride")}
+    kernel = triton.compile(triton.compiler.ASTSource(fn=_bsa_fwd, signature=sig, constexprs=consts, attrs=attrs),
+                            target=GPUTarget("cuda", cc, 32), options=opts)
+    return kernel, cfg, lazy
+
+
+def count(sass: str) -> dict:
+    """Loop bodies (a backward branch and its target), their forward branches, and the code before the first
+    loop and after the last one up to the first EXIT, less what forward branches there skip."""
+    lines = sass.splitlines()
+    ins, labels = [], {}
+    for i, line in enumerate(lines):
+        m = INSTR.match(line)
+        if m:
+            ins.append((i, m.group(2)))
+        m = LABEL.match(line.strip())
+        if m:
+            labels[m.group(1)] = i
+    loops = []
+    for i, text in ins:
+        m = BRANCH.search(text)
+        if m and labels[m.group(1)] < i:
+            lo = labels[m.group(1)]
+            body = [t for j, t in ins if lo < j <= i]
+            skips = []
+            for j, t in ins:
+                f = BRANCH.search(t)
+                if f and lo < j < i and j < labels[f.group(1)] <= i:
+                    skipped = [u for k, u in ins if j < k < labels[f.group(1)]]
+                    skips.append((len(skipped), collections.Counter(map(opcode, skipped)).most_common(3)))
+            loops.append(dict(start=lo, end=i, size=len(body), ops=collections.Counter(map(opcode, body)),
+                              skips=skips))
+    real = [lp for lp in loops if lp["size"] > 1]
+    if not real:
+        return dict(loops=[], before=len(ins), after=0)
+    before = sum(1 for j, _ in ins if j < real[0]["start"])
+    tail = [(j, t) for j, t in ins if j > real[-1]["end"]]
+    stop = next((k for k, (_, t) in enumerate(tail) if opcode(t) == "EXIT"), len(tail) - 1)
+    skipped = 0
+    for j, t in tail[:stop]:
+        f = BRANCH.search(t)
+        if f and labels[f.group(1)] > j:
+            skipped += sum(1 for k, _ in tail[:stop] if j < k < labels[f.group(1)])
+    return dict(loops=real, before=before, after=stop + 1 - skipped)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cc", type=int, default=90, help="compute capability x 10 (80: A100, 90: H100/H200)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--d", type=int, default=128, help="head dimension")
+    ap.add_argument("--four-loop", action="store_true", help="the four-loop form (default: the one-loop form)")
+    ap.add_argument("--lazy", choices=["yes", "no"], help="lazy rescale (default: the wrapper's rule)")
+    ap.add_argument("--max-registers", type=int, help="ptxas's register cap (default: the wrapper's)")
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET"):
+        sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
+    import triton
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    lazy = None if args.lazy is None else args.lazy == "yes"
+    kernel, cfg, lazy = compile_kernel(args.cc, args.dtype, args.d, not args.four_loop, lazy, args.max_registers)
+    try:
+        ptxas = get_ptxas(args.cc)
+    except TypeError:  # triton before 3.6: one ptxas for every target
+        ptxas = get_ptxas()
+    tools = Path(ptxas.path).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin, ptx = Path(tmp) / "k.cubin", Path(tmp) / "k.ptx"
+        cubin.write_bytes(kernel.asm["cubin"])
+        ptx.write_text(kernel.asm["ptx"])
+        arch = "sm_90a" if args.cc == 90 else f"sm_{args.cc}"
+        report = subprocess.run([str(ptxas.path), "-v", f"--gpu-name={arch}", str(ptx), "-o", os.devnull],
+                                capture_output=True, text=True).stderr
+        sass = subprocess.run([str(tools / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
+    regs = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    got = count(sass)
+    form = "four-loop" if args.four_loop else "one-loop"
+    print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {lazy}; triton "
+          f"{triton.__version__}")
+    print(f"registers {regs.group(1) if regs else '?'}, spill stores {spills.group(1) if spills else '?'} bytes, "
+          f"shared memory {kernel.metadata.shared} bytes")
+    print(f"instructions per thread before the first key loop: {got['before']}; after the last, to the first exit "
+          f"(unsplit tile): {got['after']}")
+    for n, lp in enumerate(got["loops"], 1):
+        print(f"key loop {n}: {lp['size']} instructions per iteration; "
+              + ", ".join(f"{k} {v}" for k, v in lp["ops"].most_common(10)))
+        for size, ops in lp["skips"]:
+            print(f"  a forward branch in it skips {size}: " + ", ".join(f"{k} {v}" for k, v in ops))
+
+
+if __name__ == "__main__":
+    main()
