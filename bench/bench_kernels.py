@@ -227,8 +227,8 @@ def gpu_section() -> list[str]:
 # --sweep-one-loop: the block-sparse kernel's one-loop form, one tile per program, around its Hopper default (64
 # rows, 32-key blocks, 4 warps, 3 stages, the accumulator rescaled lazily, at most 168 registers: the first row).
 # (..., lazy rescale, register cap; 255: uncapped.) Programs per SM on an H100 by registers and shared memory
-# (ptxas, triton 3.6 and 3.9): 3 for the first four and the sixth, 4 for the fifth (2 stages: 48 KB) and the
-# last, 2 at 64 keys, 3 at 16 keys and 4 stages
+# (ptxas, triton 3.6 and 3.9): 3 for the first two and the sixth, 2 uncapped (the third and fourth: 201-205
+# registers) and at 64 keys, 4 for the fifth (2 stages: 48 KB) and the last, 3 at 16 keys and 4 stages
 ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", True, 168), (64, 32, 4, 3, True, 1, "block", False, 168),
                     (64, 32, 4, 3, True, 1, "block", True, 255), (64, 32, 4, 3, True, 1, "block", False, 255),
                     (64, 32, 4, 2, True, 1, "block", True, 128), (64, 32, 4, 3, True, 1, "block", True, 128),
