@@ -4,8 +4,8 @@
                                [--max-registers N]
 
 Compiles ``_bsa_fwd`` as the wrapper launches it (its default configuration for the given GPU generation,
-pointers and strides specialised as divisible by 16, as torch's are), disassembles the cubin with the nvdisasm
-that the triton wheel ships, and prints per thread: the instructions of each key loop's body (and what its
+through irforge.kernels._compile, as the compile test does), disassembles the cubin with the nvdisasm that the
+triton wheel ships, and prints per thread: the instructions of each key loop's body (and what its
 forward branches skip: the lazy rescale's accumulator multiplies), the instructions before the loop and after
 it up to the first exit (the write-out of an unsplit tile), ptxas's registers and spills, and shared memory.
 This is the floor that a GPU timing is compared with (bench/RESULTS.md, the kernel notes); it measures no time.
@@ -17,10 +17,7 @@ import argparse
 import collections
 import os
 import re
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 INSTR = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 LABEL = re.compile(r"^(\.L_x_\d+):")
@@ -30,36 +27,6 @@ BRANCH = re.compile(r"BRA `\((\.L_x_\d+)\)")
 def opcode(text: str) -> str:
     """``@!P0 FMUL.FTZ R1, ...`` -> ``FMUL``."""
     return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
-
-
-def compile_kernel(cc: int, dtype_name: str, d: int, one_loop: bool, lazy, max_registers):
-    import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    from irforge.kernels.block_sparse_attention.kernel import (_bsa_fwd, default_lazy_rescale, dot_precision,
-                                                               launch_config)
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    block_d = max(16, triton.next_power_of_2(d))
-    capability = (cc // 10, cc % 10)
-    cfg = launch_config(dtype, block_d, capability=capability, one_loop=one_loop, max_registers=max_registers)
-    if lazy is None:
-        lazy = default_lazy_rescale(dtype, block_d, capability, cfg["num_warps"])
-    opts = dict(cfg)
-    block_m, block_n = opts.pop("block_m"), opts.pop("block_n")
-    group = 4  # Mistral's query heads per key/value head
-    consts = dict(GROUP=group, ROWS=block_m // group, D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                  WIDE=False, PREC=dot_precision(dtype), ONE_LOOP=one_loop, RUNS=False, Q_AT_SWITCH=False, LAZY=lazy)
-    ptrs = dict(Q="*" + dtype_name, K="*" + dtype_name, V="*" + dtype_name, O="*" + dtype_name, LSE="*fp32",
-                PO="*fp32", PL="*fp32", TILES="*i32")
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n == "qk_scale" else "i32")
-           for n in _bsa_fwd.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(_bsa_fwd.arg_names)
-             if n in ptrs or n.startswith("stride")}
-    kernel = triton.compile(triton.compiler.ASTSource(fn=_bsa_fwd, signature=sig, constexprs=consts, attrs=attrs),
-                            target=GPUTarget("cuda", cc, 32), options=opts)
-    return kernel, cfg, lazy
 
 
 def count(sass: str) -> dict:
@@ -114,31 +81,21 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET"):
         sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
     import triton
-    from triton.backends.nvidia.compiler import get_ptxas
+
+    from irforge.kernels._compile import bsa_launch, compile_for, ptxas_usage, sass
+    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd
 
     lazy = None if args.lazy is None else args.lazy == "yes"
-    kernel, cfg, lazy = compile_kernel(args.cc, args.dtype, args.d, not args.four_loop, lazy, args.max_registers)
-    try:
-        ptxas = get_ptxas(args.cc)
-    except TypeError:  # triton before 3.6: one ptxas for every target
-        ptxas = get_ptxas()
-    tools = Path(ptxas.path).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin, ptx = Path(tmp) / "k.cubin", Path(tmp) / "k.ptx"
-        cubin.write_bytes(kernel.asm["cubin"])
-        ptx.write_text(kernel.asm["ptx"])
-        arch = "sm_90a" if args.cc == 90 else f"sm_{args.cc}"
-        report = subprocess.run([str(ptxas.path), "-v", f"--gpu-name={arch}", str(ptx), "-o", os.devnull],
-                                capture_output=True, text=True).stderr
-        sass = subprocess.run([str(tools / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
-    regs = re.search(r"Used (\d+) registers", report)
-    spills = re.search(r"(\d+) bytes spill stores", report)
-    got = count(sass)
+    pointers, consts, opts = bsa_launch(args.cc, args.dtype, args.d, 4, not args.four_loop, lazy=lazy,
+                                        max_registers=args.max_registers)  # 4: Mistral's query-head groups
+    kernel = compile_for(_bsa_fwd, args.cc, pointers, consts, opts)
+    regs, spills = ptxas_usage(kernel, args.cc)
+    cfg = dict(block_m=consts["BLOCK_M"], block_n=consts["BLOCK_N"], **opts)
+    got = count(sass(kernel, args.cc))
     form = "four-loop" if args.four_loop else "one-loop"
-    print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {lazy}; triton "
-          f"{triton.__version__}")
-    print(f"registers {regs.group(1) if regs else '?'}, spill stores {spills.group(1) if spills else '?'} bytes, "
-          f"shared memory {kernel.metadata.shared} bytes")
+    print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {consts['LAZY']}; "
+          f"triton {triton.__version__}")
+    print(f"registers {regs}, spill stores {spills} bytes, shared memory {kernel.metadata.shared} bytes")
     print(f"instructions per thread before the first key loop: {got['before']}; after the last, to the first exit "
           f"(unsplit tile): {got['after']}")
     for n, lp in enumerate(got["loops"], 1):

@@ -19,40 +19,29 @@ pytest.importorskip("triton")
 
 SKIP = 77
 SCRIPT = textwrap.dedent(r"""
-    import json, re, subprocess, sys, tempfile
+    import json, sys
     import triton
     from triton.backends import backends
     if "nvidia" not in backends:
         sys.exit(77)
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
+    from irforge.kernels._compile import bsa_launch, compile_for, ptxas_usage
     from irforge.kernels.attention_mass.kernel import _lse_kernel, _mass_kernel
     import torch
     from irforge.kernels._shared_memory import ladder
-    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, default_lazy_rescale, launch_config
-
-    def signature(fn, pointers, consts):
-        return {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
-                for n in fn.arg_names}
+    from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
     def kernels(cc, dt, D, wide, docs, grp, runs, step):
         # (kernel, pointer types, constexprs, launch options) as the wrappers launch them, at rung ``step`` of
-        # the shared-memory ladder (0: the default configuration)
+        # the shared-memory ladder (0: the default configuration); the block-sparse kernel in its one-loop form
+        # in half the configurations, runs of tiles in some of them, the rescale rule of each configuration
         block_d = max(16, triton.next_power_of_2(D))
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
-        cfg = launch_config(dtype, block_d, capability=(cc // 10, cc % 10), one_loop=docs)
-        lazy = default_lazy_rescale(dtype, block_d, (cc // 10, cc % 10), cfg["num_warps"])
-        rungs = ladder(cfg)
-        cfg = dict(rungs[min(step, len(rungs) - 1)])
-        bm = cfg.pop("block_m")  # grp query heads per key/value head: bm // grp token rows
-        consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=cfg.pop("block_n"),
-                      WIDE=wide, PREC=prec, ONE_LOOP=docs,  # the one-loop form in half the configurations,
-                      RUNS=runs, Q_AT_SWITCH=False,  # runs of tiles in some of them,
-                      LAZY=lazy)  # the accumulator rescaled only when a row's maximum grows (Hopper)
-        ptrs = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
-                    TILES="*i32")
-        merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=consts["BLOCK_M"], WIDE=wide)
+        rungs = ladder(launch_config(dtype, block_d, capability=(cc // 10, cc % 10), one_loop=docs))
+        ptrs, consts, cfg = bsa_launch(cc, dt, D, grp, docs, wide=wide, runs=runs,
+                                       cfg=rungs[min(step, len(rungs) - 1)])
+        bm = consts["BLOCK_M"]
+        merge_consts = dict(GROUP=grp, ROWS=bm // grp, D=D, BLOCK_D=block_d, BLOCK_M=bm, WIDE=wide)
         merge_ptrs = dict(PO="*fp32", PL="*fp32", O="*" + dt, LSE="*fp32", GROUPS="*i32")
         mass_rungs = ladder(dict(block_m=16 if prec == "ieee" else 64,  # the wrapper's defaults
                                  block_n=16 if prec == "ieee" and block_d >= 128 else 64,
@@ -72,26 +61,15 @@ SCRIPT = textwrap.dedent(r"""
                 (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), (_lse_kernel, lse_ptrs, lse_consts, mass_cfg))
 
     def build(cc, fn, p, c, opts):
-        # launches specialise pointers and strides that are multiples of 16 (as torch's are here)
-        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in p or n.startswith("stride")}
         try:
-            k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature(fn, p, c), constexprs=c,
-                                                         attrs=attrs), target=GPUTarget("cuda", cc, 32), options=opts)
+            k = compile_for(fn, cc, p, c, opts)
         except FileNotFoundError:  # no ptxas
             sys.exit(77)
-        # registers and spills as ptxas reports them (the cubin's own counts are read only on a GPU)
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-            f.write(k.asm["ptx"])
-            f.flush()
-            arch = "sm_90a" if cc == 90 else f"sm_{cc}"
-            v = subprocess.run([get_ptxas(cc).path, "-v", f"--gpu-name={arch}", f.name, "-o", "/dev/null"],
-                               capture_output=True, text=True).stderr
+        regs, spills = ptxas_usage(k, cc)
         ptx = k.asm["ptx"]
         return dict(cp_async="cp.async" in ptx, mma=("wgmma" if cc >= 90 else "mma.sync") in ptx,
                     copies=k.asm["ttgir"].count("async_copy_global_to_local"),
-                    size=len(k.asm["cubin"]), shared=k.metadata.shared,
-                    regs=int(re.search(r"Used (\d+) registers", v).group(1)),
-                    spills=int(re.search(r"(\d+) bytes spill stores", v).group(1)))
+                    size=len(k.asm["cubin"]), shared=k.metadata.shared, regs=regs, spills=spills)
 
     done = []
     mode, configs = sys.argv[1], json.loads(sys.argv[2])

@@ -493,11 +493,16 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     return out, lse
 
 
+def _row_bytes(dtype: torch.dtype, block_d: int) -> int:
+    """Bytes of one padded row of q, k or v."""
+    return block_d * torch.finfo(dtype).bits // 8
+
+
 def _hopper_16bit(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]]) -> bool:
     """NVIDIA Hopper (sm_90) and 16-bit rows of 256 bytes or more (D 128 and up): the case the
     launch-configuration sweeps on an H200 and an H100 (bench_kernels.py --sweep) chose defaults for. (ROCm
     builds of torch report AMD GPUs' own versions as capabilities, (9, 4) for an MI300: not Hopper.)"""
-    return (dtype in (torch.float16, torch.bfloat16) and block_d * torch.finfo(dtype).bits // 8 >= 256
+    return (dtype in (torch.float16, torch.bfloat16) and _row_bytes(dtype, block_d) >= 256
             and capability is not None and capability[0] == 9 and torch.version.hip is None)
 
 
@@ -542,7 +547,7 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
       8 warps from D 64.
     Otherwise Triton's default stages."""
     ieee = dot_precision(dtype) == "ieee"
-    wide_rows = block_d * torch.finfo(dtype).bits // 8 >= 256
+    wide_rows = _row_bytes(dtype, block_d) >= 256
     hopper_16bit = _hopper_16bit(dtype, block_d, capability)
     hopper_one_loop = hopper_16bit and one_loop and num_warps is None
     cfg = {"block_m": block_m or (32 if ieee else 64),
@@ -552,7 +557,7 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
         num_stages = 3 if one_loop else 2
     if num_stages is not None:
         cfg["num_stages"] = num_stages
-    if max_registers is None and hopper_one_loop and block_d * torch.finfo(dtype).bits // 8 == 256:
+    if max_registers is None and hopper_one_loop and _row_bytes(dtype, block_d) == 256:
         max_registers = 168
     if max_registers is not None:
         cfg["maxnreg"] = max_registers
