@@ -22,14 +22,14 @@ DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.floa
 
 def compile_for(fn: Any, cc: int, pointers: dict, constexprs: dict, options: dict) -> Any:
     """``fn`` compiled for sm_``cc`` as a launch specialises it: the arguments in ``pointers`` typed as given
-    (e.g. ``{"Q": "*bf16"}``), ``qk_scale`` float32, the other run-time arguments int32, and pointers and strides
-    divisible by 16 (as torch's are). ``options``: Triton's launch options (num_warps, num_stages, maxnreg)."""
+    (e.g. ``{"Q": "*bf16"}``, or a tensor descriptor's ``"tensordesc<bf16[32, 128]>"``), ``qk_scale`` float32,
+    the other run-time arguments int32, and pointers and strides divisible by 16 (as torch's are). ``options``: Triton's launch options (num_warps, num_stages, maxnreg)."""
     from triton.backends.compiler import GPUTarget
 
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
                  for n in fn.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if n in pointers or n.startswith("stride")}
+             if (n in pointers and pointers[n].startswith("*")) or n.startswith("stride")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
 
@@ -69,11 +69,12 @@ def sass(kernel: Any, cc: int) -> str:
 
 def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bool = False, runs: bool = False,
                lazy: Optional[bool] = None, max_registers: Optional[int] = None,
-               cfg: Optional[dict] = None) -> tuple[dict, dict, dict]:
+               cfg: Optional[dict] = None, tma: bool = False) -> tuple[dict, dict, dict]:
     """The block-sparse kernel's (pointer types, constexprs, launch options) as the wrapper launches it on
     sm_``cc`` for dtype ``dt`` ("bf16", "fp16", "fp32"), head dimension ``d`` and ``group`` query heads per
     key/value head: its default configuration (or ``cfg``, one of launch_config's), the default rescale rule
-    unless ``lazy`` is given, float32 at torch's default precision."""
+    unless ``lazy`` is given, float32 at torch's default precision; ``tma``: key and value blocks through tensor
+    descriptors."""
     dtype, block_d, capability = DTYPE_NAMES[dt], max(16, triton.next_power_of_2(d)), (cc // 10, cc % 10)
     cfg = dict(cfg or launch_config(dtype, block_d, capability=capability, one_loop=one_loop,
                                     max_registers=max_registers))
@@ -81,7 +82,9 @@ def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bo
         lazy = default_lazy_rescale(dtype, block_d, capability, cfg["num_warps"])
     block_m, block_n = cfg.pop("block_m"), cfg.pop("block_n")  # block_m // group token rows
     consts = dict(GROUP=group, ROWS=block_m // group, D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                  WIDE=wide, PREC=dot_precision(dtype), ONE_LOOP=one_loop, RUNS=runs, Q_AT_SWITCH=False, LAZY=lazy)
-    pointers = dict(Q="*" + dt, K="*" + dt, V="*" + dt, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
+                  WIDE=wide, PREC=dot_precision(dtype), ONE_LOOP=one_loop, RUNS=runs, Q_AT_SWITCH=False, LAZY=lazy,
+                  TMA=tma)
+    key_type = f"tensordesc<{dt}[{block_n}, {d}]>" if tma else "*" + dt
+    pointers = dict(Q="*" + dt, K=key_type, V=key_type, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
                     TILES="*i32")
     return pointers, consts, cfg

@@ -195,6 +195,40 @@ def test_running_maximum_that_grows_along_the_keys(layout_name, one_loop, per_pr
     close(lse, ref_l, 2e-5, 1e-4, "lse, climbing scores")
 
 
+@pytest.mark.parametrize("one_loop", [False, True])
+@pytest.mark.parametrize("D,hq,hkv,dtype,atol,rtol", [(64, 4, 1, torch.float32, 2e-5, 1e-4),
+                                                      (128, 4, 2, torch.float16, 2e-2, 2e-2),
+                                                      (64, 6, 2, torch.float16, 2e-2, 2e-2)])
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+def test_tensor_memory_loads_match_reference(layout_name, D, hq, hkv, dtype, atol, rtol, one_loop):
+    """Key and value blocks through tensor descriptors (``tma=True``): a block's rows past its range (the
+    next segment's keys, or the descriptor's zero fill past the last token) are cut by the mask."""
+    layout, q, k, v = make(layout_name, D, hq, hkv, dtype, seed=4)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((q.shape[0], hq), float("nan"), device=q.device)
+    bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=32, one_loop=one_loop,
+                                      tma=True)
+    close(out, ref_o, atol, rtol, "out, tensor-memory loads")
+    close(lse, ref_l, atol, rtol, "lse, tensor-memory loads")
+
+
+def test_tensor_memory_loads_of_unaligned_keys_take_pointer_loads():
+    """Keys and values that do not start on a 16-byte boundary (a view one element into its storage) cannot
+    be described to the Tensor Memory Accelerator: the kernel loads them by pointers instead, with the same
+    results; a head dimension that is not a power of two is refused."""
+    layout, q, k, v = make("three_prompts", 64, 4, 2, torch.float32, seed=5)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    k1, v1 = (torch.cat([x.new_zeros(1), x.flatten()])[1:].view(x.shape) for x in (k, v))
+    assert k1.data_ptr() % 16 and v1.data_ptr() % 16 and torch.equal(k1, k)
+    o, l = bsa_kernel.block_sparse_attention(q, k1, v1, layout, block_m=32, block_n=32, tma=True)
+    close(o, ref_o, 2e-5, 1e-4, "out, unaligned keys")
+    close(l, ref_l, 2e-5, 1e-4, "lse, unaligned keys")
+    layout, q, k, v = make("odd", 80, 3, 3, torch.float32)
+    with pytest.raises(ValueError, match="power of two"):
+        bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     """Random packed prompts (empty and one-token segments included) under random product rows, key blocks,
@@ -216,14 +250,16 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     per_program = int(rng.choice([1, 2, 5])) if one_loop else 1
     query_load = str(rng.choice(["block", "tile"]))
     lazy = bool(rng.random() < 0.5)
+    tma = bool(rng.random() < 0.5) and (DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((T, hq), float("nan"), device=q.device)
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=block_m, block_n=block_n,
                                       max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program,
-                                      query_load=query_load, lazy_rescale=lazy)
+                                      query_load=query_load, lazy_rescale=lazy, tma=tma)
     what = (f"{prompts}, heads {hq}/{hkv}, block {block_m}x{block_n}, split {max_blocks}, one loop {one_loop}, "
-            f"{per_program} tiles per program, query rows per {query_load}, lazy rescale {lazy}")
+            f"{per_program} tiles per program, query rows per {query_load}, lazy rescale {lazy}, "
+            f"tensor-memory loads {tma}")
     close(out, ref_o, 2e-5, 1e-4, f"out: {what}")
     close(lse, ref_l, 2e-5, 1e-4, f"lse: {what}")
 
@@ -640,7 +676,8 @@ def test_bad_inputs():
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.bfloat16, 3e-2, 3e-2), (torch.float16, 1e-2, 1e-2)])
 def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     """The public call (on Hopper: the one-loop form, 32-key blocks, 3 stages), then the four-loop form, the
-    one-loop form, and runs of tiles (with split tiles too), each in the card's default launch configuration."""
+    one-loop form, and runs of tiles (with split tiles too), each in the card's default launch configuration;
+    on Hopper each with tensor-memory loads too (refused before it)."""
     layout = SegmentLayout.from_lengths([(64, [160] * 12, 50), (30, [97, 1, 63], 7)])
     g = torch.Generator().manual_seed(0)
     T = layout.total_tokens
@@ -649,9 +686,15 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     o, l = block_sparse_attention(q, k, v, layout, backend="triton")
     close(o, ref_o, atol, rtol, "gpu out")
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
-    for form in (dict(one_loop=False), dict(one_loop=True), dict(tiles_per_program=4),
-                 dict(tiles_per_program=16, max_blocks=2),
-                 dict(tiles_per_program=4, query_load="tile", block_n=32)):
+    forms = [dict(one_loop=False), dict(one_loop=True), dict(tiles_per_program=4),
+             dict(tiles_per_program=16, max_blocks=2), dict(tiles_per_program=4, query_load="tile", block_n=32)]
+    if torch.cuda.get_device_capability()[0] >= 9:  # tensor-memory loads: in each form, and 4 programs per SM
+        forms += [dict(tma=True), dict(tma=True, one_loop=False), dict(tma=True, tiles_per_program=4, max_blocks=2),
+                  dict(tma=True, num_stages=2, max_registers=128)]
+    else:
+        with pytest.raises(ValueError, match="compute capability"):
+            bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True)
+    for form in forms:
         o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, **form)  # the default launch configuration
         close(o, ref_o, atol, rtol, f"gpu out, {form}")
         close(l, ref_l, 1e-2, 1e-2, f"gpu lse, {form}")

@@ -69,10 +69,18 @@ SCRIPT = textwrap.dedent(r"""
         ptx = k.asm["ptx"]
         return dict(cp_async="cp.async" in ptx, mma=("wgmma" if cc >= 90 else "mma.sync") in ptx,
                     copies=k.asm["ttgir"].count("async_copy_global_to_local"),
+                    tma_copies=k.asm["ttgir"].count("async_tma_copy_global_to_local"),
                     size=len(k.asm["cubin"]), shared=k.metadata.shared, regs=regs, spills=spills)
 
     done = []
     mode, configs = sys.argv[1], json.loads(sys.argv[2])
+    if mode == "tma":  # the block-sparse kernel with tensor-memory loads, at given stages and register caps
+        for cc, dt, D, docs, grp, runs, stages, regs in configs:
+            p, c, opts = bsa_launch(cc, dt, D, grp, docs, runs=runs, max_registers=regs, tma=True)
+            opts.update({} if stages is None else dict(num_stages=stages))
+            done.append(dict(cc=cc, dt=dt, D=D, one_loop=docs, runs=runs, stages=opts.get("num_stages"),
+                             maxnreg=opts.get("maxnreg"), **build(cc, _bsa_fwd, p, c, opts)))
+        configs = []
     for cc, dt, D, wide, docs, grp, runs, *limit in configs:
         if mode == "default":  # every kernel in its default configuration
             for fn, p, c, opts in kernels(cc, dt, D, wide, docs, grp, runs, 0):
@@ -132,6 +140,25 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     # H100 SM's 228 KB of shared memory (1 KB of it reserved per program)
     hopper = [d for d in bsa if d["cc"] == 90 and d["D"] == 128 and d["dt"] == "bf16" and not d["runs"]]
     assert len(hopper) == 1 and all(d["regs"] <= 168 and 3 * (d["shared"] + 1024) <= 228 * 1024 for d in hopper), hopper
+
+
+def test_tensor_memory_loads_compile_to_pipelined_bulk_copies(tmp_path):
+    """``tma=True`` on sm_90: (compute capability, dtype, D, one loop, group, runs of tiles, stages, register
+    cap). The Hopper default at D 128 in both forms and with runs of tiles, the default at 2 stages and 128
+    registers (four programs per SM: 48 KB of shared memory each), and fp16 D 64."""
+    configs = [(90, "bf16", 128, True, 4, False, None, None), (90, "bf16", 128, False, 4, False, None, None),
+               (90, "bf16", 128, True, 4, True, None, None), (90, "bf16", 128, True, 4, False, 2, 128),
+               (90, "fp16", 64, True, 3, False, None, None)]
+    done = compile_kernels(tmp_path, "tma", configs)
+    assert len(done) == len(configs) and all(d["size"] > 5_000 and d["mma"] for d in done), done
+    assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]
+    # the key and value blocks come by bulk tensor copies, issued ahead of the loop and in it (pipelined), never
+    # by per-thread asynchronous copies (which runs of tiles still use for their query rows)
+    assert all(d["tma_copies"] >= 4 and (d["copies"] == 0 or d["runs"]) for d in done), done
+    four = done[3]
+    assert four["maxnreg"] == 128 and four["regs"] <= 128 and 4 * (four["shared"] + 1024) <= 228 * 1024, four
+    # the one-loop default: three programs per SM, as without tensor-memory loads
+    assert done[0]["regs"] <= 168 and 3 * (done[0]["shared"] + 1024) <= 228 * 1024, done[0]
 
 
 # shared memory per block that a kernel may use: A100 (sm_80), RTX 30x0 / A10 / L4 / RTX 40x0 (sm_86, sm_89)

@@ -15,7 +15,8 @@ loop, every block masked, so that a document tile's 2-4 blocks overlap their loa
 with exp2: a masked block cuts each row at one per-row limit (a comparison and a select per score), the scale
 goes into each exponent's fused multiply-add, and (``lazy_rescale``, Hopper's default) the output accumulator
 is rescaled only when a row's maximum grows by more than a factor of 2^8. On Hopper at D 128 the default holds
-three programs per SM (at most 168 registers per thread).
+three programs per SM (at most 168 registers per thread). Optionally (``tma``, Hopper and later) key and value
+blocks load through tensor descriptors by the Tensor Memory Accelerator instead of per-thread addresses.
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
@@ -80,7 +81,7 @@ def _product_rows(row_s, row_e, kvh, GROUP: tl.constexpr, ROWS: tl.constexpr, BL
 def _key_block(q, K, V, start, end, in_prefix, kvh, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok,
                m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, EITHER: tl.constexpr,
                BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
-               LAZY: tl.constexpr):
+               LAZY: tl.constexpr, TMA: tl.constexpr):
     """Keys [start, start + BLOCK_N) into the tile's online softmax. MASKED: keys at or past ``end`` are cut and,
     with CAUSAL, keys after a row's token ``tok``; unmasked blocks are wholly visible to every row of the tile.
     EITHER (the one-loop form): a masked block that is causal unless the run-time flag ``in_prefix`` is set.
@@ -88,10 +89,14 @@ def _key_block(q, K, V, start, end, in_prefix, kvh, stride_kt, stride_kh, stride
     offs_b = tl.arange(0, BLOCK_N)
     n_mask = offs_b < end - start
     first = tl.cast(start, tl.int64) if WIDE else start  # (a Python int in the interpreter's loops)
-    k = _load(K + first * stride_kt + kvh * stride_kh + (offs_b[:, None] * stride_kt + offs_d[None, :]), n_mask,
-              d_mask, MASKED, D_PAD)
-    v = _load(V + first * stride_vt + kvh * stride_vh + (offs_b[:, None] * stride_vt + offs_d[None, :]), n_mask,
-              d_mask, MASKED, D_PAD)
+    if TMA:  # descriptors of [T, HKV * D] (D a power of two): rows past ``end`` are cut by the mask below
+        k = K.load([start, kvh * offs_d.shape[0]])
+        v = V.load([start, kvh * offs_d.shape[0]])
+    else:
+        k = _load(K + first * stride_kt + kvh * stride_kh + (offs_b[:, None] * stride_kt + offs_d[None, :]),
+                  n_mask, d_mask, MASKED, D_PAD)
+        v = _load(V + first * stride_vt + kvh * stride_vh + (offs_b[:, None] * stride_vt + offs_d[None, :]),
+                  n_mask, d_mask, MASKED, D_PAD)
     s = tl.dot(q, tl.trans(k), input_precision=PREC)  # unscaled: the scale goes into the softmax's exponent
     if MASKED:  # (against the block's own key offsets: against absolute positions ptxas took 60 more registers)
         if EITHER or CAUSAL:
@@ -143,7 +148,8 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
              stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
-             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, LAZY: tl.constexpr):
+             ONE_LOOP: tl.constexpr, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, LAZY: tl.constexpr,
+             TMA: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
@@ -170,13 +176,13 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
         _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES, stride_qt,
                   stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh,
                   offs_d, d_mask, qk_scale, True, Q_AT_SWITCH, GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC,
-                  LAZY)
+                  LAZY, TMA)
     else:
         if ONE_LOOP:
             m_i, l_i, acc = _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, tile, TILES,
                                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
                                       stride_oh, stride_lt, stride_lh, offs_d, d_mask, qk_scale, False, False,
-                                      GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
+                                      GROUP, ROWS, D, BLOCK_M, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
         else:
             q = _load(Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :], m_mask, d_mask,
                       True, D_PAD)
@@ -189,11 +195,11 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
             for start in range(pre_s, pre_mid, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
-                                           False, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
+                                           False, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
             for start in range(pre_mid, pre_e, BLOCK_N):  # at most one block
                 m_i, l_i, acc = _key_block(q, K, V, start, pre_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
-                                           False, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
+                                           False, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
             # The causal range [cau_s, cau_e): blocks that end at or before the tile's first token are seen whole
             # by every row; the rest (the diagonal and a last partial block) are masked.
             full_end = tl.minimum(cau_e, row_s + 1)
@@ -201,11 +207,11 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
             for start in range(cau_s, cau_mid, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, False,
-                                           True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
+                                           True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
             for start in range(cau_mid, cau_e, BLOCK_N):
                 m_i, l_i, acc = _key_block(q, K, V, start, cau_e, False, kvh, stride_kt, stride_kh, stride_vt,
                                            stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale, True,
-                                           True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
+                                           True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
         _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
                stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M, True)
 
@@ -216,7 +222,7 @@ def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, ti
               qk_scale, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr,
               D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, WIDE: tl.constexpr,
-              PREC: tl.constexpr, LAZY: tl.constexpr):
+              PREC: tl.constexpr, LAZY: tl.constexpr, TMA: tl.constexpr):
     """One loop over a tile's prefix blocks then its causal blocks, every block masked: loads overlap across the
     two ranges. Returns the tile's softmax state. RUNS: over the (tile, key block) pairs of the row's run of
     tiles, so that loads also overlap from one tile to the next; each tile is written out in the loop. A run's
@@ -249,7 +255,7 @@ def _one_loop(Q, K, V, O, LSE, row_s, row_e, pre_s, pre_e, cau_s, cau_e, kvh, ti
         start = tl.where(in_prefix, pre_s + j * BLOCK_N, cau_s + (j - n_pre) * BLOCK_N)
         m_i, l_i, acc = _key_block(q, K, V, start, tl.where(in_prefix, pre_e, tile_e), in_prefix, kvh, stride_kt,
                                    stride_kh, stride_vt, stride_vh, offs_d, d_mask, tok, m_i, l_i, acc, qk_scale,
-                                   True, True, True, BLOCK_N, D_PAD, WIDE, PREC, LAZY)
+                                   True, True, True, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
         if RUNS:
             done = j == n_pre + tl.cdiv(tile_e - cau_s, BLOCK_N) - 1  # the tile's last block
             if done:  # stores only: a branch that yields values would stop the loop's software pipelining
@@ -399,7 +405,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                            one_loop: Optional[bool] = None, tiles_per_program: int = 1,
                            query_load: str = "block", lazy_rescale: Optional[bool] = None,
-                           max_registers: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           max_registers: Optional[int] = None, tma: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
@@ -427,7 +434,14 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     maximum grows by more than a factor of 2^8, not after every key block (see ``_softmax_step``); None: where
     :func:`default_lazy_rescale` says. ``max_registers``: ptxas's register limit per thread (Triton's
     ``maxnreg``, NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs
-    fit an SM whatever registers a Triton version's compiler would otherwise take), else the compiler's choice."""
+    fit an SM whatever registers a Triton version's compiler would otherwise take), else the compiler's choice.
+    ``tma``: key and value blocks loaded by the Tensor Memory Accelerator through host-made tensor descriptors
+    (NVIDIA compute capability 9.0 and later, and the Triton interpreter), not by per-thread addresses: about 30
+    fewer instructions per key block on sm_90 (bench/count_sass.py --tma). D must be a power of two (a block is
+    whole rows). A block's rows past its range then hold the next keys, not zeros: the mask cuts their scores
+    and their probabilities are 0, so only a non-finite value there (which the pointer loads never read) would
+    reach the output. Keys or values not 16-byte aligned in memory take the pointer loads. Not the default
+    until timed on a GPU."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
@@ -436,6 +450,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     if max_registers is not None and torch.version.hip is not None:
         raise ValueError("max_registers is ptxas's register limit: NVIDIA GPUs only")
     T, Hq, D = q.shape
+    if tma and D != padded_d(D):
+        raise ValueError(f"tma=True loads whole rows of keys and values: D must be a power of two, got {D}")
+    if tma and q.is_cuda and (torch.version.hip is not None or torch.cuda.get_device_capability(q.device)[0] < 9):
+        raise ValueError("tma=True needs the Tensor Memory Accelerator: an NVIDIA GPU of compute capability 9.0 "
+                         "or later")
     Hkv = k.shape[1]
     group = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -451,6 +470,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     lazy = (default_lazy_rescale(q.dtype, block_d, capability, cfg["num_warps"]) if lazy_rescale is None
             else bool(lazy_rescale))
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
+    tma = bool(tma) and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0  # (rows of 2^k >= 16 elements are)
     given_max_blocks = max_blocks
 
     def run(cfg: dict) -> None:
@@ -474,12 +494,17 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                            build)
         part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
-        _bsa_fwd[(len(table) * Hkv,)](q, k, v, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
+        keys, values = k, v
+        if tma:  # a [T, Hkv * D] matrix each, read in blocks of block_n rows by one head's D columns
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            keys, values = (TensorDescriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
+        _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
                                       k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
                                       out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
                                       ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
                                       PREC=dot_precision(q.dtype), ONE_LOOP=one_loop, RUNS=tiles_per_program > 1,
-                                      Q_AT_SWITCH=query_load == "tile", LAZY=lazy, **cfg)
+                                      Q_AT_SWITCH=query_load == "tile", LAZY=lazy, TMA=tma, **cfg)
         if len(groups):
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
@@ -488,7 +513,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages, max_registers))
-    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, lazy)
+    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, lazy, tma)
     launch_fitting(key, cfg, run, pinned)
     return out, lse
 
