@@ -1,7 +1,7 @@
 """Instruction counts of the block-sparse kernel's compiled code, without a GPU.
 
     python bench/count_sass.py [--cc 90] [--dtype bf16] [--d 128] [--four-loop] [--lazy yes|no]
-                               [--max-registers N]
+                               [--max-registers N] [--stages N] [--tma]
 
 Compiles ``_bsa_fwd`` as the wrapper launches it (its default configuration for the given GPU generation,
 through irforge.kernels._compile, as the compile test does), disassembles the cubin with the nvdisasm that the
@@ -31,7 +31,9 @@ def opcode(text: str) -> str:
 
 def count(sass: str) -> dict:
     """Loop bodies (a backward branch and its target), their forward branches, and the code before the first
-    loop and after the last one up to the first EXIT, less what forward branches there skip."""
+    loop and after the last one up to the first EXIT, less what forward branches there skip. Code after the
+    last EXIT is left out: ptxas places there the retries of barrier waits (the tensor-memory loads' mbarriers),
+    which branch back into the loop."""
     lines = sass.splitlines()
     ins, labels = [], {}
     for i, line in enumerate(lines):
@@ -41,6 +43,8 @@ def count(sass: str) -> dict:
         m = LABEL.match(line.strip())
         if m:
             labels[m.group(1)] = i
+    exits = [k for k, (_, t) in enumerate(ins) if opcode(t) == "EXIT"]
+    ins = ins[:exits[-1] + 1] if exits else ins
     loops = []
     for i, text in ins:
         m = BRANCH.search(text)
@@ -77,6 +81,8 @@ def main() -> None:
     ap.add_argument("--four-loop", action="store_true", help="the four-loop form (default: the one-loop form)")
     ap.add_argument("--lazy", choices=["yes", "no"], help="lazy rescale (default: the wrapper's rule)")
     ap.add_argument("--max-registers", type=int, help="ptxas's register cap (default: the wrapper's)")
+    ap.add_argument("--stages", type=int, help="software-pipeline stages (default: the wrapper's)")
+    ap.add_argument("--tma", action="store_true", help="key and value blocks through tensor descriptors")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET"):
         sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
@@ -87,13 +93,16 @@ def main() -> None:
 
     lazy = None if args.lazy is None else args.lazy == "yes"
     pointers, consts, opts = bsa_launch(args.cc, args.dtype, args.d, 4, not args.four_loop, lazy=lazy,
-                                        max_registers=args.max_registers)  # 4: Mistral's query-head groups
+                                        max_registers=args.max_registers, tma=args.tma)
+    if args.stages:
+        opts["num_stages"] = args.stages  # 4: Mistral's query-head groups
     kernel = compile_for(_bsa_fwd, args.cc, pointers, consts, opts)
     regs, spills = ptxas_usage(kernel, args.cc)
     cfg = dict(block_m=consts["BLOCK_M"], block_n=consts["BLOCK_N"], **opts)
     got = count(sass(kernel, args.cc))
     form = "four-loop" if args.four_loop else "one-loop"
-    print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {consts['LAZY']}; "
+    print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {consts['LAZY']}, "
+          f"tensor-memory loads {args.tma}; "
           f"triton {triton.__version__}")
     print(f"registers {regs}, spill stores {spills} bytes, shared memory {kernel.metadata.shared} bytes")
     print(f"instructions per thread before the first key loop: {got['before']}; after the last, to the first exit "
