@@ -148,6 +148,13 @@ def gpu_section() -> list[str]:
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, lazy_rescale=False))),
                ("irforge Triton, registers not capped (max_registers=255: as many as the compiler takes)",
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_registers=255))),
+               ("irforge Triton, tensor-memory loads (tma=True)",
+                bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True))),
+               ("irforge Triton, tensor-memory loads, 2 stages, at most 128 registers (4 programs per SM)",
+                bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True, num_stages=2,
+                                                                max_registers=128))),
+               ("irforge Triton, four loops, tensor-memory loads", bench(
+                   lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, one_loop=False, tma=True))),
                ("irforge Triton, four loops (64-key blocks, 2 stages on Hopper: its default before the H100 sweep)",
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, one_loop=False))),
                ("irforge Triton, long tiles not split", bench(lambda: bsa_kernel.block_sparse_attention(
@@ -185,11 +192,14 @@ def gpu_section() -> list[str]:
                                                                                                 one_loop=False))
         err4_o, err4_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(
             q, k, v, layout, tiles_per_program=4))
+        errt_o, errt_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(q, k, v, layout,
+                                                                                                tma=True))
         out += [f"GPU {torch.cuda.get_device_name()}: {T:,} tokens (64 + {n_docs} x {doc_len} + 50), 32/8 heads, D 128, "
                 f"bf16; allowed pairs {frac:.2%} of dense causal. Target: irforge <= 1.5 x causal x fraction = "
                 f"{1.5 * causal[0] * frac:.3f} ms, and below FlexAttention + mask construction. Max abs error on 256 "
                 f"sampled rows against float32 attention: output {err_o:.1e}, log-sum-exp {err_l:.1e} (four-loop "
-                f"form: {err1_o:.1e}, {err1_l:.1e}; 4 tiles per program: {err4_o:.1e}, {err4_l:.1e}).", "",
+                f"form: {err1_o:.1e}, {err1_l:.1e}; 4 tiles per program: {err4_o:.1e}, {err4_l:.1e}; tensor-memory "
+                f"loads: {errt_o:.1e}, {errt_l:.1e}).", "",
                 "| method | median ms | p20 | p80 | ratio to irforge |", "|---|---|---|---|---|"]
         out += [f"| {n} | {t[0]:.3f} | {t[1]:.3f} | {t[2]:.3f} | {t[0] / ours:.2f} |" for n, t in res]
         # attention mass from the 50 query rows, against materialising their attention weights
@@ -226,14 +236,24 @@ def gpu_section() -> list[str]:
 
 # --sweep-one-loop: the block-sparse kernel's one-loop form, one tile per program, around its Hopper default (64
 # rows, 32-key blocks, 4 warps, 3 stages, the accumulator rescaled lazily, at most 168 registers: the first row).
-# (..., lazy rescale, register cap; 255: uncapped.) Programs per SM on an H100 by registers and shared memory
-# (ptxas, triton 3.6 and 3.9): 3 for the first two and the sixth, 2 uncapped (the third and fourth: 201-205
-# registers) and at 64 keys, 4 for the fifth (2 stages: 48 KB) and the last, 3 at 16 keys and 4 stages
-ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", True, 168), (64, 32, 4, 3, True, 1, "block", False, 168),
-                    (64, 32, 4, 3, True, 1, "block", True, 255), (64, 32, 4, 3, True, 1, "block", False, 255),
-                    (64, 32, 4, 2, True, 1, "block", True, 128), (64, 32, 4, 3, True, 1, "block", True, 128),
-                    (64, 64, 4, 3, True, 1, "block", True, 168), (64, 64, 4, 2, True, 1, "block", True, 168),
-                    (64, 16, 4, 4, True, 1, "block", True, 168), (64, 16, 4, 3, True, 1, "block", True, 128)]
+# (..., lazy rescale, register cap (255: uncapped), tensor-memory loads.) Programs per SM on an H100 by registers
+# and shared memory (ptxas, triton 3.6 and 3.9): 3 for the first two and the sixth, 2 uncapped (the third and
+# fourth: 201-205 registers) and at 64 keys, 4 for the fifth (2 stages: 48 KB) and the tenth, 3 at 16 keys and 4
+# stages. With tensor-memory loads (the last three) ptxas takes 141-147 registers uncapped and 121-128 at a cap of
+# 128, without spills: 3 programs per SM at 3 stages, 4 at 2 stages
+ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", True, 168, False),
+                    (64, 32, 4, 3, True, 1, "block", False, 168, False),
+                    (64, 32, 4, 3, True, 1, "block", True, 255, False),
+                    (64, 32, 4, 3, True, 1, "block", False, 255, False),
+                    (64, 32, 4, 2, True, 1, "block", True, 128, False),
+                    (64, 32, 4, 3, True, 1, "block", True, 128, False),
+                    (64, 64, 4, 3, True, 1, "block", True, 168, False),
+                    (64, 64, 4, 2, True, 1, "block", True, 168, False),
+                    (64, 16, 4, 4, True, 1, "block", True, 168, False),
+                    (64, 16, 4, 3, True, 1, "block", True, 128, False),
+                    (64, 32, 4, 3, True, 1, "block", True, 168, True),
+                    (64, 32, 4, 3, True, 1, "block", True, 128, True),
+                    (64, 32, 4, 2, True, 1, "block", True, 128, True)]
 
 
 def sweep_section(configs=None) -> list[str]:
@@ -271,7 +291,8 @@ def sweep_section(configs=None) -> list[str]:
     out = [f"GPU {name}: block-sparse kernel launch configurations, 32 query / 8 KV heads, D 128, bf16. Product "
            f"rows = token rows x 4 query heads per KV head. Median ms by triton.testing.do_bench.", "",
            "| shape | product rows | key block | warps | stages | one loop | tiles per program | query rows loaded per "
-           "| lazy rescale | max registers | median ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| lazy rescale | max registers | tensor-memory loads | median ms |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mass_out = ["", f"GPU {name}: attention-mass kernel launch configurations, 50 query rows (causal), same heads. "
                 f"Median ms by triton.testing.do_bench.", "",
                 "| shape | product rows | key block | warps | per-head sum | median ms |", "|---|---|---|---|---|---|"]
@@ -288,14 +309,14 @@ def sweep_section(configs=None) -> list[str]:
         q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
         shape = f"64 + {n_docs} x {doc_len} + 50"
         for bm, bn, w, st, one, per, ql, *rest in configs:
-            lazy, regs = rest if rest else (None, None)  # (None: the defaults for the configuration)
+            lazy, regs, tma = rest if rest else (None, None, False)  # (None: the configuration's defaults)
             ms = timed(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=bm, block_n=bn,
                                                                   num_warps=w, num_stages=st, one_loop=one,
                                                                   tiles_per_program=per, query_load=ql,
-                                                                  lazy_rescale=lazy, max_registers=regs))
+                                                                  lazy_rescale=lazy, max_registers=regs, tma=tma))
             lazy_col = "" if lazy is None else "yes" if lazy else "no"
             out.append(f"| {shape} | {bm} | {bn} | {w} | {st} | {'yes' if one else 'no'} | {per} | "
-                       f"{ql if per > 1 else ''} | {lazy_col} | {regs or ''} | {ms} |")
+                       f"{ql if per > 1 else ''} | {lazy_col} | {regs or ''} | {'yes' if tma else 'no'} | {ms} |")
             print(out[-1], flush=True)
         _, lse = bsa_kernel.block_sparse_attention(q, k, v, layout)
         rows = torch.arange(T - 50, T)
