@@ -2,6 +2,8 @@
 PyTorch CPU paths, on odd sizes. Outputs are pre-filled with NaN so that an unwritten tile fails."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -213,10 +215,11 @@ def test_tensor_memory_loads_match_reference(layout_name, D, hq, hkv, dtype, ato
     close(lse, ref_l, atol, rtol, "lse, tensor-memory loads")
 
 
-def test_tensor_memory_loads_of_unaligned_keys_take_pointer_loads():
+def test_tensor_memory_loads_of_unaligned_keys_take_pointer_loads(monkeypatch):
     """Keys and values that do not start on a 16-byte boundary (a view one element into its storage) cannot
     be described to the Tensor Memory Accelerator: the kernel loads them by pointers instead, with the same
-    results; a head dimension that is not a power of two is refused."""
+    results. A head dimension that is not a power of two is refused, and so is a Triton without host tensor
+    descriptors."""
     layout, q, k, v = make("three_prompts", 64, 4, 2, torch.float32, seed=5)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     k1, v1 = (torch.cat([x.new_zeros(1), x.flatten()])[1:].view(x.shape) for x in (k, v))
@@ -224,6 +227,9 @@ def test_tensor_memory_loads_of_unaligned_keys_take_pointer_loads():
     o, l = bsa_kernel.block_sparse_attention(q, k1, v1, layout, block_m=32, block_n=32, tma=True)
     close(o, ref_o, 2e-5, 1e-4, "out, unaligned keys")
     close(l, ref_l, 2e-5, 1e-4, "lse, unaligned keys")
+    monkeypatch.setitem(sys.modules, "triton.tools.tensor_descriptor", None)  # (its import then fails)
+    with pytest.raises(ValueError, match="host tensor descriptors"):
+        bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True)
     layout, q, k, v = make("odd", 80, 3, 3, torch.float32)
     with pytest.raises(ValueError, match="power of two"):
         bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True)

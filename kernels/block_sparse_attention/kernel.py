@@ -436,9 +436,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``maxnreg``, NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs
     fit an SM whatever registers a Triton version's compiler would otherwise take), else the compiler's choice.
     ``tma``: key and value blocks loaded by the Tensor Memory Accelerator through host-made tensor descriptors
-    (NVIDIA compute capability 9.0 and later, and the Triton interpreter), not by per-thread addresses: about 30
-    fewer instructions per key block on sm_90 (bench/count_sass.py --tma). D must be a power of two (a block is
-    whole rows). A block's rows past its range then hold the next keys, not zeros: the mask cuts their scores
+    (NVIDIA compute capability 9.0 and later, and the Triton interpreter), not by per-thread addresses: 14-28
+    fewer instructions per key block on sm_90 under triton 3.6-3.9 (bench/count_sass.py --tma). D must be a
+    power of two (a block is whole rows). A block's rows past its range then hold the next keys, not zeros: the mask cuts their scores
     and their probabilities are 0, so only a non-finite value there (which the pointer loads never read) would
     reach the output. Keys or values not 16-byte aligned in memory take the pointer loads. Not the default
     until timed on a GPU."""
@@ -455,6 +455,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     if tma and q.is_cuda and (torch.version.hip is not None or torch.cuda.get_device_capability(q.device)[0] < 9):
         raise ValueError("tma=True needs the Tensor Memory Accelerator: an NVIDIA GPU of compute capability 9.0 "
                          "or later")
+    if tma:
+        try:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+        except ImportError as e:  # older Triton releases
+            raise ValueError(f"tma=True needs host tensor descriptors, which triton {triton.__version__} lacks "
+                             "(triton.tools.tensor_descriptor)") from e
     Hkv = k.shape[1]
     group = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -496,8 +502,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
         keys, values = k, v
         if tma:  # a [T, Hkv * D] matrix each, read in blocks of block_n rows by one head's D columns
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
             keys, values = (TensorDescriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
         _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
                                       k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
