@@ -503,12 +503,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         keys, values = k, v
         if tma:  # a [T, Hkv * D] matrix each, read in blocks of block_n rows by one head's D columns
             keys, values = (TensorDescriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
-        _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, Hkv, q.stride(0), q.stride(1),
-                                      k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
-                                      out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E, GROUP=group,
-                                      ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, WIDE=wide,
-                                      PREC=dot_precision(q.dtype), ONE_LOOP=one_loop, RUNS=tiles_per_program > 1,
-                                      Q_AT_SWITCH=query_load == "tile", LAZY=lazy, TMA=tma, **cfg)
+        _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, Hkv, q.stride(0),
+                                      q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                                      out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E,
+                                      GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m,
+                                      BLOCK_N=block_n, WIDE=wide, PREC=dot_precision(q.dtype), ONE_LOOP=one_loop,
+                                      RUNS=tiles_per_program > 1, Q_AT_SWITCH=query_load == "tile", LAZY=lazy,
+                                      TMA=tma, **cfg)
         if len(groups):
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
