@@ -356,7 +356,9 @@ def host_section() -> list[str]:
                   lambda: attention_mass(q_rows, rows, k, layout, lse=lse, backend="triton")),
                  ("attention mass, log-sum-exp computed (ICR's call, two launches)",
                   lambda: attention_mass(q_rows, rows, k, layout, backend="triton")),
-                 ("block-sparse attention", lambda: block_sparse_attention(q, k, v, layout, backend="triton")))
+                 ("block-sparse attention", lambda: block_sparse_attention(q, k, v, layout, backend="triton")),
+                 ("block-sparse attention, tensor-memory loads (two tensor descriptors made per call)",
+                  lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True)))
         out = ["Each wrapper's host time per call with its Triton launches replaced by no-ops, at the 16k-token "
                "shape (32/8 heads, D 128, bf16, tensors on the CPU); best of 5 x 2,000 calls after 200 untimed.",
                "", "| call | host µs per call |", "|---|---|"]
