@@ -17,6 +17,9 @@ from irforge.kernels.block_sparse_attention import kernel as bsa_kernel  # noqa:
 HAS_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+# tensor-memory loads (tma=True): in the interpreter, and on NVIDIA GPUs from compute capability 9.0
+HAS_TMA = not HAS_CUDA or (torch.version.hip is None and torch.cuda.get_device_capability()[0] >= 9)
+needs_tma = pytest.mark.skipif(not HAS_TMA, reason="needs the Tensor Memory Accelerator (compute capability 9.0)")
 
 
 def close(got, ref, atol, rtol, what):
@@ -197,6 +200,7 @@ def test_running_maximum_that_grows_along_the_keys(layout_name, one_loop, per_pr
     close(lse, ref_l, 2e-5, 1e-4, "lse, climbing scores")
 
 
+@needs_tma
 @pytest.mark.parametrize("one_loop", [False, True])
 @pytest.mark.parametrize("D,hq,hkv,dtype,atol,rtol", [(64, 4, 1, torch.float32, 2e-5, 1e-4),
                                                       (128, 4, 2, torch.float16, 2e-2, 2e-2),
@@ -215,6 +219,7 @@ def test_tensor_memory_loads_match_reference(layout_name, D, hq, hkv, dtype, ato
     close(lse, ref_l, atol, rtol, "lse, tensor-memory loads")
 
 
+@needs_tma
 def test_tensor_memory_loads_of_unaligned_keys_take_pointer_loads(monkeypatch):
     """Keys and values that do not start on a 16-byte boundary (a view one element into its storage) cannot
     be described to the Tensor Memory Accelerator: the kernel loads them by pointers instead, with the same
@@ -256,7 +261,7 @@ def test_random_layouts_tiles_groups_and_splits_match_reference(seed):
     per_program = int(rng.choice([1, 2, 5])) if one_loop else 1
     query_load = str(rng.choice(["block", "tile"]))
     lazy = bool(rng.random() < 0.5)
-    tma = bool(rng.random() < 0.5) and (DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9)
+    tma = bool(rng.random() < 0.5) and HAS_TMA
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     out = torch.full_like(q, float("nan"))
     lse = torch.full((T, hq), float("nan"), device=q.device)
@@ -694,7 +699,7 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
     forms = [dict(one_loop=False), dict(one_loop=True), dict(tiles_per_program=4),
              dict(tiles_per_program=16, max_blocks=2), dict(tiles_per_program=4, query_load="tile", block_n=32)]
-    if torch.cuda.get_device_capability()[0] >= 9:  # tensor-memory loads: in each form, and 4 programs per SM
+    if HAS_TMA:  # tensor-memory loads: in each form, and 4 programs per SM
         forms += [dict(tma=True), dict(tma=True, one_loop=False), dict(tma=True, tiles_per_program=4, max_blocks=2),
                   dict(tma=True, num_stages=2, max_registers=128)]
     else:
