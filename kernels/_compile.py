@@ -23,7 +23,8 @@ DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.floa
 def compile_for(fn: Any, cc: int, pointers: dict, constexprs: dict, options: dict) -> Any:
     """``fn`` compiled for sm_``cc`` as a launch specialises it: the arguments in ``pointers`` typed as given
     (e.g. ``{"Q": "*bf16"}``, or a tensor descriptor's ``"tensordesc<bf16[32, 128]>"``), ``qk_scale`` float32,
-    the other run-time arguments int32, and pointers and strides divisible by 16 (as torch's are). ``options``: Triton's launch options (num_warps, num_stages, maxnreg)."""
+    the other run-time arguments int32, and pointers and strides divisible by 16 (as torch's are).
+    ``options``: Triton's launch options (num_warps, num_stages, maxnreg)."""
     from triton.backends.compiler import GPUTarget
 
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "fp32" if n == "qk_scale" else "i32")

@@ -438,10 +438,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``tma``: key and value blocks loaded by the Tensor Memory Accelerator through host-made tensor descriptors
     (NVIDIA compute capability 9.0 and later, and the Triton interpreter), not by per-thread addresses: 14-28
     fewer instructions per key block on sm_90 under triton 3.6-3.9 (bench/count_sass.py --tma). D must be a
-    power of two (a block is whole rows). A block's rows past its range then hold the next keys, not zeros: the mask cuts their scores
-    and their probabilities are 0, so only a non-finite value there (which the pointer loads never read) would
-    reach the output. Keys or values not 16-byte aligned in memory take the pointer loads. Not the default
-    until timed on a GPU."""
+    power of two (a block is whole rows). A block's rows past its range then hold the next keys, not zeros: the
+    mask cuts their scores and their probabilities are 0, so only a non-finite value there (which the pointer
+    loads never read) would reach the output. Keys or values not 16-byte aligned in memory take the pointer
+    loads. Not the default until timed on a GPU."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
