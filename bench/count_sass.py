@@ -93,17 +93,16 @@ def main() -> None:
 
     lazy = None if args.lazy is None else args.lazy == "yes"
     pointers, consts, opts = bsa_launch(args.cc, args.dtype, args.d, 4, not args.four_loop, lazy=lazy,
-                                        max_registers=args.max_registers, tma=args.tma)
+                                        max_registers=args.max_registers, tma=args.tma)  # 4: Mistral's groups
     if args.stages:
-        opts["num_stages"] = args.stages  # 4: Mistral's query-head groups
+        opts["num_stages"] = args.stages
     kernel = compile_for(_bsa_fwd, args.cc, pointers, consts, opts)
     regs, spills = ptxas_usage(kernel, args.cc)
     cfg = dict(block_m=consts["BLOCK_M"], block_n=consts["BLOCK_N"], **opts)
     got = count(sass(kernel, args.cc))
     form = "four-loop" if args.four_loop else "one-loop"
     print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {consts['LAZY']}, "
-          f"tensor-memory loads {args.tma}; "
-          f"triton {triton.__version__}")
+          f"tensor-memory loads {args.tma}; triton {triton.__version__}")
     print(f"registers {regs}, spill stores {spills} bytes, shared memory {kernel.metadata.shared} bytes")
     print(f"instructions per thread before the first key loop: {got['before']}; after the last, to the first exit "
           f"(unsplit tile): {got['after']}")
