@@ -574,7 +574,8 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
       more than 255 registers per thread on sm_80. Narrower rows: 4 warps.
     - float32 at full precision (tl.dot's "ieee" path runs on FMA units, not tensor cores, and holds more in
       registers): 32 rows by 32 keys (16 keys from a padded D of 128) and 8 warps. With TF32 allowed: 64 x 64,
-      8 warps from D 64.
+      8 warps from D 64. The one known spill: at D 64 on sm_80 ptxas holds this kernel to 64 registers per
+      thread and spills 4-12 bytes (triton 3.6-3.9), not in the compile test.
     Otherwise Triton's default stages."""
     ieee = dot_precision(dtype) == "ieee"
     wide_rows = _row_bytes(dtype, block_d) >= 256
