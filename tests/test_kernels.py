@@ -104,6 +104,10 @@ def test_64bit_offsets_give_the_same_results(D, hq, hkv):
     o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=32, wide=True)
     close(o, ref_o, 2e-5, 1e-4, "wide out")
     close(l, ref_l, 2e-5, 1e-4, "wide lse")
+    if HAS_TMA and D == 64:  # tensor-memory loads beside 64-bit offsets for the query rows and the output
+        o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=32, wide=True, tma=True)
+        close(o, ref_o, 2e-5, 1e-4, "wide out, tensor-memory loads")
+        close(l, ref_l, 2e-5, 1e-4, "wide lse, tensor-memory loads")
     rows = torch.arange(layout.total_tokens - 3, layout.total_tokens, device=DEVICE)
     ref = attention_mass(q[rows], rows, k, layout, mode="causal", backend="naive")
     got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode="causal", block_m=16, block_n=32, wide=True)

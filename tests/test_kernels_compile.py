@@ -75,8 +75,8 @@ SCRIPT = textwrap.dedent(r"""
     done = []
     mode, configs = sys.argv[1], json.loads(sys.argv[2])
     if mode == "tma":  # the block-sparse kernel with tensor-memory loads, at given stages and register caps
-        for cc, dt, D, docs, grp, runs, stages, regs in configs:
-            p, c, opts = bsa_launch(cc, dt, D, grp, docs, runs=runs, max_registers=regs, tma=True)
+        for cc, dt, D, docs, grp, runs, stages, regs, wide in configs:
+            p, c, opts = bsa_launch(cc, dt, D, grp, docs, wide=wide, runs=runs, max_registers=regs, tma=True)
             opts.update({} if stages is None else dict(num_stages=stages))
             done.append(dict(cc=cc, dt=dt, D=D, one_loop=docs, runs=runs, stages=opts.get("num_stages"),
                              maxnreg=opts.get("maxnreg"), **build(cc, _bsa_fwd, p, c, opts)))
@@ -144,11 +144,13 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
 
 def test_tensor_memory_loads_compile_to_pipelined_bulk_copies(tmp_path):
     """``tma=True`` on sm_90: (compute capability, dtype, D, one loop, group, runs of tiles, stages, register
-    cap). The Hopper default at D 128 in both forms and with runs of tiles, the default at 2 stages and 128
-    registers (four programs per SM: 48 KB of shared memory each), and fp16 D 64."""
-    configs = [(90, "bf16", 128, True, 4, False, None, None), (90, "bf16", 128, False, 4, False, None, None),
-               (90, "bf16", 128, True, 4, True, None, None), (90, "bf16", 128, True, 4, False, 2, 128),
-               (90, "fp16", 64, True, 3, False, None, None)]
+    cap, 64-bit offsets). The Hopper default at D 128 in both forms and with runs of tiles, the default at 2
+    stages and 128 registers (four programs per SM: 48 KB of shared memory each), fp16 D 64, and the four-loop
+    form with 64-bit offsets for the query rows and the output."""
+    configs = [(90, "bf16", 128, True, 4, False, None, None, False),
+               (90, "bf16", 128, False, 4, False, None, None, False),
+               (90, "bf16", 128, True, 4, True, None, None, False), (90, "bf16", 128, True, 4, False, 2, 128, False),
+               (90, "fp16", 64, True, 3, False, None, None, False), (90, "fp16", 128, False, 4, False, None, None, True)]
     done = compile_kernels(tmp_path, "tma", configs)
     assert len(done) == len(configs) and all(d["size"] > 5_000 and d["mma"] for d in done), done
     assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]
