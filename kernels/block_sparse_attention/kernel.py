@@ -418,11 +418,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     over those loops, so each loop's first load is waited for; one loop overlaps them. None (the default): one
     loop where :func:`launch_config` picks it (Hopper, 16-bit rows of 256 bytes or more: 1.33x the four-loop
     form at 16k tokens and 1.20x at 100k on an H100, ``bench_kernels.py --sweep``), four loops elsewhere (not
-    timed on other GPUs). ``tiles_per_program``: in the
-    one-loop form (implied when above 1), a program takes up to this many consecutive tiles of one segment in
-    turn, in the same loop, so that the next tile's first key blocks load while this tile's last ones are
-    computed and the pipeline fills once per run instead of once per tile (a 160-token document holds 10 tiles
-    of 16 tokens); tiles that are split never join a run. The query rows load ahead with the key and value
+    timed on other GPUs). ``tiles_per_program``: in the one-loop form (implied when above 1), a program takes up
+    to this many consecutive tiles of one segment in turn, in the same loop, so that the next tile's first key
+    blocks load while this tile's last ones are computed and the pipeline fills once per run instead of once per
+    tile (a 160-token document holds 10 tiles of 16 tokens); tiles that are split never join a run. The query rows load ahead with the key and value
     blocks (``query_load="block"``): half again the traffic from L2 of the key and value blocks alone.
     ``query_load="tile"`` loads them only with a tile's first block and holds them in registers instead.
     Neither is the default: on an H100 runs of 2-16 tiles took 0.287-0.293 ms at 16k tokens against 0.242 for
@@ -450,17 +449,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     if max_registers is not None and torch.version.hip is not None:
         raise ValueError("max_registers is ptxas's register limit: NVIDIA GPUs only")
     T, Hq, D = q.shape
-    if tma and D != padded_d(D):
-        raise ValueError(f"tma=True loads whole rows of keys and values: D must be a power of two, got {D}")
-    if tma and q.is_cuda and (torch.version.hip is not None or torch.cuda.get_device_capability(q.device)[0] < 9):
-        raise ValueError("tma=True needs the Tensor Memory Accelerator: an NVIDIA GPU of compute capability 9.0 "
-                         "or later")
-    if tma:
-        try:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-        except ImportError as e:  # older Triton releases
-            raise ValueError(f"tma=True needs host tensor descriptors, which triton {triton.__version__} lacks "
-                             "(triton.tools.tensor_descriptor)") from e
     Hkv = k.shape[1]
     group = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -469,6 +457,17 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
     block_d = padded_d(D)
     capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
+    if tma:  # (capability None: CPU tensors, the Triton interpreter)
+        if D != block_d:
+            raise ValueError(f"tma=True loads whole rows of keys and values: D must be a power of two, got {D}")
+        if capability is not None and (torch.version.hip is not None or capability[0] < 9):
+            raise ValueError("tma=True needs the Tensor Memory Accelerator: an NVIDIA GPU of compute capability "
+                             "9.0 or later")
+        try:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+        except ImportError as e:  # older Triton releases
+            raise ValueError(f"tma=True needs host tensor descriptors, which triton {triton.__version__} lacks "
+                             "(triton.tools.tensor_descriptor)") from e
     one_loop = tiles_per_program > 1 or (default_one_loop(q.dtype, block_d, capability) if one_loop is None
                                          else bool(one_loop))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop,
