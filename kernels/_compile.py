@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import triton
 
+from ._checks import padded_d
 from .block_sparse_attention.kernel import default_lazy_rescale, dot_precision, launch_config
 
 DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -76,7 +77,7 @@ def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bo
     key/value head: its default configuration (or ``cfg``, one of launch_config's), the default rescale rule
     unless ``lazy`` is given, float32 at torch's default precision; ``tma``: key and value blocks through tensor
     descriptors."""
-    dtype, block_d, capability = DTYPE_NAMES[dt], max(16, triton.next_power_of_2(d)), (cc // 10, cc % 10)
+    dtype, block_d, capability = DTYPE_NAMES[dt], padded_d(d), (cc // 10, cc % 10)
     cfg = dict(cfg or launch_config(dtype, block_d, capability=capability, one_loop=one_loop,
                                     max_registers=max_registers))
     if lazy is None:

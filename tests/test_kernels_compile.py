@@ -20,13 +20,12 @@ pytest.importorskip("triton")
 SKIP = 77
 SCRIPT = textwrap.dedent(r"""
     import json, sys
-    import triton
     from triton.backends import backends
     if "nvidia" not in backends:
         sys.exit(77)
-    from irforge.kernels._compile import bsa_launch, compile_for, ptxas_usage
+    from irforge.kernels._checks import next_pow2, padded_d
+    from irforge.kernels._compile import DTYPE_NAMES, bsa_launch, compile_for, ptxas_usage
     from irforge.kernels.attention_mass.kernel import _lse_kernel, _mass_kernel
-    import torch
     from irforge.kernels._shared_memory import ladder
     from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
@@ -34,10 +33,9 @@ SCRIPT = textwrap.dedent(r"""
         # (kernel, pointer types, constexprs, launch options) as the wrappers launch them, at rung ``step`` of
         # the shared-memory ladder (0: the default configuration); the block-sparse kernel in its one-loop form
         # in half the configurations, runs of tiles in some of them, the rescale rule of each configuration
-        block_d = max(16, triton.next_power_of_2(D))
+        block_d = padded_d(D)
         prec = "ieee" if dt == "fp32" else "tf32"  # float32 at torch's default precision
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
-        rungs = ladder(launch_config(dtype, block_d, capability=(cc // 10, cc % 10), one_loop=docs))
+        rungs = ladder(launch_config(DTYPE_NAMES[dt], block_d, capability=(cc // 10, cc % 10), one_loop=docs))
         ptrs, consts, cfg = bsa_launch(cc, dt, D, grp, docs, wide=wide, runs=runs,
                                        cfg=rungs[min(step, len(rungs) - 1)])
         bm = consts["BLOCK_M"]
@@ -48,9 +46,10 @@ SCRIPT = textwrap.dedent(r"""
                                  num_warps=8 if prec == "ieee" else 4))
         mass_cfg = dict(mass_rungs[min(step, len(mass_rungs) - 1)])
         mass_m, mass_n = mass_cfg.pop("block_m"), mass_cfg.pop("block_n")
-        mass_consts = dict(GROUP=grp, GP=triton.next_power_of_2(grp), ROWS=max(1, mass_m // grp), DOCS_ONLY=docs,
-                           D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec,
-                           HEAD_DOT=prec != "ieee")  # the wrapper's default per-head sum
+        head_dot = prec != "ieee"  # the wrapper's default per-head sum, and its padded group (GP)
+        mass_consts = dict(GROUP=grp, GP=max(16 if head_dot else 1, next_pow2(grp)), ROWS=max(1, mass_m // grp),
+                           DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide,
+                           PREC=prec, HEAD_DOT=head_dot)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
                          ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
         lse_consts = dict(GROUP=grp, ROWS=max(1, mass_m // grp), DOCS_ONLY=docs, D=D, BLOCK_D=block_d,
