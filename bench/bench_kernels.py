@@ -44,6 +44,12 @@ def flex_setup(layout: SegmentLayout, device, compiled: bool = False):
     return lambda: create_block_mask(mask_mod, 1, 1, T, T, device=device, _compile=compiled)
 
 
+def failed(e: Exception) -> str:
+    """A result cell for a run that raised (reported, not hidden): the error's type and the start of its
+    message, on one line and without the table's column bars."""
+    return f"failed ({type(e).__name__}: {' '.join(str(e).split())[:100].replace('|', '/')})"
+
+
 REPS = 15  # CPU timings: median of 15 runs (this shared machine is noisy; 5 runs moved by 20%)
 
 
@@ -82,7 +88,7 @@ def cpu_section() -> list[str]:
         rows.append((f"FlexAttention, compiled (+ {mask_ms:.1f} ms mask construction)",
                      wall(lambda: flex(qb, kb, vb, block_mask=bm, enable_gqa=True), REPS)))
     except Exception as e:  # noqa: BLE001 - report, do not hide
-        rows.append((f"FlexAttention, compiled: failed ({type(e).__name__}: {str(e)[:80]})", float("nan")))
+        rows.append((f"FlexAttention, compiled: {failed(e)}", float("nan")))
     ref, _ = block_sparse_attention(q, k, v, layout, backend="naive")
     got, _ = block_sparse_attention(q, k, v, layout, backend="torch")
     err = (got.double() - ref.double()).abs().max().item()
@@ -148,7 +154,7 @@ def gpu_section() -> list[str]:
             try:
                 return bench(f)
             except Exception as e:  # noqa: BLE001
-                return f"failed ({type(e).__name__}: {' '.join(str(e).split())[:100].replace('|', '/')})"
+                return failed(e)
 
         res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton"))),
                ("irforge Triton, accumulator rescaled after every key block (lazy_rescale=False)",
@@ -203,7 +209,7 @@ def gpu_section() -> list[str]:
             errt = "{:.1e}, {:.1e}".format(*sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(
                 q, k, v, layout, tma=True)))
         except Exception as e:  # noqa: BLE001
-            errt = f"failed ({type(e).__name__})"
+            errt = failed(e)
         out += [f"GPU {torch.cuda.get_device_name()}: {T:,} tokens (64 + {n_docs} x {doc_len} + 50), 32/8 heads, D 128, "
                 f"bf16; allowed pairs {frac:.2%} of dense causal. Target: irforge <= 1.5 x causal x fraction = "
                 f"{1.5 * causal[0] * frac:.3f} ms, and below FlexAttention + mask construction. Max abs error on 256 "
@@ -314,7 +320,7 @@ def sweep_section(configs=None) -> list[str]:
         try:
             return f"{triton.testing.do_bench(f):.3f}"
         except Exception as e:  # noqa: BLE001 - e.g. shared memory over the limit: report it
-            return f"failed ({type(e).__name__})"
+            return failed(e)
 
     for n_docs, doc_len in ((100, 160), (500, 200)):
         layout = SegmentLayout.from_lengths([(64, [doc_len] * n_docs, 50)])
