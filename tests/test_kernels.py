@@ -793,12 +793,55 @@ def test_cpu_path_fallback_without_the_flash_op(monkeypatch):
     close(l, ref_l, 2e-5, 1e-4, "fallback lse")
 
 
-@pytest.mark.parametrize("layout_name", ["odd", "three_prompts", "long_instruction"])
+# layouts for the CPU path's two forms (kernels/block_sparse_attention/cpu.py), with the forms each must take
+CPU_FORMS = {
+    # documents of differing lengths: gathered, padded, up to 3 chunks (the query, its prefix over 2 x 40 + 128:
+    # two parts, merged)
+    "chunks, gathered": ([(6, [33, 70, 5, 64, 64], 40)], {"_chunks", "_two_parts"}),
+    # equal documents back to back: read and written as views; two prompts, each with its own prefix
+    "chunks, views": ([(6, [64, 64, 64], 4), (3, [32, 32], 2)], {"_chunks", "_two_parts"}),
+    # prefixes longer than 2 x length + 128: the two parts, merged
+    "two parts": ([(200, [9, 9, 30], 5)], {"_two_parts"}),
+    # a document longer than CHUNKED_MAX_LEN
+    "long document": ([(4, [600], 3)], {"_two_parts"}),
+}
+
+
+@pytest.mark.parametrize("form", list(CPU_FORMS))
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_cpu_path_forms_match_the_reference(monkeypatch, form, dtype, atol, rtol):
+    """The CPU path's chunked calls (views or gathers, padded chunks) and its merged two-part calls each match
+    the reference, and each layout takes the forms it is meant to (so neither form goes untested)."""
+    from irforge.kernels.block_sparse_attention import cpu
+
+    spec, forms = CPU_FORMS[form]
+    taken = set()
+    for name in ("_chunks", "_two_parts"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _f=real, _n=name: (taken.add(_n), _f(*a))[1])
+    layout = SegmentLayout.from_lengths(spec)
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g).to(dtype) for h in (4, 2, 2))
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = block_sparse_attention(q, k, v, layout, backend="torch")
+    assert taken == forms
+    assert o.shape == q.shape and o.dtype == dtype and o.is_contiguous() and l.shape == q.shape[:2]
+    close(o, ref_o, atol, rtol, f"{form} out")
+    close(l, ref_l, atol, rtol, f"{form} lse")
+
+
+@pytest.mark.parametrize("layout_name", ["odd", "three_prompts", "long_instruction", "two parts", "chunks, gathered"])
 def test_cpu_path_gradients_match_the_reference(layout_name):
     """Fine-tuning (BlockRank's loss) differentiates the torch paths: their gradients for q, k and v, through
     both the output and the log-sum-exp, equal the float64 reference's. PyTorch's CPU flash op passes no
-    gradient through its log-sum-exp, which the merge of a document's prefix and own part needs."""
-    layout, q, k, v = make(layout_name, 64, 4, 2, torch.float32, seed=3)
+    gradient through its log-sum-exp, which the merge of a document's prefix and own part needs. The last two
+    layouts take the CPU path's merged two-part form and its gathered, padded chunks."""
+    if layout_name in CPU_FORMS:
+        layout = SegmentLayout.from_lengths(CPU_FORMS[layout_name][0])
+        g = torch.Generator().manual_seed(3)
+        q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g) for h in (4, 2, 2))
+    else:
+        layout, q, k, v = make(layout_name, 64, 4, 2, torch.float32, seed=3)
     g = torch.Generator().manual_seed(4)
     w_o, w_l = torch.randn(q.shape, generator=g), torch.randn(q.shape[:2], generator=g)
     grads = {}

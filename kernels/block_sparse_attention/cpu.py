@@ -1,12 +1,25 @@
 """CPU path for block-sparse in-context attention in PyTorch, without the [T, T] mask.
 
 Every segment's rows attend two parts: an unmasked prefix (documents: the instruction; query rows: everything
-before the query segment; instruction rows: nothing) and a causal square over the segment's own tokens. Each part
-runs through PyTorch's CPU flash attention, which returns the log-sum-exp, and the two are merged:
-lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse). Documents of equal
-length in a prompt go through in one batch. Memory follows the allowed pairs of a batch, not T^2. If the flash
-op is unavailable, or gradients are wanted (the flash op has none for its log-sum-exp), an explicit float32
-softmax does the same.
+before the query segment; instruction rows: nothing) and a causal square over the segment's own tokens. Two ways
+to compute that, both through PyTorch's CPU flash attention, which returns the log-sum-exp:
+
+- Segments of at most CHUNKED_MAX_LEN tokens whose prefix is at most 2 x length + 128 tokens (documents, in
+  practice) go in chunks of CHUNK rows, the CPU flash op's query block at these sizes. Chunk c of every
+  segment of one prefix is one call over the keys [prefix | the segment's tokens up to the chunk's end], with
+  an additive mask that cuts the chunk's upper triangle, shared by the call's segments. Segments shorter than
+  the longest are padded, and a valid row never sees a padded key (its own keys end at the row itself). This
+  visits what the flash op's causal mode would, without merging two parts, and segments of any lengths share
+  a call.
+- Other segments (long ones, and query segments with a long prefix) take one call per part, and the two are
+  merged: lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse). Segments of
+  equal length and prefix go through in one batch.
+
+Equal-length segments that lie back to back are read and written as views; others are gathered, and padding
+rows are written to a scratch row past the output's end. The forms and their thresholds were chosen by timing
+them on 2 CPU cores (bench/RESULTS.md, kernel notes). Memory follows the allowed pairs of a batch, not T^2. If
+the flash op is unavailable, or gradients are wanted (the flash op has none for its log-sum-exp), an explicit
+float32 softmax does the same.
 
 Same signature as naive.block_sparse_attention: q [T, Hq, D], k and v [T, Hkv, D]; returns out [T, Hq, D]
 (q's dtype) and lse [T, Hq] (float32, natural log).
@@ -21,7 +34,9 @@ import torch
 from .._checks import wants_grad
 from ..layout import DOCUMENT, SegmentLayout
 
-BATCH_ELEMENTS = 1 << 24  # score elements per batched call
+BATCH_ELEMENTS = 1 << 24  # score elements per batched call, and gathered key elements per batch of chunks
+CHUNKED_MAX_LEN = 512  # segments up to this length (and a prefix up to 2 x length + 128) go in chunks
+CHUNK = 32  # rows per chunk: the CPU flash op's query block below 192 rows
 
 
 def _repeat_heads(q, k, v):
@@ -30,12 +45,14 @@ def _repeat_heads(q, k, v):
     return (k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)) if group > 1 else (k, v)
 
 
-def _explicit(q, k, v, causal, scale):
+def _explicit(q, k, v, causal, scale, mask=None):
     k, v = _repeat_heads(q, k, v)
     s = torch.einsum("bhld,bhmd->bhlm", q, k) * scale
     if causal:
         L = q.shape[2]
         s = s.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    if mask is not None:
+        s = s + mask
     lse = torch.logsumexp(s, dim=-1)
     return torch.einsum("bhlm,bhmd->bhld", torch.exp(s - lse[..., None]), v), lse
 
@@ -45,71 +62,134 @@ def _flash_op():
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _flash(q, k, v, causal, scale):
-    """Attention of q [B, Hq, L, D] over k, v [B, Hkv, M, D] (causal: a square, row i sees keys <= i; Hq a
-    multiple of Hkv). Returns out [B, Hq, L, D] and lse [B, Hq, L], float32. PyTorch's CPU flash op takes the
-    grouped key/value heads as they are; where it does not (older builds), they are repeated for it. When a
-    gradient is wanted the explicit softmax runs instead: the flash op passes no gradient through its
-    log-sum-exp, and the merge of a document's two parts needs one (without it the gradients of q and k are
-    wrong, e.g. when fine-tuning with BlockRank's loss)."""
+def _flash(q, k, v, causal, scale, mask=None):
+    """Attention of q [B, Hq, L, D] over k, v [B, Hkv, M, D] (causal: a square, row i sees keys <= i; mask: an
+    additive float32 mask broadcast to [B, Hq, L, M]; Hq a multiple of Hkv). Returns out [B, Hq, L, D] and lse
+    [B, Hq, L], float32. PyTorch's CPU flash op takes the grouped key/value heads as they are; where it does not
+    (older builds), they are repeated for it. When a gradient is wanted the explicit softmax runs instead: the
+    flash op passes no gradient through its log-sum-exp, and the merge of a document's two parts needs one
+    (without it the gradients of q and k are wrong, e.g. when fine-tuning with BlockRank's loss)."""
     op = None if wants_grad(q, k, v) else _flash_op()
     for attempt in (lambda: (k, v), lambda: _repeat_heads(q, k, v)) if op is not None else ():
         try:
-            return op(q, *attempt(), 0.0, causal, scale=scale)[:2]
+            return op(q, *attempt(), 0.0, causal, attn_mask=mask, scale=scale)[:2]
         except (RuntimeError, NotImplementedError):
             continue
-    return _explicit(q, k, v, causal, scale)
+    return _explicit(q, k, v, causal, scale, mask)
 
 
-def _rows_of(starts, length, device):
-    """The rows of equal-length segments: a slice when they lie back to back (then every read is a view), else
-    an index [n, length]."""
-    if all(b - a == length for a, b in zip(starts, starts[1:])):
-        return slice(starts[0], starts[0] + len(starts) * length)
-    return torch.as_tensor(starts, device=device)[:, None] + torch.arange(length, device=device)[None, :]
+def _merge(o, m, oa, ma):
+    """Merge two parts' outputs and log-sum-exps (in place into o when no gradient is wanted)."""
+    mm = torch.logaddexp(ma, m)
+    wa, wb = torch.exp(ma - mm)[..., None], torch.exp(m - mm)[..., None]
+    if wants_grad(o, oa):
+        return oa * wa + o * wb, mm
+    return o.mul_(wb).addcmul_(oa, wa), mm
 
 
-def _segments(q, k, v, starts, length, prefix, scale, out, lse):
-    """Equal-length segments sharing one prefix range: one batched call per part, then the merge."""
-    n = len(starts)
-    at = _rows_of(starts, length, q.device)
+class _Rows:
+    """The rows of a batch of segments (starts, lengths), each padded to `width` rows, read and written as
+    [segments, columns, ...] for the first `live` segments and a range of columns. When the segments are of one
+    length and lie back to back, reads and writes are views of their slice `at`. Otherwise `index` [n, width]
+    gathers them (a padding row repeats its segment's last row), and writes go through `to`, which sends
+    padding rows to the scratch row `dump`."""
 
-    def heads(x):  # rows of x as [n, heads, length, D] float32
-        x = x[at].unflatten(0, (n, length)) if isinstance(at, slice) else x[at]
-        return x.float().transpose(1, 2)
+    def __init__(self, starts, lengths, width, dump, device):
+        self.n, self.width = len(starts), width
+        s = torch.as_tensor(starts, device=device)[:, None]
+        n = torch.as_tensor(lengths, device=device)[:, None]
+        j = torch.arange(width, device=device)[None, :]
+        self.index = s + torch.minimum(j, n - 1)
+        self.at = self.to = None
+        if all(x == width for x in lengths) and all(b - a == width for a, b in zip(starts, starts[1:])):
+            self.at = slice(starts[0], starts[0] + self.n * width)
+        else:
+            self.to = torch.where(j < n, s + j, dump)
 
-    qs = heads(q)
-    o, m = _flash(qs, heads(k), heads(v), True, scale)
+    def read(self, x, live=None, cols=slice(None)):
+        """Rows of x [T, ...] as [live, columns, ...]."""
+        if self.at is not None:
+            return x[self.at].unflatten(0, (self.n, self.width))[:live, cols]
+        index = self.index[:live, cols]
+        return x.index_select(0, index.flatten()).unflatten(0, index.shape)
+
+    def write(self, dst, x, live=None, cols=slice(None)):
+        """Store x [live, columns, ...] into the rows of dst (padding rows into its scratch row)."""
+        if self.at is not None:
+            dst[self.at].unflatten(0, (self.n, self.width))[:live, cols] = x
+        else:
+            dst.index_copy_(0, self.to[:live, cols].flatten(), x.flatten(0, 1).to(dst.dtype))
+
+
+def _heads(x):
+    """[n, length, heads, D] -> [n, heads, length, D] float32 (a view where x is float32)."""
+    return x.float().transpose(1, 2)
+
+
+def _two_parts(q, k, v, rows, prefix, scale, out, lse):
+    """Segments of one length and prefix: one batched call per part (the causal square, the prefix), merged."""
+    qs = _heads(rows.read(q))
+    o, m = _flash(qs, _heads(rows.read(k)), _heads(rows.read(v)), True, scale)
     p0, p1 = prefix
     if p1 > p0:
-        kp = k[p0:p1][None].float().transpose(1, 2).expand(n, -1, -1, -1)
-        vp = v[p0:p1][None].float().transpose(1, 2).expand(n, -1, -1, -1)
-        oa, ma = _flash(qs, kp, vp, False, scale)
-        mm = torch.logaddexp(ma, m)
-        o = oa * torch.exp(ma - mm)[..., None] + o * torch.exp(m - mm)[..., None]
-        m = mm
-    o, m = o.transpose(1, 2).to(out.dtype), m.transpose(1, 2)  # [n, length, Hq, ...]
-    if isinstance(at, slice):
-        o, m = o.flatten(0, 1), m.flatten(0, 1)
-    out[at] = o
-    lse[at] = m
+        n = rows.n
+        kp = _heads(k[p0:p1][None]).expand(n, -1, -1, -1)
+        vp = _heads(v[p0:p1][None]).expand(n, -1, -1, -1)
+        o, m = _merge(o, m, *_flash(qs, kp, vp, False, scale))
+    rows.write(out, o.transpose(1, 2))
+    rows.write(lse, m.transpose(1, 2))
+
+
+def _chunks(q, k, v, rows, lengths, prefix, scale, out, lse):
+    """Segments of one prefix, longest first, in chunks of CHUNK rows: chunk c of every segment that reaches it
+    in one call over the keys [prefix | the segment's tokens up to the chunk's end], with the chunk's upper
+    triangle masked. The keys are gathered once, as [prefix | own tokens], and each chunk's are a leading slice
+    of them. A valid row never sees a padded key: its own keys end at the row itself."""
+    p0, p1 = prefix
+    n, width, P, dev = rows.n, rows.width, p1 - p0, q.device
+    at = torch.cat([torch.arange(p0, p1, device=dev).expand(n, -1), rows.index], 1).flatten()
+    keys, values = (_heads(x.index_select(0, at).unflatten(0, (n, P + width))) for x in (k, v))
+    for c in range(0, width, CHUNK):
+        live = sum(1 for x in lengths if x > c)  # the segments that reach this chunk: the first `live`
+        w = min(CHUNK, width - c)
+        mask = torch.zeros(w, P + c + w, dtype=torch.float32, device=dev)
+        mask[:, P + c:].masked_fill_(torch.ones(w, w, dtype=torch.bool, device=dev).triu(1), float("-inf"))
+        cols = slice(c, c + w)
+        o, m = _flash(_heads(rows.read(q, live, cols)), keys[:live, :, :P + c + w], values[:live, :, :P + c + w],
+                      False, scale, mask[None, None])
+        rows.write(out, o.transpose(1, 2), live, cols)
+        rows.write(lse, m.transpose(1, 2), live, cols)
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
                            scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     T, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    out = torch.empty_like(q)
-    lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device)
-    batches: dict[tuple, list[int]] = {}  # (prefix start, prefix end, length) -> segment starts
+    out = torch.empty(T + 1, Hq, D, dtype=q.dtype, device=q.device)  # row T: padding rows' scratch
+    lse = torch.empty(T + 1, Hq, dtype=torch.float32, device=q.device)
+    chunked: dict[tuple, list] = {}  # (prefix start, prefix end) -> [(segment start, length)]
+    split: dict[tuple, list[int]] = {}  # (prefix start, prefix end, length) -> segment starts
     for a, b, kind, p0, i1 in layout.segments():
         if b == a:
             continue
         prefix = (p0, i1) if kind == DOCUMENT else (p0, a)  # instruction rows: (p0, p0), empty
-        batches.setdefault((*prefix, b - a), []).append(a)
-    for (p0, p1, length), starts in batches.items():
-        per_segment = Hq * length * (p1 - p0 + length)
-        step = max(1, BATCH_ELEMENTS // per_segment)
+        P, L = prefix[1] - prefix[0], b - a
+        if 0 < P <= 2 * L + 128 and L <= CHUNKED_MAX_LEN:
+            chunked.setdefault(prefix, []).append((a, L))
+        else:
+            split.setdefault((*prefix, L), []).append(a)
+    Hkv = k.shape[1]
+    for (p0, p1), segs in chunked.items():
+        segs.sort(key=lambda x: -x[1])  # longest first (stable: equal lengths keep their order)
+        step = max(1, BATCH_ELEMENTS // (max(Hq * min(CHUNK, segs[0][1]), Hkv * D) * (p1 - p0 + segs[0][1])))
+        for c in range(0, len(segs), step):
+            batch = segs[c:c + step]
+            lengths = [n for _, n in batch]
+            rows = _Rows([s for s, _ in batch], lengths, lengths[0], T, q.device)
+            _chunks(q, k, v, rows, lengths, (p0, p1), scale, out, lse)
+    for (p0, p1, length), starts in split.items():
+        step = max(1, BATCH_ELEMENTS // (Hq * length * (p1 - p0 + length)))
         for c in range(0, len(starts), step):
-            _segments(q, k, v, starts[c:c + step], length, (p0, p1), scale, out, lse)
-    return out, lse
+            rows = _Rows(starts[c:c + step], [length] * len(starts[c:c + step]), length, T, q.device)
+            _two_parts(q, k, v, rows, (p0, p1), scale, out, lse)
+    return out[:T], lse[:T]
