@@ -853,6 +853,29 @@ def test_cpu_path_gradients_match_the_reference(layout_name):
         close(got, want, 1e-4, 1e-4, f"d{name}")
 
 
+@pytest.mark.parametrize("chunk", [7, 10_000])
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+@pytest.mark.parametrize("window", [None, 9])
+def test_cpu_mass_key_chunks_match_the_reference(monkeypatch, chunk, mode, window):
+    """The CPU path's forms: a prompt whose keys fit one chunk takes one pass (its normaliser from the same
+    scores); 7-key chunks force the first pass for the normaliser; a given log-sum-exp takes neither. Rows of
+    three prompts, one with no document key before it in "documents" mode (it must contribute nothing)."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    monkeypatch.setattr(mass_cpu, "KEY_CHUNK", chunk)
+    monkeypatch.setattr(mass_cpu, "SCORE_ELEMENTS", 1)
+    layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=8)
+    rows = torch.tensor([1, 33, 34, 37, 45, 47, 55, 92, 97])  # row 1: an instruction row, no document before it
+    w = torch.rand(len(rows), generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    lse = mass_cpu.row_lse(q[rows], rows, k, layout, mode, 0.125, window)
+    for given in (None, lse):
+        ref = attention_mass(q[rows], rows, k, layout, lse=given, weights=w, mode=mode, window=window, scale=0.125,
+                             backend="naive")
+        got = attention_mass(q[rows], rows, k, layout, lse=given, weights=w, mode=mode, window=window, scale=0.125,
+                             backend="torch")
+        close(got, ref, 1e-6, 1e-4, f"chunk {chunk}, lse given: {given is not None}")
+
+
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("window", [None, 9])
 def test_cpu_mass_gradients_match_the_reference(mode, window):

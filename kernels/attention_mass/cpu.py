@@ -11,13 +11,15 @@ import torch
 from ..layout import SegmentLayout
 from .common import document_keys, first_keys, row_meta, to_device
 
-KEY_CHUNK = 2048
+KEY_CHUNK = 2048  # keys per chunk at least
+SCORE_ELEMENTS = 1 << 22  # scores per chunk (rows x query heads x keys): longer chunks while they stay within it
 
 
-def _chunks(layout, rows, mode, device, window=None):
-    """For each prompt holding selected rows, its keys from its rows' first covered key to its last row in
-    chunks: (those rows' indices, c0, c1, allowed [rows, c1 - c0]). Rows meet only their own prompt's keys
-    (and, under a sliding window, only their window's), so packed prompts cost what they would alone."""
+def _prompts(layout, rows, mode, device, heads, window=None):
+    """For each prompt holding selected rows: (those rows' indices, the key chunks [(c0, c1)] from their first
+    covered key to their last row, allowed(c0, c1) -> bool [rows, c1 - c0]). Rows meet only their own
+    prompt's keys (and, under a sliding window, only their window's), so packed prompts cost what they would
+    alone. A chunk holds KEY_CHUNK keys, or more while its scores stay within SCORE_ELEMENTS."""
     pos, p0 = row_meta(layout, rows)
     lo = first_keys(pos, p0, window)
     doc = document_keys(layout, device) if mode == "documents" else None
@@ -25,45 +27,76 @@ def _chunks(layout, rows, mode, device, window=None):
         sel = np.nonzero(p0 == start)[0]
         pos_t, lo_t, sel_t = to_device(np.stack([pos[sel], lo[sel], sel]), device)
         end = int(pos[sel].max()) + 1
-        for c0 in range(int(lo[sel].min()), end, KEY_CHUNK):
-            c1 = min(end, c0 + KEY_CHUNK)
+        step = max(KEY_CHUNK, SCORE_ELEMENTS // max(1, len(sel) * heads))
+
+        def allowed(c0, c1, pos_t=pos_t, lo_t=lo_t):
             j = torch.arange(c0, c1, device=device)[None, :]
             ok = (j <= pos_t[:, None]) & (j >= lo_t[:, None])
-            if doc is not None:
-                ok &= doc[c0:c1][None, :]
-            yield sel_t, c0, c1, ok
+            return ok & doc[c0:c1][None, :] if doc is not None else ok
+
+        yield sel_t, [(c0, min(end, c0 + step)) for c0 in range(int(lo[sel].min()), end, step)], allowed
 
 
-def _scores(q_rows, k, c0, c1, scale):
+def _scores(q_rows, k, c0, c1, scale, ok):
+    """The rows' scaled scores over keys [c0, c1), -inf where ok is False: [Hq, R, c1 - c0] float32. One batched
+    product per key/value head, its query heads' rows stacked (no copy of the scores)."""
     R, Hq, D = q_rows.shape
     Hkv = k.shape[1]
-    qs = q_rows.float().reshape(R, Hkv, Hq // Hkv, D)
-    return torch.einsum("rkgd,tkd->kgrt", qs, k[c0:c1].float()).reshape(Hq, R, c1 - c0) * scale
+    qs = (q_rows.float() * scale).unflatten(1, (Hkv, Hq // Hkv)).permute(1, 2, 0, 3).reshape(Hkv, -1, D)
+    s = torch.matmul(qs, k[c0:c1].float().permute(1, 2, 0)).view(Hq, R, c1 - c0)
+    return s.masked_fill_(~ok[None], float("-inf"))
+
+
+def _mass(s, norm, w):
+    """Sum over rows of w x exp(s - norm), per key and head: [t, Hq]. s [Hq, R, t] (overwritten), norm [Hq, R],
+    w [R]. Rows with no allowed key (norm -inf) contribute nothing."""
+    norm = norm.masked_fill(norm == float("-inf"), float("inf"))
+    return torch.matmul(w[None, None, :], s.sub_(norm[..., None]).exp_()).squeeze(1).T
+
+
+def _mass_one_pass(s, w):
+    """_mass with each row's normaliser taken from these scores (all of its keys): exp(s - max) once, and the
+    sums' reciprocals folded into the row weights. s is overwritten."""
+    m = s.detach().amax(-1, keepdim=True)
+    e = s.sub_(m.masked_fill(m == float("-inf"), 0.0)).exp_()  # rows with no allowed key: all 0
+    return torch.matmul((w / e.sum(-1).clamp_min(torch.finfo(e.dtype).tiny))[:, None, :], e).squeeze(1).T
 
 
 def row_lse(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout, mode: str,
             scale: float, window: Optional[int] = None) -> torch.Tensor:
     """Each selected row's log-sum-exp over the keys its softmax covers, [R, Hq] float32, key chunk by chunk."""
     norm = torch.full((q_rows.shape[1], q_rows.shape[0]), float("-inf"), device=q_rows.device)
-    for sel, c0, c1, ok in _chunks(layout, rows, mode, q_rows.device, window):
-        s = _scores(q_rows[sel], k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
-        norm[:, sel] = torch.logaddexp(norm[:, sel], torch.logsumexp(s, dim=-1))
+    for sel, chunks, allowed in _prompts(layout, rows, mode, q_rows.device, q_rows.shape[1], window):
+        for c0, c1 in chunks:
+            s = _scores(q_rows[sel], k, c0, c1, scale, allowed(c0, c1))
+            norm[:, sel] = torch.logaddexp(norm[:, sel], torch.logsumexp(s, dim=-1))
     return norm.transpose(0, 1).contiguous()
 
 
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
                    scale: Optional[float] = None, window: Optional[int] = None) -> torch.Tensor:
+    """Without lse, a prompt whose covered keys fit one chunk takes one pass: its scores give the normaliser
+    and the probabilities. Longer ones take a first pass for the normaliser."""
     R, Hq, D = q_rows.shape
     T = k.shape[0]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q_rows.device
-    norm = (row_lse(q_rows, rows, k, layout, mode, scale, window) if lse is None else lse.float()).transpose(0, 1)
+    given = None if lse is None else lse.float().transpose(0, 1)
     w = torch.full((R,), 1.0 / max(R, 1), device=dev) if weights is None else weights.float()
     mass = torch.zeros(T, Hq, dtype=torch.float32, device=dev)
-    for sel, c0, c1, ok in _chunks(layout, rows, mode, dev, window):
-        s = _scores(q_rows[sel], k, c0, c1, scale).masked_fill(~ok[None], float("-inf"))
-        p = torch.exp(s - norm[:, sel, None])
-        p = torch.nan_to_num(p, nan=0.0)
-        mass[c0:c1] += torch.einsum("hrt,r->th", p, w[sel])
+    for sel, chunks, allowed in _prompts(layout, rows, mode, dev, Hq, window):
+        q_sel, w_sel = q_rows[sel], w[sel]
+        if given is not None:
+            norm = given[:, sel]
+        elif len(chunks) == 1:
+            c0, c1 = chunks[0]
+            mass[c0:c1] += _mass_one_pass(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), w_sel)
+            continue
+        else:
+            norm = torch.full((Hq, len(sel)), float("-inf"), device=dev)
+            for c0, c1 in chunks:
+                norm = torch.logaddexp(norm, torch.logsumexp(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), dim=-1))
+        for c0, c1 in chunks:
+            mass[c0:c1] += _mass(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), norm, w_sel)
     return mass
