@@ -12,8 +12,8 @@ positions are given on the host, as the rerankers give them (rows on the GPU cos
 shape also checks the kernel's output on 256 rows (the query rows, documents' first and last rows, random rows)
 against float32 attention under the layout's mask.
 CPU (always): the PyTorch CPU path for 64 + 20 x 160 + 50 = 3,314 tokens, 8 query and 2 KV heads, D 64, fp32,
-against SDPA with a boolean mask, dense causal SDPA and compiled FlexAttention; then the same for 20 documents
-of 30-290 tokens (seeded).
+against SDPA with a boolean mask, dense causal SDPA and compiled FlexAttention, and the attention mass of the 50
+query rows against materialising their weights; then the same for 20 documents of 30-290 tokens (seeded).
 """
 from __future__ import annotations
 
@@ -107,6 +107,21 @@ def cpu_case(spec, label: str) -> list[str]:
            "", "| method | median ms | ratio to irforge |", "|---|---|---|"]
     for name, ms in rows:
         out.append(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
+    # attention mass of the 50 query rows, against materialising their attention weights (as on the GPU)
+    pos = torch.arange(T - 50, T)
+    q_rows, lse = q[pos], block_sparse_attention(q, k, v, layout, backend="torch")[1][pos]
+
+    def materialise():
+        s = torch.einsum("rhd,thd->hrt", q_rows, k.repeat_interleave(Hq // Hkv, dim=1)) / math.sqrt(D)
+        return s.masked_fill(torch.arange(T)[None, None, :] > pos[None, :, None], float("-inf")).softmax(-1).mean(1)
+
+    t_given = wall(lambda: attention_mass(q_rows, pos, k, layout, lse=lse, backend="torch"), REPS)
+    t_own = wall(lambda: attention_mass(q_rows, pos, k, layout, backend="torch"), REPS)
+    t_mat = wall(materialise, REPS)
+    out += ["", "| attention mass, 50 query rows | median ms | ratio to materialising |", "|---|---|---|",
+            f"| irforge CPU path, log-sum-exp given | {t_given:.2f} | {t_mat / t_given:.1f}x faster |",
+            f"| irforge CPU path, log-sum-exp computed (ICR's call) | {t_own:.2f} | {t_mat / t_own:.1f}x faster |",
+            f"| materialised weights (einsum + softmax) | {t_mat:.2f} | 1 |"]
     return out
 
 
