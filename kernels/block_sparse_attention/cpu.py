@@ -95,7 +95,7 @@ class _Rows:
     padding rows to the scratch row `dump`."""
 
     def __init__(self, starts, lengths, width, dump, device):
-        self.n, self.width = len(starts), width
+        self.n, self.width, self.lengths = len(starts), width, lengths
         s = torch.as_tensor(starts, device=device)[:, None]
         n = torch.as_tensor(lengths, device=device)[:, None]
         j = torch.arange(width, device=device)[None, :]
@@ -140,7 +140,7 @@ def _two_parts(q, k, v, rows, prefix, scale, out, lse):
     rows.write(lse, m.transpose(1, 2))
 
 
-def _chunks(q, k, v, rows, lengths, prefix, scale, out, lse):
+def _chunks(q, k, v, rows, prefix, scale, out, lse):
     """Segments of one prefix, longest first, in chunks of CHUNK rows: chunk c of every segment that reaches it
     in one call over the keys [prefix | the segment's tokens up to the chunk's end], with the chunk's upper
     triangle masked. The keys are gathered once, as [prefix | own tokens], and each chunk's are a leading slice
@@ -150,7 +150,7 @@ def _chunks(q, k, v, rows, lengths, prefix, scale, out, lse):
     at = torch.cat([torch.arange(p0, p1, device=dev).expand(n, -1), rows.index], 1).flatten()
     keys, values = (_heads(x.index_select(0, at).unflatten(0, (n, P + width))) for x in (k, v))
     for c in range(0, width, CHUNK):
-        live = sum(1 for x in lengths if x > c)  # the segments that reach this chunk: the first `live`
+        live = sum(1 for x in rows.lengths if x > c)  # the segments that reach this chunk: the first `live`
         w = min(CHUNK, width - c)
         mask = torch.zeros(w, P + c + w, dtype=torch.float32, device=dev)
         mask[:, P + c:].masked_fill_(torch.ones(w, w, dtype=torch.bool, device=dev).triu(1), float("-inf"))
@@ -184,12 +184,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         step = max(1, BATCH_ELEMENTS // (max(Hq * min(CHUNK, segs[0][1]), Hkv * D) * (p1 - p0 + segs[0][1])))
         for c in range(0, len(segs), step):
             batch = segs[c:c + step]
-            lengths = [n for _, n in batch]
-            rows = _Rows([s for s, _ in batch], lengths, lengths[0], T, q.device)
-            _chunks(q, k, v, rows, lengths, (p0, p1), scale, out, lse)
+            rows = _Rows([s for s, _ in batch], [n for _, n in batch], batch[0][1], T, q.device)
+            _chunks(q, k, v, rows, (p0, p1), scale, out, lse)
     for (p0, p1, length), starts in split.items():
         step = max(1, BATCH_ELEMENTS // (Hq * length * (p1 - p0 + length)))
         for c in range(0, len(starts), step):
-            rows = _Rows(starts[c:c + step], [length] * len(starts[c:c + step]), length, T, q.device)
+            batch = starts[c:c + step]
+            rows = _Rows(batch, [length] * len(batch), length, T, q.device)
             _two_parts(q, k, v, rows, (p0, p1), scale, out, lse)
     return out[:T], lse[:T]
