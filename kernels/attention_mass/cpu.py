@@ -62,14 +62,20 @@ def _mass_one_pass(s, w):
     return torch.matmul((w / e.sum(-1).clamp_min(torch.finfo(e.dtype).tiny))[:, None, :], e).squeeze(1).T
 
 
+def _norm(q_sel, k, chunks, allowed, scale):
+    """The rows' log-sum-exp over their covered keys, chunk by chunk: [Hq, R] float32 (-inf: no key)."""
+    norm = torch.full((q_sel.shape[1], q_sel.shape[0]), float("-inf"), device=q_sel.device)
+    for c0, c1 in chunks:
+        norm = torch.logaddexp(norm, torch.logsumexp(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), dim=-1))
+    return norm
+
+
 def row_lse(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout, mode: str,
             scale: float, window: Optional[int] = None) -> torch.Tensor:
     """Each selected row's log-sum-exp over the keys its softmax covers, [R, Hq] float32, key chunk by chunk."""
     norm = torch.full((q_rows.shape[1], q_rows.shape[0]), float("-inf"), device=q_rows.device)
     for sel, chunks, allowed in _prompts(layout, rows, mode, q_rows.device, q_rows.shape[1], window):
-        for c0, c1 in chunks:
-            s = _scores(q_rows[sel], k, c0, c1, scale, allowed(c0, c1))
-            norm[:, sel] = torch.logaddexp(norm[:, sel], torch.logsumexp(s, dim=-1))
+        norm[:, sel] = _norm(q_rows[sel], k, chunks, allowed, scale)
     return norm.transpose(0, 1).contiguous()
 
 
@@ -94,9 +100,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
             mass[c0:c1] += _mass_one_pass(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), w_sel)
             continue
         else:
-            norm = torch.full((Hq, len(sel)), float("-inf"), device=dev)
-            for c0, c1 in chunks:
-                norm = torch.logaddexp(norm, torch.logsumexp(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), dim=-1))
+            norm = _norm(q_sel, k, chunks, allowed, scale)
         for c0, c1 in chunks:
             mass[c0:c1] += _mass(_scores(q_sel, k, c0, c1, scale, allowed(c0, c1)), norm, w_sel)
     return mass
