@@ -136,9 +136,15 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     assert all(d["mma"] for d in bsa if d["dt"] != "fp32"), bsa
     # the Hopper default at D 128 (one loop, one tile per program) holds three programs per SM: at most 168
     # registers per thread, whatever this Triton version's compiler would take unlimited, and a third of an
-    # H100 SM's 228 KB of shared memory (1 KB of it reserved per program)
+    # H100 SM's shared memory
     hopper = [d for d in bsa if d["cc"] == 90 and d["D"] == 128 and d["dt"] == "bf16" and not d["runs"]]
-    assert len(hopper) == 1 and all(d["regs"] <= 168 and 3 * (d["shared"] + 1024) <= 228 * 1024 for d in hopper), hopper
+    assert len(hopper) == 1 and all(d["regs"] <= 168 and fits_h100_sm(d, 3) for d in hopper), hopper
+
+
+def fits_h100_sm(kernel: dict, programs: int) -> bool:
+    """Whether ``programs`` copies of a compiled kernel fit one H100 SM's 228 KB of shared memory (1 KB of it
+    reserved per program)."""
+    return programs * (kernel["shared"] + 1024) <= 228 * 1024
 
 
 def test_tensor_memory_loads_compile_to_pipelined_bulk_copies(tmp_path):
@@ -157,9 +163,9 @@ def test_tensor_memory_loads_compile_to_pipelined_bulk_copies(tmp_path):
     # by per-thread asynchronous copies (which runs of tiles still use for their query rows)
     assert all(d["tma_copies"] >= 4 and (d["copies"] == 0 or d["runs"]) for d in done), done
     four = done[3]
-    assert four["maxnreg"] == 128 and four["regs"] <= 128 and 4 * (four["shared"] + 1024) <= 228 * 1024, four
+    assert four["maxnreg"] == 128 and four["regs"] <= 128 and fits_h100_sm(four, 4), four
     # the one-loop default: three programs per SM, as without tensor-memory loads
-    assert done[0]["regs"] <= 168 and 3 * (done[0]["shared"] + 1024) <= 228 * 1024, done[0]
+    assert done[0]["regs"] <= 168 and fits_h100_sm(done[0], 3), done[0]
 
 
 # shared memory per block that a kernel may use: A100 (sm_80), RTX 30x0 / A10 / L4 / RTX 40x0 (sm_86, sm_89)
