@@ -8,9 +8,9 @@
 # the build (build 30, tests 25, kernels 30, sweep 30 with 9 configurations, rerank 100, kernel tests 65). On an
 # H100 (8265aa6, 158d652): build about 35, tests 41, kernels 38, sweep 42 (18 configurations), rerank 118,
 # profile 38; the kernel test file (253 tests, many compiled variants) reached its limit of 150 s after 224 had
-# passed, so the limit is now 240 s: about 550 s for all the steps. Each step has its own time limit (a step that runs out is
-# reported and the next one starts); a second call on the still-warm machine can run steps again without the
-# build:
+# passed, so the limit is now 240 s: about 550 s for all the steps. Each step has its own time limit (a step
+# that runs out is reported and the next one starts); a second call on the still-warm machine can run steps
+# again without the build:
 # `IRFORGE_SKIP_INSTALL=1 bash bench/gpu_session.sh sweep`.
 # Results land in $OUT: RESULTS.md (the tree's bench/RESULTS.md with the GPU sections written in, copied
 # after every step) and one log per step (install.log also names the card and versions): 8 files, the most

@@ -421,8 +421,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     timed on other GPUs). ``tiles_per_program``: in the one-loop form (implied when above 1), a program takes up
     to this many consecutive tiles of one segment in turn, in the same loop, so that the next tile's first key
     blocks load while this tile's last ones are computed and the pipeline fills once per run instead of once per
-    tile (a 160-token document holds 10 tiles of 16 tokens); tiles that are split never join a run. The query rows load ahead with the key and value
-    blocks (``query_load="block"``): half again the traffic from L2 of the key and value blocks alone.
+    tile (a 160-token document holds 10 tiles of 16 tokens); tiles that are split never join a run. The query
+    rows load ahead with the key and value blocks (``query_load="block"``): half again the traffic from L2 of
+    the key and value blocks alone.
     ``query_load="tile"`` loads them only with a tile's first block and holds them in registers instead.
     Neither is the default: on an H100 runs of 2-16 tiles took 0.287-0.293 ms at 16k tokens against 0.242 for
     one tile per program in the default configuration, and "tile" was slower than "block" in every
