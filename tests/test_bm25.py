@@ -210,6 +210,10 @@ def test_k_larger_than_corpus_and_empty_queries():
     assert batch.counts.tolist() == [2, 0, 1]
     assert batch.docnos[0, 2] == -1 and np.isneginf(batch.scores[0, 2]) and batch.ids[0, 2] is None
     assert batch.row(2).ids.tolist() == ["2"]
+    # A k past the corpus size is cut to it: no row can hold more hits, and k=2**40 must not allocate 2**40 slots.
+    huge = index.search_batch(["beta", "delta"], k=2**40)
+    assert huge.docnos.shape == huge.scores.shape == huge.ids.shape == (2, 3)
+    assert huge.counts.tolist() == [2, 1] and huge.row(0).docnos.tolist() == index.search("beta").docnos.tolist()
 
 
 def test_ties_broken_by_document_number():

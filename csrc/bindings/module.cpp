@@ -315,7 +315,8 @@ PYBIND11_MODULE(_core, m) {
              const Algorithm a = algorithm_of(algorithm);
              if (self.ix->mode() == InputMode::kIds) check_int_dtype(queries);
              auto items = convert(queries, self.ix->mode(), "query", true);
-             const size_t n = items.size(), kk = static_cast<size_t>(k);
+             // No row holds more hits than there are documents: a k past that would only allocate padding.
+             const size_t n = items.size(), kk = std::min<size_t>(static_cast<size_t>(k), self.ix->n_docs());
              py::array_t<int64_t> docs({n, kk});
              py::array_t<float> scores({n, kk});
              py::array_t<int64_t> counts(n);

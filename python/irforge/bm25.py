@@ -73,9 +73,9 @@ class Hits(Sequence[Hit]):
 
 
 class BatchHits(NamedTuple):
-    """Results of many queries as arrays shaped ``(n_queries, k)``.
+    """Results of many queries as arrays shaped ``(n_queries, min(k, n_docs))``.
 
-    Rows with fewer than ``k`` hits are padded: ``docnos`` with -1, ``scores`` with ``-inf``, ``ids`` with None.
+    Rows with fewer hits are padded: ``docnos`` with -1, ``scores`` with ``-inf``, ``ids`` with None.
     ``counts[i]`` is the number of real hits of query ``i``.
     """
 
@@ -369,7 +369,7 @@ class BM25Index:
     ) -> BatchHits:
         """Top ``k`` for each query, on ``threads`` threads (default: all cores) with the GIL released.
 
-        Returns :class:`BatchHits` of arrays shaped ``(n_queries, k)``.
+        Returns :class:`BatchHits` of arrays shaped ``(n_queries, min(k, n_docs))``.
         """
         k = _check_k(k)
         _check_algorithm(algorithm)
