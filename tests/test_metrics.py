@@ -66,6 +66,9 @@ def test_trec_run_roundtrip(tmp_path):
     assert metrics.read_trec_run(path) == run
     with pytest.raises(ValueError, match="whitespace"):
         metrics.write_trec_run({"q": {"bad id": 1.0}}, tmp_path / "x.trec")
+    with pytest.raises(ValueError, match="whitespace"):  # a failed write keeps the earlier file and leaves no other
+        metrics.write_trec_run({"q": {"ok": 1.0}, "q 2": {"d": 1.0}}, path)
+    assert metrics.read_trec_run(path) == run and sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
 
 
 def test_read_qrels_formats(tmp_path):

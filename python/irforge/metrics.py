@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Union
 
+from ._io import atomic_save
+
 __all__ = ["evaluate", "ndcg", "recall", "mrr", "average_precision", "precision", "write_trec_run",
            "read_trec_run", "read_qrels", "parse_metric"]
 
@@ -111,19 +113,24 @@ def evaluate(
 
 
 def write_trec_run(run: Run, path: Union[str, "os.PathLike[str]"], tag: str = "irforge") -> None:
-    """Write a run in TREC format (``qid Q0 docid rank score tag``), ranked as trec_eval ranks it."""
+    """Write a run in TREC format (``qid Q0 docid rank score tag``), ranked as trec_eval ranks it. The file is
+    written atomically: on an error (an id with whitespace) nothing is left under ``path`` or beside it."""
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"run tag must be a non-empty word without spaces, got {tag!r}")
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for q, docs in run.items():
-            if any(c.isspace() for c in str(q)):
-                raise ValueError(f"query id {q!r} contains whitespace")
-            for rank, d in enumerate(_ranked(docs), start=1):
-                if any(c.isspace() for c in d):
-                    raise ValueError(f"document id {d!r} contains whitespace")
-                f.write(f"{q} Q0 {d} {rank} {docs[d]:.6f} {tag}\n")
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for q, docs in run.items():
+                if any(c.isspace() for c in str(q)):
+                    raise ValueError(f"query id {q!r} contains whitespace")
+                for rank, d in enumerate(_ranked(docs), start=1):
+                    if any(c.isspace() for c in d):
+                        raise ValueError(f"document id {d!r} contains whitespace")
+                    f.write(f"{q} Q0 {d} {rank} {docs[d]:.6f} {tag}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_save(path, write)
 
 
 def read_trec_run(path: Union[str, "os.PathLike[str]"]) -> dict[str, dict[str, float]]:
