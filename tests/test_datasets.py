@@ -48,6 +48,10 @@ def test_load_beir_errors(tmp_path):
     bad.write_text('{"_id": "1"}\n{oops\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         list(iter_jsonl(bad))
+    write_beir(tmp_path / "noqid")
+    (tmp_path / "noqid" / "queries.jsonl").write_text(json.dumps({"text": "a query without an id"}) + "\n")
+    with pytest.raises(ValueError, match="a query has no _id"):
+        load_beir(tmp_path / "noqid")
 
 
 def test_scifact_shape(scifact):

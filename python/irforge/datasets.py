@@ -93,7 +93,10 @@ def load_beir(path: PathLike, split: str = "test") -> BeirDataset:
     qpath = _first_existing(d, ["queries.jsonl", "queries.jsonl.gz"])
     if qpath is not None:
         for rec in iter_jsonl(qpath):
-            queries[str(rec.get("_id", rec.get("id")))] = rec.get("text") or ""
+            qid = rec.get("_id", rec.get("id"))
+            if qid is None:  # would otherwise become the query "None"
+                raise ValueError(f"{qpath}: a query has no _id")
+            queries[str(qid)] = rec.get("text") or ""
     qrels = {}
     qrels_path = _first_existing(d / "qrels", [f"{split}.tsv", f"{split}.tsv.gz"])
     if qrels_path is not None:
