@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Optional
 
 import torch
@@ -27,6 +28,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Segment
         raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share T and D")
+    if min(q.shape[1], k.shape[1], q.shape[2]) == 0:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need at least one head and D of at least 1")
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if q.dtype != k.dtype or q.dtype != v.dtype:
@@ -63,10 +66,14 @@ def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype
     """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. The Triton kernels are forward only:
     where a gradient is wanted (``grad``), "auto" runs PyTorch and "triton" raises ValueError (their outputs
     would carry no gradient, and a model's residual stream would hide that: the gradients would be silently
-    wrong). Triton's bfloat16 products need a GPU of compute capability 8.0 or newer (a T4 or V100 has none):
+    wrong). Without CUDA, "triton" runs only in Triton's interpreter (TRITON_INTERPRET=1), else ValueError.
+    Triton's bfloat16 products need a GPU of compute capability 8.0 or newer (a T4 or V100 has none):
     TypeError there, naming float16 instead."""
     check_backend(backend)
     which = ("triton" if device.type == "cuda" and not grad else "torch") if backend == "auto" else backend
+    if which == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend 'triton' needs CUDA tensors, got tensors on {device} (the Triton interpreter "
+                         "runs CPU tensors when TRITON_INTERPRET=1 is set before irforge.kernels is imported)")
     if which == "triton" and grad:
         raise ValueError("the Triton kernels have no backward pass: for gradients use backend='torch' (or "
                          "'auto', which picks it), or call under torch.no_grad() or torch.inference_mode()")

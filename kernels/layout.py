@@ -11,6 +11,7 @@ prompt so far for query rows).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,8 +36,12 @@ class SegmentLayout:
     kinds: np.ndarray
 
     def __post_init__(self) -> None:
-        cu = np.asarray(self.cu_seqlens, dtype=np.int64)
-        kinds = np.asarray(self.kinds, dtype=np.int64)
+        given = {name: np.asarray(getattr(self, name)) for name in ("cu_seqlens", "kinds")}
+        for name, a in given.items():
+            if a.dtype.kind not in "iu" and a.size:  # a cast would truncate 1.5 to 1 without a word
+                raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+        cu = given["cu_seqlens"].astype(np.int64)
+        kinds = given["kinds"].astype(np.int64)
         if cu.ndim != 1 or kinds.ndim != 1 or len(cu) != len(kinds) + 1:
             raise ValueError(f"cu_seqlens must have one more entry than kinds, got {cu.shape} and {kinds.shape}")
         if len(kinds) == 0:
@@ -62,6 +67,9 @@ class SegmentLayout:
         for inst, docs, query in prompts:
             lens += [inst, *docs, query]
             kinds += [INSTRUCTION] + [DOCUMENT] * len(docs) + [QUERY]
+        for x in lens:
+            if not isinstance(x, numbers.Integral) or isinstance(x, bool):
+                raise TypeError(f"segment lengths must be ints, got {x!r}")
         if any(x < 0 for x in lens):
             raise ValueError("segment lengths must be non-negative")
         return cls(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.asarray(kinds, dtype=np.int64))

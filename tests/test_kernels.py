@@ -637,7 +637,7 @@ def test_default_launches_fall_back_to_configurations_that_fit_shared_memory(mon
         mass_kernel.attention_mass(q[rows], rows, k, layout, block_n=64)
 
 
-def test_bad_inputs():
+def test_bad_inputs(monkeypatch):
     layout, q, k, v = make("odd", 64, 4, 2, torch.float32)
     with pytest.raises(ValueError, match="multiple"):
         block_sparse_attention(q, k[:, :1].expand(-1, 3, -1), v[:, :1].expand(-1, 3, -1), layout)
@@ -655,6 +655,24 @@ def test_bad_inputs():
         SegmentLayout.from_lengths([(2, [3], 1)]).__class__(np.array([0, 2, 5]), np.array([0, 1]))
     with pytest.raises(ValueError, match="non-negative"):
         SegmentLayout.from_lengths([(2, [-1], 1)])
+    # Fractional boundaries, kinds or lengths are refused, not truncated into another layout.
+    with pytest.raises(TypeError, match="cu_seqlens must hold integers"):
+        SegmentLayout(np.array([0, 1.5, 3.0, 4]), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="kinds must hold integers"):
+        SegmentLayout(np.array([0, 1, 3, 4]), np.array([0, 1.2, 2]))
+    for bad in (1.5, None, True):
+        with pytest.raises(TypeError, match="segment lengths must be ints"):
+            SegmentLayout.from_lengths([(2, [bad], 1)])
+    assert SegmentLayout.from_lengths([(np.int32(2), np.array([3, 0]), 1)]).total_tokens == 6
+    with pytest.raises(ValueError, match="at least one head and D"):
+        block_sparse_attention(q[..., :0], k[..., :0], v[..., :0], layout)
+    with pytest.raises(ValueError, match="at least one head and D"):
+        attention_mass(q[:2, :, :0], torch.tensor([0, 1]), k[..., :0], layout)
+    if not torch.cuda.is_available():
+        with monkeypatch.context() as m:  # the interpreter, which runs CPU tensors, is off in a user's process
+            m.delenv("TRITON_INTERPRET", raising=False)
+            with pytest.raises(ValueError, match="needs CUDA tensors"):
+                block_sparse_attention(q, k, v, layout, backend="triton")
     for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(max_blocks=-1), dict(num_stages=0),
                 dict(max_registers=300), dict(max_registers=16), dict(max_registers=True), dict(max_registers=128.0),
                 dict(scale=-0.5)):
@@ -668,8 +686,9 @@ def test_bad_inputs():
         attention_mass(q[rows], torch.tensor([0, 10_000]), k, layout)
     with pytest.raises(ValueError, match="mode"):
         attention_mass(q[rows], rows, k, layout, mode="full")
-    with pytest.raises(ValueError, match="rows"):
-        attention_mass(q[rows], rows.float(), k, layout)
+    for bad_rows in (rows.float(), rows.bool(), rows.tolist(), rows[None]):
+        with pytest.raises(ValueError, match="rows must be an integer tensor"):
+            attention_mass(q[rows], bad_rows, k, layout)
     for bad in (0, -3, 2.5, True, "8"):
         with pytest.raises(ValueError, match="window"):
             attention_mass(q[rows], rows, k, layout, window=bad)

@@ -52,6 +52,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     if not isinstance(layout, SegmentLayout):
         raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
     R, Hq, D = q_rows.shape
+    if min(Hq, k.shape[1], D) == 0:
+        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)} need at least one head and D of at "
+                         "least 1")
     if k.shape[2] != D or Hq % k.shape[1] != 0:
         raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple of Hkv")
     if q_rows.dtype != k.dtype:
@@ -63,7 +66,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     check_scale(scale)
     if k.shape[0] != layout.total_tokens:
         raise ValueError(f"k has {k.shape[0]} tokens but the layout covers {layout.total_tokens}")
-    if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.shape[0] != R or rows.dtype.is_floating_point:
+    if (not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.shape[0] != R or rows.dtype.is_floating_point
+            or rows.dtype.is_complex or rows.dtype == torch.bool):
         raise ValueError(f"rows must be an integer tensor of shape [{R}]")
     if lse is not None:
         if not isinstance(lse, torch.Tensor) or not lse.dtype.is_floating_point:
