@@ -199,7 +199,8 @@ def test_one_token_documents_and_bad_input(tokenizer):
 def test_both_rerankers_reject_what_would_rank_the_wrong_thing(tokenizer):
     """A single string as the documents (its characters would be ranked) or as the queries of a batch raises
     TypeError; numpy integers are valid k; a bool or a fraction is no layer, token budget or offset; a backend
-    name is checked when the reranker is built, not at its first forward pass."""
+    name is checked when the reranker is built, not at its first forward pass; so are the switches (a bool, not a
+    string that would count as true), the model and the tokenizer."""
     from irforge.rerank import BlockRankReranker
 
     model = tiny("llama")
@@ -218,6 +219,17 @@ def test_both_rerankers_reject_what_would_rank_the_wrong_thing(tokenizer):
         BlockRankReranker(model, tokenizer, chat="none", backend="cuda")
     with pytest.raises(ValueError, match="max_doc_tokens"):
         ICRReranker(model, tokenizer, max_doc_tokens=False)
+    for bad in (dict(reverse_order="no"), dict(calibrate=0), dict(progress=None)):  # "no" would count as true
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            ICRReranker(model, tokenizer, chat="none", **bad)
+    with pytest.raises(TypeError, match="progress"):
+        BlockRankReranker(model, tokenizer, chat="none", progress="yes")
+    for cls in (ICRReranker, BlockRankReranker):
+        with pytest.raises(TypeError, match="model must be"):
+            cls(None, tokenizer, chat="none")
+        with pytest.raises(TypeError, match="tokenizer must be"):
+            cls(model, None, chat="none")
+    assert ICRReranker(model, tokenizer, chat="none", calibrate=np.bool_(False)).calibrate is False
 
 
 def test_capture_sums_layers_of_one_pass_and_refuses_a_second_shape(tokenizer):

@@ -29,8 +29,8 @@ from ..kernels._checks import check_backend
 from .attention import check_attention_kwargs
 from .icr import RerankResult
 from .prompts import (PositionCheck, _progress, batches, chat_tags, check_batch, check_batch_tokens,
-                      check_int, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
-                      warn_truncated)
+                      check_flag, check_int, check_k, check_model_tokenizer, check_query_docs, encode, encode_many,
+                      place_model, truncate_many, warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]
 
@@ -114,6 +114,7 @@ class BlockRankReranker:
                  max_doc_tokens: int = 300, chat: Optional[str] = None, backend: str = "auto",
                  progress: bool = False, batch_tokens: Optional[int] = None, device: Any = None,
                  dtype: Any = None) -> None:
+        check_model_tokenizer(model, tokenizer)
         depth = model.config.num_hidden_layers
         self.layer = int(depth * 5 / 8) if layer is None else check_int("layer", layer, 0)
         if not self.layer < depth:
@@ -124,7 +125,7 @@ class BlockRankReranker:
         chat, self._tags = chat_tags(tokenizer, chat)
         self.model, self.tokenizer = place_model(model, device, dtype), tokenizer
         self.query_offset, self.max_doc_tokens, self.chat, self.backend = query_offset, max_doc_tokens, chat, backend
-        self.progress = progress
+        self.progress = check_flag("progress", progress)
         self.batch_tokens = check_batch_tokens(batch_tokens, model)
         self._positions = PositionCheck(model, "BlockRank")
         self._body = getattr(model, "base_model", model)  # the transformer without its LM head

@@ -21,8 +21,8 @@ import torch
 
 from .attention import cache_kwarg, capture_mass, use_capture_attention
 from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch, check_batch_tokens,
-                      check_int, check_k, check_query_docs, encode, encode_many, place_model, truncate_many,
-                      warn_truncated)
+                      check_flag, check_int, check_k, check_model_tokenizer, check_query_docs, encode, encode_many,
+                      place_model, truncate_many, warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]
 
@@ -79,11 +79,14 @@ class ICRReranker:
     def __init__(self, model: Any, tokenizer: Any, *, max_doc_tokens: int = 300, reverse_order: bool = True,
                  calibrate: bool = True, chat: Optional[str] = None, progress: bool = False,
                  batch_tokens: Optional[int] = None, device: Any = None, dtype: Any = None) -> None:
+        check_model_tokenizer(model, tokenizer)
         max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, 1)
         chat, self._tags = chat_tags(tokenizer, chat)
         self.model, self.tokenizer = place_model(model, device, dtype).eval(), tokenizer
-        self.max_doc_tokens, self.reverse_order, self.calibrate = max_doc_tokens, reverse_order, calibrate
-        self.chat, self.progress = chat, progress
+        self.max_doc_tokens = max_doc_tokens
+        self.reverse_order = check_flag("reverse_order", reverse_order)
+        self.calibrate = check_flag("calibrate", calibrate)
+        self.chat, self.progress = chat, check_flag("progress", progress)
         self.batch_tokens = check_batch_tokens(batch_tokens, model)
         self._positions = PositionCheck(model, "ICR")
         self._body = getattr(model, "base_model", model)  # the transformer without its LM head: no logits needed

@@ -8,6 +8,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
+
 CHAT_TAGS = {
     "chatml": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"),
     "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
@@ -252,6 +254,26 @@ def warn_truncated(name: str, truncated: list[list[int]], n_docs: list[int], bud
 def check_k(k: Any) -> Optional[int]:
     """``k`` of rerank / rerank_batch: None (all documents) or a positive int (numpy's integers too)."""
     return None if k is None else check_int("k", k, 1)
+
+
+def check_model_tokenizer(model: Any, tokenizer: Any) -> None:
+    """TypeError unless ``model`` is a torch module with a transformers config and ``tokenizer`` is callable (a
+    transformers tokenizer), so that a wrong argument fails at construction, named, not at the first query."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a transformers causal LM (a torch.nn.Module with a config), got "
+                        f"{type(model).__name__}")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool (Python's or numpy's); TypeError naming ``name`` otherwise (a string such as "no" would
+    otherwise count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_int(name: str, value: Any, low: int) -> int:
