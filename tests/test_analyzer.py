@@ -3,6 +3,7 @@ from __future__ import annotations
 import inspect
 import re
 
+import numpy as np
 import pytest
 
 from irforge import LUCENE_STOPWORDS, Analyzer
@@ -108,6 +109,11 @@ def test_bad_options():
         Analyzer(stopwords=[1, 2])  # type: ignore[list-item]
     with pytest.raises(ValueError):
         Analyzer(max_token_length=0)
+    with pytest.raises(ValueError, match="max_token_length"):
+        Analyzer(max_token_length=True)
+    with pytest.raises(TypeError, match="lowercase"):
+        Analyzer(lowercase="no")  # would count as true
+    assert Analyzer(lowercase=np.bool_(False), max_token_length=np.int64(4))("ABCDEF") == ["ABCD", "EF"]
 
 
 def test_analyze_many_matches_analyze():

@@ -94,6 +94,10 @@ def test_very_long_tokens_are_split_not_dropped():
     ({"stemmer": "lancaster"}, ValueError, "stemmer"),
     ({"threads": 0}, ValueError, "threads"),
     ({"max_token_length": 0}, ValueError, "max_token_length"),
+    ({"max_token_length": True}, ValueError, "max_token_length"),
+    ({"max_token_length": 2**40}, ValueError, "max_token_length"),
+    ({"lowercase": "no"}, TypeError, "lowercase"),  # a non-empty string would count as true
+    ({"ids": "s"}, TypeError, "single string"),  # one id per character
 ])
 def test_bad_build_options(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -132,6 +136,17 @@ def test_bad_queries_for_id_index():
         index.search_batch([np.array([2.0, 3.0])], k=2)
     with pytest.raises(ValueError, match="negative"):
         index.search([-1], k=2)
+    # Fractions and bools are no token ids, on every path (the cast would have searched id 2 for 2.5).
+    for bad in ([2.5], [True], np.array([2.5])):
+        with pytest.raises(TypeError, match="int|integer"):
+            index.search(bad, k=2)
+        with pytest.raises(TypeError, match="int|integer"):
+            index.search(bad, k=2, allowed=[0])
+        with pytest.raises(TypeError, match="int|integer"):
+            index.query_terms(bad)
+        with pytest.raises(TypeError, match="int|integer"):
+            index.search_batch([[2], bad], k=2)
+    assert index.search([np.int64(2), 3], k=2).ids.tolist() == index.search([2, 3], k=2).ids.tolist()
     assert len(index.search([], k=2)) == 0
     assert len(index.search([99], k=2)) == 0
 

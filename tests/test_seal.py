@@ -89,6 +89,9 @@ def test_model_free_retrieval_finds_the_right_documents():
         r.search("fox", k=0)
     with pytest.raises(ValueError):
         NGramRetriever(ng, beta=2.0)
+    for bad in (dict(max_n=1.5), dict(max_hits=True), dict(alpha=float("nan")), dict(n_docs_complete_score="9")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            NGramRetriever(ng, **bad)
 
 
 def test_phrases():
@@ -103,6 +106,8 @@ def test_phrases():
     assert ps.search("new york", k=10).ids.tolist() == bm25.search("new york", k=10).ids.tolist()
     with pytest.raises(ValueError, match="unbalanced"):
         ps.search('"new york', k=3)
+    with pytest.raises(TypeError, match="query must be str"):
+        ps.search(None)
     assert parse_phrases('a "b c" d "e"') == (["b c", "e"], "a  b c  d  e ")
 
 

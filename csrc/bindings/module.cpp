@@ -40,6 +40,25 @@ std::string_view utf8_of(const py::handle& h, const char* what, size_t i) {
                        std::string(py::str(py::type::of(h).attr("__name__"))));
 }
 
+// Item i of an id-mode sequence must hold integers: an integer array, or a sequence of ints (numpy's too), never a
+// float (the cast to int64 would truncate 1.5 to 1) or a bool.
+void check_int_ids(py::handle h, const char* what, size_t i) {
+  const std::string where = std::string(what) + " " + std::to_string(i);
+  if (py::isinstance<py::array>(h)) {
+    auto a = py::reinterpret_borrow<py::array>(h);
+    if (a.dtype().kind() != 'i' && a.dtype().kind() != 'u')
+      throw py::type_error(where + " has dtype " + std::string(py::str(a.dtype())) + "; integer token ids are required");
+  } else if (PySequence_Check(h.ptr()) && !PyUnicode_Check(h.ptr()) && !PyBytes_Check(h.ptr())) {
+    py::sequence s = py::reinterpret_borrow<py::sequence>(h);
+    for (size_t j = 0; j < py::len(s); ++j) {
+      py::object t = s[j];
+      if (!PyIndex_Check(t.ptr()) || PyBool_Check(t.ptr()))
+        throw py::type_error(where + ": token id " + std::to_string(j) + " must be an int, got " +
+                             std::string(py::str(py::type::of(t).attr("__name__"))));
+    }
+  }
+}
+
 // Converts a Python sequence of items for `mode`; the returned views borrow from `seq`, which the
 // caller keeps alive while the GIL is released.
 // With allow_terms, a text-mode item may also be a list of str: terms already analysed (queries only).
@@ -67,6 +86,7 @@ std::vector<Item> convert(const py::sequence& seq, InputMode mode, const char* w
         it.tokens.push_back(utf8_of(t, what, i));
       }
     } else {
+      check_int_ids(h, what, i);
       py::array_t<int64_t, py::array::c_style | py::array::forcecast> arr;
       try {
         arr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(h);
@@ -85,22 +105,6 @@ std::vector<Item> convert(const py::sequence& seq, InputMode mode, const char* w
     }
   }
   return items;
-}
-
-void check_int_dtype(const py::sequence& seq) {
-  for (size_t i = 0; i < py::len(seq); ++i) {
-    py::handle h = seq[i];
-    if (py::isinstance<py::array>(h)) {
-      auto a = py::reinterpret_borrow<py::array>(h);
-      if (a.dtype().kind() != 'i' && a.dtype().kind() != 'u')
-        throw py::type_error("token id array " + std::to_string(i) + " has dtype " + std::string(py::str(a.dtype())) + "; integer ids are required");
-    } else if (PySequence_Check(h.ptr()) && !PyUnicode_Check(h.ptr())) {
-      py::sequence s = py::reinterpret_borrow<py::sequence>(h);
-      for (size_t j = 0; j < py::len(s); ++j)
-        if (!PyLong_Check(s[j].ptr()) || PyBool_Check(s[j].ptr()))
-          throw py::type_error("document " + std::to_string(i) + ": token id " + std::to_string(j) + " must be an int");
-    }
-  }
 }
 
 // Calls emit for each term of item `it`, through the analyzer in text mode.
@@ -241,7 +245,6 @@ PYBIND11_MODULE(_core, m) {
                               uint32_t max_token_length, const std::string& method, float k1, float b, float delta,
                               long threads) {
              const InputMode md = mode_of(mode);
-             if (md == InputMode::kIds) check_int_dtype(docs);
              auto items = convert(docs, md, "document");
              BuildOptions opt;
              opt.mode = md;
@@ -313,7 +316,6 @@ PYBIND11_MODULE(_core, m) {
       .def("search_batch", [](const PyIndex& self, const py::sequence& queries, long k, const std::string& algorithm, long threads) {
              if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
              const Algorithm a = algorithm_of(algorithm);
-             if (self.ix->mode() == InputMode::kIds) check_int_dtype(queries);
              auto items = convert(queries, self.ix->mode(), "query", true);
              // No row holds more hits than there are documents: a k past that would only allocate padding.
              const size_t n = items.size(), kk = std::min<size_t>(static_cast<size_t>(k), self.ix->n_docs());

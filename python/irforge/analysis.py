@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Optional, Union
 
+import numpy as np
+
 from . import _core
 
 __all__ = ["Analyzer", "LUCENE_STOPWORDS", "resolve_stopwords"]
@@ -27,6 +29,21 @@ def resolve_stopwords(stopwords: StopwordsArg) -> Optional[list[str]]:
         if not isinstance(w, str):
             raise TypeError(f"stopwords must be str, got {type(w).__name__}")
     return words
+
+
+def check_lowercase(lowercase: object) -> bool:
+    """The ``lowercase`` switch as a bool; TypeError for anything else (a string such as "no" would count as
+    true)."""
+    if not isinstance(lowercase, (bool, np.bool_)):
+        raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
+    return bool(lowercase)
+
+
+def check_max_token_length(n: object) -> int:
+    """``max_token_length`` as an int from 1 to 2**31 - 1 (the engine's range); ValueError otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n < 2**31:
+        raise ValueError(f"max_token_length must be a positive int below 2**31, got {n!r}")
+    return int(n)
 
 
 def resolve_stemmer(stemmer: Optional[str]) -> bool:
@@ -62,11 +79,10 @@ class Analyzer:
         lowercase: bool = True,
         max_token_length: int = 255,
     ) -> None:
-        if not isinstance(max_token_length, int) or max_token_length <= 0:
-            raise ValueError(f"max_token_length must be a positive int, got {max_token_length!r}")
+        max_token_length = check_max_token_length(max_token_length)
         self.stemmer = stemmer
         self.stopwords = resolve_stopwords(stopwords)
-        self.lowercase = bool(lowercase)
+        self.lowercase = check_lowercase(lowercase)
         self.max_token_length = max_token_length
         self._impl = _core.Analyzer(
             lowercase=self.lowercase,

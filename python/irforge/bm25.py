@@ -10,7 +10,8 @@ import numpy as np
 
 from . import _core
 from ._io import atomic_save, check_threads, existing_file
-from .analysis import Analyzer, StopwordsArg, resolve_stemmer, resolve_stopwords
+from .analysis import (Analyzer, StopwordsArg, check_lowercase, check_max_token_length, resolve_stemmer,
+                       resolve_stopwords)
 
 __all__ = ["BM25Index", "Hit", "Hits", "BatchHits", "METHODS", "ALGORITHMS"]
 
@@ -211,6 +212,8 @@ def _prepare_corpus(
         if ids is not None:
             raise ValueError("records carry their own ids; do not pass ids as well")
     elif ids is not None:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("ids must be an iterable of ids, not a single string")
         id_list = []
         for i, v in enumerate(ids):
             if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool):
@@ -291,13 +294,13 @@ class BM25Index:
         n_threads = check_threads(threads)
         stem = resolve_stemmer(stemmer)
         stop = resolve_stopwords(stopwords)
-        if not isinstance(max_token_length, int) or max_token_length <= 0:
-            raise ValueError(f"max_token_length must be a positive int, got {max_token_length!r}")
+        max_token_length = check_max_token_length(max_token_length)
+        lowercase = check_lowercase(lowercase)
         if isinstance(fields, str):
             fields = (fields,)
         docs, id_list, kind = _prepare_corpus(corpus, ids, fields)
         core = _core.Index.build(
-            docs, id_list, kind, bool(lowercase), stem, stop, True, max_token_length, method, float(k1), float(b),
+            docs, id_list, kind, lowercase, stem, stop, True, max_token_length, method, float(k1), float(b),
             delta_v, n_threads,
         )
         return cls(core, _BUILD_TOKEN)

@@ -16,6 +16,7 @@ smoothing 5.0, n-grams with more than 1,500 occurrences used for final scoring b
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -144,8 +145,14 @@ class NGramRetriever:
 
     def __init__(self, index: NGramIndex, *, alpha: float = 2.0, beta: float = 0.8, smoothing: float = 5.0,
                  max_hits: int = 1500, n_docs_complete_score: int = 1500, max_n: int = 3) -> None:
-        if not (alpha > 0 and 0 <= beta <= 1 and smoothing >= 0 and max_hits >= 1 and n_docs_complete_score >= 1 and max_n >= 1):
-            raise ValueError("alpha > 0, 0 <= beta <= 1, smoothing >= 0, max_hits, n_docs_complete_score, max_n >= 1")
+        for name, v in (("alpha", alpha), ("beta", beta), ("smoothing", smoothing)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        for name, v in (("max_hits", max_hits), ("n_docs_complete_score", n_docs_complete_score), ("max_n", max_n)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not (alpha > 0 and 0 <= beta <= 1 and smoothing >= 0):
+            raise ValueError(f"need alpha > 0, 0 <= beta <= 1 and smoothing >= 0, got {alpha}, {beta}, {smoothing}")
         self.index = index
         self.alpha, self.beta, self.smoothing = alpha, beta, smoothing
         self.max_hits, self.n_docs_complete_score, self.max_n = max_hits, n_docs_complete_score, max_n
@@ -210,6 +217,9 @@ class PhraseSearcher:
         self.bm25, self.ngrams = bm25, ngrams
 
     def search(self, query: str, k: int = 10) -> Hits:
+        """BM25's top ``k`` for ``query`` among the documents holding each of its quoted phrases."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
         phrases, text = parse_phrases(query)
         if not phrases:
             return self.bm25.search(text, k=k)
