@@ -8,10 +8,15 @@ import sys
 from irforge.cli import main
 
 
-def test_index_search_eval_roundtrip(tmp_path, capsys):
+def _corpus(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": f"d{i}", "title": f"title {i}", "text": f"body number{i % 3} words"})
                                 for i in range(30)) + "\n")
+    return corpus
+
+
+def test_index_search_eval_roundtrip(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
     out = tmp_path / "x.irf"
     assert main(["index", "--corpus", str(corpus), "--output", str(out), "--threads", "1"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -42,6 +47,12 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     bad.write_bytes(b"garbage" * 10)
     assert main(["search", "--index", str(bad), "--query", "x"]) == 2
     assert "not an irforge index" in capsys.readouterr().err
+    good = tmp_path / "good.irf"
+    assert main(["index", "--corpus", str(_corpus(tmp_path)), "--output", str(good)]) == 0
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"_id": "q1", "text": "cats"}) + "\n" + json.dumps({"text": "dogs"}) + "\n")
+    assert main(["search", "--index", str(good), "--queries", str(queries)]) == 2  # not a run for query "None"
+    assert "query record 2 has no _id" in capsys.readouterr().err
 
 
 def test_demo_runs_offline_without_data(tmp_path):

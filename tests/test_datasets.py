@@ -50,7 +50,11 @@ def test_load_beir_errors(tmp_path):
         list(iter_jsonl(bad))
     write_beir(tmp_path / "noqid")
     (tmp_path / "noqid" / "queries.jsonl").write_text(json.dumps({"text": "a query without an id"}) + "\n")
-    with pytest.raises(ValueError, match="a query has no _id"):
+    with pytest.raises(ValueError, match="query record 1 has no _id"):
+        load_beir(tmp_path / "noqid")
+    (tmp_path / "noqid" / "queries.jsonl").write_text(json.dumps({"_id": 7, "text": "a"}) + "\n"
+                                                      + json.dumps({"_id": "7", "text": "b"}) + "\n")
+    with pytest.raises(ValueError, match="query id '7' appears twice"):  # one would silently replace the other
         load_beir(tmp_path / "noqid")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .bm25 import ALGORITHMS, METHODS, BM25Index
-from .datasets import BeirDataset, download_beir, find_beir, iter_jsonl, load_beir, stdlib_corpus
+from .datasets import BeirDataset, download_beir, find_beir, iter_jsonl, load_beir, read_queries, stdlib_corpus
 from .metrics import evaluate, write_trec_run
 
 
@@ -109,7 +109,7 @@ def cmd_search(args) -> int:
         for rank, hit in enumerate(index.search(args.query, k=args.k, algorithm=args.algorithm), 1):
             print(f"{rank}\t{hit.id}\t{hit.score:.4f}")
         return 0
-    queries = {str(r.get("_id", r.get("id"))): r.get("text", "") for r in iter_jsonl(args.queries)}
+    queries = read_queries(args.queries)
     qids = list(queries)
     batch = index.search_batch([queries[q] for q in qids], k=args.k, algorithm=args.algorithm, threads=args.threads)
     run = batch.to_run(qids)

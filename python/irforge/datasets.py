@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 from .metrics import read_qrels
 
-__all__ = ["BeirDataset", "load_beir", "iter_jsonl", "data_root", "find_beir", "download_beir",
+__all__ = ["BeirDataset", "load_beir", "iter_jsonl", "read_queries", "data_root", "find_beir", "download_beir",
            "stdlib_corpus", "BEIR_URL"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -68,6 +68,20 @@ def iter_jsonl(path: PathLike) -> Iterator[dict]:
             yield rec
 
 
+def read_queries(path: PathLike) -> dict[str, str]:
+    """Queries of a JSON-lines file (records with ``_id`` or ``id`` and ``text``; ``.gz`` read transparently) as
+    ``{query id: text}``. A record without an id, or an id given twice, raises ValueError with its line."""
+    queries: dict[str, str] = {}
+    for n, rec in enumerate(iter_jsonl(path), 1):
+        qid = rec.get("_id", rec.get("id"))
+        if qid is None:  # would otherwise become the query "None"
+            raise ValueError(f"{path}: query record {n} has no _id")
+        if str(qid) in queries:
+            raise ValueError(f"{path}: query id {qid!r} appears twice (record {n})")
+        queries[str(qid)] = rec.get("text") or ""
+    return queries
+
+
 def _first_existing(d: Path, names: list[str]) -> Optional[Path]:
     for n in names:
         if (d / n).exists():
@@ -89,14 +103,8 @@ def load_beir(path: PathLike, split: str = "test") -> BeirDataset:
         if did is None:
             raise ValueError(f"{corpus_path}: a document has no _id")
         corpus.append({"id": str(did), "title": rec.get("title") or "", "text": rec.get("text") or ""})
-    queries = {}
     qpath = _first_existing(d, ["queries.jsonl", "queries.jsonl.gz"])
-    if qpath is not None:
-        for rec in iter_jsonl(qpath):
-            qid = rec.get("_id", rec.get("id"))
-            if qid is None:  # would otherwise become the query "None"
-                raise ValueError(f"{qpath}: a query has no _id")
-            queries[str(qid)] = rec.get("text") or ""
+    queries = read_queries(qpath) if qpath is not None else {}
     qrels = {}
     qrels_path = _first_existing(d / "qrels", [f"{split}.tsv", f"{split}.tsv.gz"])
     if qrels_path is not None:
