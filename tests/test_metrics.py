@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from irforge import metrics
@@ -87,6 +88,23 @@ def test_read_qrels_formats(tmp_path):
 def test_bad_metric_names(name):
     with pytest.raises(ValueError):
         metrics.evaluate({}, {"q": {"d": 1}}, [name])
+
+
+def test_bad_runs_and_qrels_raise_instead_of_scoring_zero():
+    """Entries that would silently score 0 (a document id that is not a str never matches the qrels) or rank
+    arbitrarily (NaN) raise, naming the entry; one metric name may be given as a str."""
+    qrels = {"q": {"a": 1, "b": 0}}
+    for run, exc, match in [({"q": {1: 1.0}}, TypeError, r"run\['q'\]: document ids must be str"),
+                            ({"q": {"a": float("nan")}}, ValueError, "NaN"),
+                            ({"q": {"a": "0.5"}}, TypeError, "score must be a number"),
+                            ({"q": ["a"]}, TypeError, "must be a mapping")]:
+        with pytest.raises(exc, match=match):
+            metrics.evaluate(run, qrels, ["ndcg@10"])
+    with pytest.raises(TypeError, match=r"qrels\['q'\]: document ids must be str"):
+        metrics.evaluate({"q": {"a": 1.0}}, {"q": {7: 1}}, ["ndcg@10"])
+    with pytest.raises(TypeError, match="metric names must be str"):
+        metrics.evaluate({"q": {"a": 1.0}}, qrels, [10])
+    assert metrics.evaluate({"q": {"a": np.float32(2.0)}}, qrels, "ndcg@10") == {"ndcg@10": 1.0}
 
 
 def test_scifact_run_equals_trec_eval(scifact, scifact_index):

@@ -9,6 +9,7 @@ relevant document, counts as 0 (trec_eval's ``-c``).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -89,6 +90,21 @@ def average_precision(ranking: list[str], rels: Mapping[str, int], k: Union[int,
 _FUNCS = {"ndcg": ndcg, "recall": recall, "p": precision, "mrr": mrr, "map": average_precision}
 
 
+def _check_entries(table: Mapping, what: str, value: str) -> None:
+    """TypeError or ValueError unless every query of ``table`` maps str document ids to real, non-NaN numbers:
+    a document id of another type would never match (a silent 0), and a NaN score has no rank."""
+    for q, docs in table.items():
+        if not isinstance(docs, Mapping):
+            raise TypeError(f"{what}[{q!r}] must be a mapping {{doc id: {value}}}, got {type(docs).__name__}")
+        for d, v in docs.items():
+            if not isinstance(d, str):
+                raise TypeError(f"{what}[{q!r}]: document ids must be str, got {type(d).__name__} {d!r}")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{what}[{q!r}][{d!r}]: the {value} must be a number, got {type(v).__name__}")
+            if math.isnan(v):
+                raise ValueError(f"{what}[{q!r}][{d!r}]: the {value} is NaN")
+
+
 def evaluate(
     run: Run, qrels: Qrels, metrics: Iterable[str] = ("ndcg@10", "recall@100", "mrr@10", "map"),
     per_query: bool = False,
@@ -99,7 +115,12 @@ def evaluate(
     """
     if not isinstance(run, Mapping) or not isinstance(qrels, Mapping):
         raise TypeError("run and qrels must be mappings {query id: {doc id: value}}")
-    names = list(metrics)
+    _check_entries(run, "run", "score")
+    _check_entries(qrels, "qrels", "relevance")
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    for m in names:
+        if not isinstance(m, str):
+            raise TypeError(f"metric names must be str, got {type(m).__name__}")
     parsed = [parse_metric(m) for m in names]
     queries = list(qrels)
     table: dict[str, dict[str, float]] = {m: {} for m in names}
