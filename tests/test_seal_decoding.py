@@ -90,3 +90,15 @@ def test_seal_retriever_end_to_end(tiny_llama):
     docs_with_target = {d for d, _ in r.fm.locate(target).tolist()}
     assert int(hits.docnos[0]) in docs_with_target
     assert list(hits.scores) == sorted(hits.scores, reverse=True) and hits.scores[0] > 0
+    # Arguments that would name the wrong documents or drop hits silently are refused.
+    with pytest.raises(ValueError, match="k must be positive"):
+        r.search("anything", k=-1)  # hits[:-1] would drop the last one
+    with pytest.raises(ValueError, match="29 doc_ids for an FM-index of 30"):
+        SEALRetriever(tiny_llama, hf_tok, r.fm, doc_ids=[f"d{i}" for i in range(29)])
+    for bad in (dict(beam=0), dict(key_length=2.5), dict(beta=1.5), dict(alpha=float("inf"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SEALRetriever(tiny_llama, hf_tok, r.fm, **bad)
+    with pytest.raises(ValueError, match="prompt"):
+        SEALRetriever(tiny_llama, hf_tok, r.fm, prompt="no placeholder")
+    with pytest.raises(TypeError, match="query must be str"):
+        r.search(None)

@@ -42,6 +42,19 @@ def ngram_weight(log_p_given_q: float, count: int, n_tokens: int, alpha: float =
     return max(sco, 0.0) ** alpha
 
 
+def check_seal_options(alpha: Any, beta: Any, smoothing: Any, **counts: Any) -> None:
+    """ValueError unless alpha > 0, 0 <= beta <= 1 and smoothing >= 0 are finite numbers and each of ``counts``
+    (max_hits, beam, ...) is a positive int."""
+    for name, v in (("alpha", alpha), ("beta", beta), ("smoothing", smoothing)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not (alpha > 0 and 0 <= beta <= 1 and smoothing >= 0):
+        raise ValueError(f"need alpha > 0, 0 <= beta <= 1 and smoothing >= 0, got {alpha}, {beta}, {smoothing}")
+
+
 def _repetition(tokens: tuple, weight: float, covered: set, beta: float) -> float:
     if not covered:
         return weight
@@ -145,14 +158,8 @@ class NGramRetriever:
 
     def __init__(self, index: NGramIndex, *, alpha: float = 2.0, beta: float = 0.8, smoothing: float = 5.0,
                  max_hits: int = 1500, n_docs_complete_score: int = 1500, max_n: int = 3) -> None:
-        for name, v in (("alpha", alpha), ("beta", beta), ("smoothing", smoothing)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        for name, v in (("max_hits", max_hits), ("n_docs_complete_score", n_docs_complete_score), ("max_n", max_n)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not (alpha > 0 and 0 <= beta <= 1 and smoothing >= 0):
-            raise ValueError(f"need alpha > 0, 0 <= beta <= 1 and smoothing >= 0, got {alpha}, {beta}, {smoothing}")
+        check_seal_options(alpha, beta, smoothing, max_hits=max_hits, n_docs_complete_score=n_docs_complete_score,
+                           max_n=max_n)
         self.index = index
         self.alpha, self.beta, self.smoothing = alpha, beta, smoothing
         self.max_hits, self.n_docs_complete_score, self.max_n = max_hits, n_docs_complete_score, max_n

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from .bm25 import Hits
+from .bm25 import Hits, _check_k
 from .fmindex import FMIndex, SuffixRange
-from .seal import ngram_weight, seal_aggregate
+from .seal import check_seal_options, ngram_weight, seal_aggregate
 
 __all__ = ["FMIndexLogitsProcessor", "SEALRetriever"]
 
@@ -85,8 +85,15 @@ class SEALRetriever:
     def __init__(self, model: Any, tokenizer: Any, fm: FMIndex, doc_ids: Optional[Sequence[str]] = None, *,
                  beam: int = 15, key_length: int = 10, alpha: float = 2.0, beta: float = 0.8, smoothing: float = 5.0,
                  prompt: str = "Query: {query}\nA relevant passage:", device: Optional[str] = None) -> None:
+        if not isinstance(fm, FMIndex):
+            raise TypeError(f"fm must be an irforge.FMIndex, got {type(fm).__name__}")
+        check_seal_options(alpha, beta, smoothing, beam=beam, key_length=key_length)
+        if not isinstance(prompt, str) or "{query}" not in prompt:
+            raise ValueError(f"prompt must be a str holding '{{query}}', got {prompt!r}")
         self.model, self.tokenizer, self.fm = model, tokenizer, fm
         self.doc_ids = np.asarray(list(doc_ids) if doc_ids is not None else [str(i) for i in range(fm.n_docs)], dtype=object)
+        if len(self.doc_ids) != fm.n_docs:  # document numbers would name the wrong documents, or none
+            raise ValueError(f"got {len(self.doc_ids)} doc_ids for an FM-index of {fm.n_docs} documents")
         self.beam, self.key_length, self.alpha, self.beta, self.smoothing = beam, key_length, alpha, beta, smoothing
         self.prompt = prompt
         self.device = device or next(model.parameters()).device
@@ -119,6 +126,10 @@ class SEALRetriever:
         return list(keys.items())
 
     def search(self, query: str, k: int = 10) -> Hits:
+        """The top ``k`` documents for ``query``, from the n-grams that constrained beam search generates."""
+        k = _check_k(k)
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
         keys = self.generate_keys(query)
         grams = [g for g, _ in keys]
         counts = self.fm.count_batch(grams, threads=1).tolist() if grams else []
