@@ -553,6 +553,10 @@ def test_retrieve_rerank_pipeline(tokenizer):
         RetrieveRerank(index, r, corpus, depth=0)
     with pytest.raises(TypeError, match="texts"):
         RetrieveRerank(index, r, ["cats"], depth=3)
+    with pytest.raises(TypeError, match="reranker must have a rerank"):  # not an AttributeError at the first query
+        RetrieveRerank(index, None, corpus, depth=3)
+    with pytest.raises(TypeError, match="retriever must have a search"):
+        RetrieveRerank(corpus, r, corpus, depth=3)
 
 
 def test_cli_eval_seal_with_a_model(tokenizer, scifact, tmp_path, capsys):

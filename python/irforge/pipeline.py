@@ -27,6 +27,10 @@ class RetrieveRerank:
                  depth: int = 20) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
             raise ValueError(f"depth must be a positive int, got {depth!r}")
+        if not callable(getattr(retriever, "search", None)):
+            raise TypeError(f"retriever must have a search(query, k) method, got {type(retriever).__name__}")
+        if not callable(getattr(reranker, "rerank", None)):
+            raise TypeError(f"reranker must have a rerank(query, texts, k) method, got {type(reranker).__name__}")
         if not (isinstance(texts, Mapping) or callable(texts)):
             raise TypeError(f"texts must be a mapping or a function of a document id, got {type(texts).__name__}")
         self.retriever, self.reranker, self.depth = retriever, reranker, depth
