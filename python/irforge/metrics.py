@@ -106,12 +106,14 @@ def _check_entries(table: Mapping, what: str, value: str) -> None:
 
 
 def evaluate(
-    run: Run, qrels: Qrels, metrics: Iterable[str] = ("ndcg@10", "recall@100", "mrr@10", "map"),
+    run: Run, qrels: Qrels, metrics: Union[str, Iterable[str]] = ("ndcg@10", "recall@100", "mrr@10", "map"),
     per_query: bool = False,
 ) -> dict:
     """Mean of each metric over the judged queries (see the module docstring for the conventions).
 
-    With ``per_query=True`` returns ``{metric: {query id: value}}`` instead of means.
+    ``metrics``: names such as ``"ndcg@10"`` (or one name). Document ids must be str and scores real numbers,
+    not NaN (TypeError / ValueError naming the entry). With ``per_query=True`` returns
+    ``{metric: {query id: value}}`` instead of means.
     """
     if not isinstance(run, Mapping) or not isinstance(qrels, Mapping):
         raise TypeError("run and qrels must be mappings {query id: {doc id: value}}")
