@@ -50,3 +50,11 @@ def check_threads(threads: Optional[int]) -> int:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads <= 0:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     return int(threads)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool (Python's or numpy's); TypeError naming ``name`` otherwise (a string such as "no" would
+    otherwise count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

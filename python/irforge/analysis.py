@@ -7,6 +7,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
+from ._io import check_flag
 
 __all__ = ["Analyzer", "LUCENE_STOPWORDS", "resolve_stopwords"]
 
@@ -29,14 +30,6 @@ def resolve_stopwords(stopwords: StopwordsArg) -> Optional[list[str]]:
         if not isinstance(w, str):
             raise TypeError(f"stopwords must be str, got {type(w).__name__}")
     return words
-
-
-def check_lowercase(lowercase: object) -> bool:
-    """The ``lowercase`` switch as a bool; TypeError for anything else (a string such as "no" would count as
-    true)."""
-    if not isinstance(lowercase, (bool, np.bool_)):
-        raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
-    return bool(lowercase)
 
 
 def check_max_token_length(n: object) -> int:
@@ -82,7 +75,7 @@ class Analyzer:
         max_token_length = check_max_token_length(max_token_length)
         self.stemmer = stemmer
         self.stopwords = resolve_stopwords(stopwords)
-        self.lowercase = check_lowercase(lowercase)
+        self.lowercase = check_flag("lowercase", lowercase)
         self.max_token_length = max_token_length
         self._impl = _core.Analyzer(
             lowercase=self.lowercase,

@@ -9,9 +9,8 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._io import atomic_save, check_threads, existing_file
-from .analysis import (Analyzer, StopwordsArg, check_lowercase, check_max_token_length, resolve_stemmer,
-                       resolve_stopwords)
+from ._io import atomic_save, check_flag, check_threads, existing_file
+from .analysis import Analyzer, StopwordsArg, check_max_token_length, resolve_stemmer, resolve_stopwords
 
 __all__ = ["BM25Index", "Hit", "Hits", "BatchHits", "METHODS", "ALGORITHMS"]
 
@@ -295,7 +294,7 @@ class BM25Index:
         stem = resolve_stemmer(stemmer)
         stop = resolve_stopwords(stopwords)
         max_token_length = check_max_token_length(max_token_length)
-        lowercase = check_lowercase(lowercase)
+        lowercase = check_flag("lowercase", lowercase)
         if isinstance(fields, str):
             fields = (fields,)
         docs, id_list, kind = _prepare_corpus(corpus, ids, fields)

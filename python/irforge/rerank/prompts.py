@@ -8,8 +8,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
-
 CHAT_TAGS = {
     "chatml": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"),
     "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
@@ -266,14 +264,6 @@ def check_model_tokenizer(model: Any, tokenizer: Any) -> None:
                         f"{type(model).__name__}")
     if not callable(tokenizer):
         raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
-
-
-def check_flag(name: str, value: Any) -> bool:
-    """``value`` as a bool (Python's or numpy's); TypeError naming ``name`` otherwise (a string such as "no" would
-    otherwise count as true)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def check_int(name: str, value: Any, low: int) -> int:
