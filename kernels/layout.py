@@ -72,6 +72,8 @@ class SegmentLayout:
                 raise TypeError(f"segment lengths must be ints, got {x!r}")
         if any(x < 0 for x in lens):
             raise ValueError("segment lengths must be non-negative")
+        if sum(lens) >= 2**62:  # int64 offsets
+            raise ValueError(f"the segments hold {sum(lens)} tokens, beyond the 2**62 that int64 offsets allow")
         return cls(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.asarray(kinds, dtype=np.int64))
 
     @property

@@ -85,7 +85,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window <= 0:
             raise ValueError(f"window must be a positive int or None, got {window!r}")
-        window = int(window)
+        window = min(int(window), layout.total_tokens + 1)  # a window past the prompt is no window (and fits int64)
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
     which = pick_backend(backend, q_rows.device, q_rows.dtype, grad=wants_grad(q_rows, k, lse, weights))
