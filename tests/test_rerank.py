@@ -597,3 +597,28 @@ def test_rerankers_on_cuda_equal_the_cpu(tokenizer, kind):
                 r = ref.rerank(q, d)
                 assert sorted(g.indices.tolist()) == list(range(len(d)))
                 np.testing.assert_allclose(g.scores, r.scores, rtol=2e-2, atol=1e-4)
+
+
+def test_odd_reranker_arguments_raise_only_the_promised_exceptions(tokenizer):
+    """The odd-value matrix of tests/test_odd_arguments.py, on both rerankers' constructors and calls."""
+    from irforge.rerank import BlockRankReranker
+
+    from .test_odd_arguments import escaped
+
+    model = tiny("llama")
+    icr = ICRReranker(model, tokenizer, chat="none")
+    br = BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=300)
+    named = [("ICRReranker(model)", lambda w: ICRReranker(w, tokenizer, chat="none")),
+             ("ICRReranker(max_doc_tokens)", lambda w: ICRReranker(model, tokenizer, chat="none", max_doc_tokens=w)),
+             ("ICRReranker(calibrate)", lambda w: ICRReranker(model, tokenizer, chat="none", calibrate=w)),
+             ("ICRReranker(chat)", lambda w: ICRReranker(model, tokenizer, chat=w)),
+             ("BlockRankReranker(layer)", lambda w: BlockRankReranker(model, tokenizer, chat="none", layer=w)),
+             ("BlockRankReranker(query_offset)",
+              lambda w: BlockRankReranker(model, tokenizer, chat="none", layer=1, query_offset=w))]
+    for name, r in (("icr", icr), ("blockrank", br)):
+        named += [(f"{name}.rerank(query)", lambda w, r=r: r.rerank(w, DOCS[:2])),
+                  (f"{name}.rerank(docs)", lambda w, r=r: r.rerank("cats", w)),
+                  (f"{name}.rerank(k)", lambda w, r=r: r.rerank("cats", DOCS[:2], k=w)),
+                  (f"{name}.rerank_batch", lambda w, r=r: r.rerank_batch(["cats"], [w]))]
+    broken = escaped(named)
+    assert not broken, "\n".join(broken)
