@@ -70,6 +70,8 @@ def test_trec_run_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="whitespace"):  # a failed write keeps the earlier file and leaves no other
         metrics.write_trec_run({"q": {"ok": 1.0}, "q 2": {"d": 1.0}}, path)
     assert metrics.read_trec_run(path) == run and sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+    with pytest.raises(TypeError, match="run tag must be a str"):
+        metrics.write_trec_run(run, path, tag=None)
 
 
 def test_read_qrels_formats(tmp_path):

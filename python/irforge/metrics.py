@@ -138,7 +138,9 @@ def evaluate(
 def write_trec_run(run: Run, path: Union[str, "os.PathLike[str]"], tag: str = "irforge") -> None:
     """Write a run in TREC format (``qid Q0 docid rank score tag``), ranked as trec_eval ranks it. The file is
     written atomically: on an error (an id with whitespace) nothing is left under ``path`` or beside it."""
-    if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
+    if not isinstance(tag, str):
+        raise TypeError(f"run tag must be a str, got {type(tag).__name__}")
+    if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"run tag must be a non-empty word without spaces, got {tag!r}")
 
     def write(tmp: str) -> None:
