@@ -1,6 +1,7 @@
 """File and argument helpers shared by the index classes."""
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from collections.abc import Callable
@@ -50,6 +51,14 @@ def check_threads(threads: Optional[int]) -> int:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads <= 0:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     return int(threads)
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    """``value`` as an int of at least ``low`` (numpy's integers too; not a bool); ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        kind = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return int(value)
 
 
 def check_flag(name: str, value: Any) -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._io import check_int
 from .analysis import Analyzer
 from .bm25 import BM25Index, Hits
 from .fmindex import FMIndex
@@ -49,8 +50,7 @@ def check_seal_options(alpha: Any, beta: Any, smoothing: Any, **counts: Any) -> 
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
     for name, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_int(name, v, 1)
     if not (alpha > 0 and 0 <= beta <= 1 and smoothing >= 0):
         raise ValueError(f"need alpha > 0, 0 <= beta <= 1 and smoothing >= 0, got {alpha}, {beta}, {smoothing}")
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from transformers import AttentionInterface
 
-from .._io import check_flag
+from .._io import check_flag, check_int
 from ..kernels import DOCUMENT, SegmentLayout, attention_mass, block_sparse_attention
 from ..kernels._checks import check_backend
 from .attention import check_attention_kwargs
 from .icr import RerankResult
 from .prompts import (PositionCheck, _progress, batches, chat_tags, check_batch, check_batch_tokens,
-                      check_int, check_k, check_model_tokenizer, check_query_docs, encode, encode_many, place_model,
+                      check_k, check_model_tokenizer, check_query_docs, encode, encode_many, place_model,
                       truncate_many, warn_truncated)
 
 __all__ = ["BlockRankReranker", "BLOCKRANK_ATTENTION", "blockrank_scores_eager"]

@@ -19,10 +19,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .._io import check_flag
+from .._io import check_flag, check_int
 from .attention import cache_kwarg, capture_mass, use_capture_attention
 from .prompts import (PositionCheck, Prompt, _progress, batches, chat_tags, check_batch, check_batch_tokens,
-                      check_int, check_k, check_model_tokenizer, check_query_docs, encode, encode_many, place_model,
+                      check_k, check_model_tokenizer, check_query_docs, encode, encode_many, place_model,
                       truncate_many, warn_truncated)
 
 __all__ = ["ICRReranker", "RerankResult"]

@@ -3,10 +3,11 @@ known exactly. Chat tags follow the model family (ChatML for Qwen/SmolLM2, Llama
 the tokenizer's own chat template for other families."""
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from .._io import check_int
 
 CHAT_TAGS = {
     "chatml": ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"),
@@ -264,14 +265,6 @@ def check_model_tokenizer(model: Any, tokenizer: Any) -> None:
                         f"{type(model).__name__}")
     if not callable(tokenizer):
         raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
-
-
-def check_int(name: str, value: Any, low: int) -> int:
-    """``value`` as an int of at least ``low`` (numpy's integers too; not a bool); ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        kind = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
-        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
-    return int(value)
 
 
 class _NoBar:
