@@ -81,7 +81,7 @@ def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bo
     cfg = dict(cfg or launch_config(dtype, block_d, capability=capability, one_loop=one_loop,
                                     max_registers=max_registers))
     if lazy is None:
-        lazy = default_lazy_rescale(dtype, block_d, capability, cfg["num_warps"])
+        lazy = default_lazy_rescale(dtype, block_d, capability, cfg["num_warps"], one_loop)
     block_m, block_n = cfg.pop("block_m"), cfg.pop("block_n")  # block_m // group token rows
     consts = dict(GROUP=group, ROWS=block_m // group, D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
                   WIDE=wide, PREC=dot_precision(dtype), ONE_LOOP=one_loop, RUNS=runs, Q_AT_SWITCH=False, LAZY=lazy,

@@ -139,10 +139,12 @@ def test_triton_default_launch_config_matches_reference(dtype, atol, rtol):
         # at most 168 registers (three programs per SM) in the Hopper one-loop form at D 128 only; none at D 256,
         # in the four-loop form or off Hopper
         assert hopper_one["maxnreg"] == 168
-        # the lazy rescale by default on Hopper with one warpgroup only
+        # the lazy rescale by default in Hopper's four-loop form with one warpgroup only (not in its one-loop
+        # default, where the H100 timed it slower)
         assert bsa_kernel.default_lazy_rescale(dtype, 128, (9, 0), 4)
-        assert not any(bsa_kernel.default_lazy_rescale(dtype, d, c, w)
-                       for d, c, w in ((128, (9, 0), 8), (128, (8, 0), 4), (128, None, 4), (64, (9, 0), 4)))
+        assert not any(bsa_kernel.default_lazy_rescale(dtype, d, c, w, one)
+                       for d, c, w, one in ((128, (9, 0), 8, False), (128, (8, 0), 4, False), (128, None, 4, False),
+                                            (64, (9, 0), 4, False), (128, (9, 0), 4, True)))
         assert all("maxnreg" not in c for c in (hopper, ampere, bsa_kernel.launch_config(
             dtype, 256, capability=(9, 0), one_loop=True)))
         # what the caller sets is kept
@@ -200,8 +202,13 @@ def test_running_maximum_that_grows_along_the_keys(layout_name, one_loop, per_pr
     bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=32, block_n=16,
                                       max_blocks=max_blocks, one_loop=one_loop, tiles_per_program=per_program,
                                       lazy_rescale=lazy)
-    close(out, ref_o, 2e-5, 1e-4, "out, climbing scores")
-    close(lse, ref_l, 2e-5, 1e-4, "lse, climbing scores")
+    # Scores reach about 190 here: float32 rounds each to about eps x its terms' sum |q_i k_i| x scale (a few
+    # times that over 64 terms, in whatever order a GPU adds them), and the probabilities change by as much,
+    # relatively (PyTorch's own float32 path is 4.4e-5 off on the output). A wrong rescale is off by far more.
+    terms = torch.einsum("thd,shd->hts", q.abs().double(), k.abs().double().repeat_interleave(hq // hkv, 1))
+    atol = 2e-5 + 8 * torch.finfo(torch.float32).eps * terms.max().item() / D ** 0.5
+    close(out, ref_o, atol, 1e-4, "out, climbing scores")
+    close(lse, ref_l, atol, 1e-4, "lse, climbing scores")
 
 
 @needs_tma
@@ -862,7 +869,7 @@ def test_cpu_path_gradients_match_the_reference(layout_name):
     else:
         layout, q, k, v = make(layout_name, 64, 4, 2, torch.float32, seed=3)
     g = torch.Generator().manual_seed(4)
-    w_o, w_l = torch.randn(q.shape, generator=g), torch.randn(q.shape[:2], generator=g)
+    w_o, w_l = torch.randn(q.shape, generator=g).to(q.device), torch.randn(q.shape[:2], generator=g).to(q.device)
     grads = {}
     for backend in ("torch", "naive"):
         x = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -900,7 +907,7 @@ def test_cpu_mass_key_chunks_match_the_reference(monkeypatch, chunk, mode, windo
 def test_cpu_mass_gradients_match_the_reference(mode, window):
     layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=5)
     rows = torch.tensor([33, 34, 35, 36, 37, 45, 47, 55, 92, 97])  # query rows of each prompt and a document row
-    w = torch.randn(layout.total_tokens, 4, generator=torch.Generator().manual_seed(6))
+    w = torch.randn(layout.total_tokens, 4, generator=torch.Generator().manual_seed(6)).to(DEVICE)
     grads = {}
     for backend in ("torch", "naive"):
         x = [q[rows].detach().requires_grad_(), k.detach().requires_grad_()]

@@ -13,10 +13,11 @@ range's last partial block and the blocks crossing the diagonal are masked. The 
 Hopper for 16-bit rows of 256 bytes or more) runs a tile's prefix and causal blocks in one software-pipelined
 loop, every block masked, so that a document tile's 2-4 blocks overlap their loads. Online softmax in float32
 with exp2: a masked block cuts each row at one per-row limit (a comparison and a select per score), the scale
-goes into each exponent's fused multiply-add, and (``lazy_rescale``, Hopper's default) the output accumulator
-is rescaled only when a row's maximum grows by more than a factor of 2^8. On Hopper at D 128 the default holds
-three programs per SM (at most 168 registers per thread). Optionally (``tma``, Hopper and later) key and value
-blocks load through tensor descriptors by the Tensor Memory Accelerator instead of per-thread addresses.
+goes into each exponent's fused multiply-add, and (``lazy_rescale``, the default of Hopper's four-loop form) the
+output accumulator is rescaled only when a row's maximum grows by more than a factor of 2^8. On Hopper at D 128
+the default holds three programs per SM (at most 168 registers per thread). Optionally (``tma``, Hopper and
+later) key and value blocks load through tensor descriptors by the Tensor Memory Accelerator instead of per-thread
+addresses.
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
@@ -473,8 +474,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                          else bool(one_loop))
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop,
                         max_registers)
-    lazy = (default_lazy_rescale(q.dtype, block_d, capability, cfg["num_warps"]) if lazy_rescale is None
-            else bool(lazy_rescale))
+    lazy = (default_lazy_rescale(q.dtype, block_d, capability, cfg["num_warps"], one_loop)
+            if lazy_rescale is None else bool(lazy_rescale))
     wide = needs_wide(q, k, v, out) if wide is None else bool(wide)
     tma = bool(tma) and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0  # (rows of 2^k >= 16 elements are)
     given_max_blocks = max_blocks
@@ -543,15 +544,15 @@ def default_one_loop(dtype: torch.dtype, block_d: int, capability: Optional[tupl
 
 
 def default_lazy_rescale(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]],
-                         num_warps: int) -> bool:
-    """Whether the kernel rescales its accumulator lazily when the caller does not say: on Hopper, 16-bit rows
-    of 256 bytes or more, one warpgroup (4 warps). There, by SASS count, it saves 33-50 of 320-351 instructions
-    per key block in the one-loop form (triton 3.6 and 3.9: 64 accumulator multiplies per thread, against about
-    30 for the program-wide test), warpgroup-wide products already keep the program's warps in step, and the
-    four-loop form (at ptxas's 255-register cap) spills 4-8 bytes without it. Not elsewhere: in the sm_80
-    four-loop default (8 warps, 32 accumulator values per thread) it saves 2 of 515 and adds a barrier per
-    block."""
-    return num_warps == 4 and _hopper_16bit(dtype, block_d, capability)
+                         num_warps: int, one_loop: bool = False) -> bool:
+    """Whether the kernel rescales its accumulator lazily when the caller does not say: in the four-loop form on
+    Hopper, 16-bit rows of 256 bytes or more, one warpgroup (4 warps), where ptxas (at its 255-register cap)
+    spills 4-8 bytes without it. Not in the one-loop form, Hopper's default: there it saves 33-50 of 320-351
+    SASS instructions per key block (triton 3.6 and 3.9), yet on an H100 it was slower, twice at both bench
+    sizes (5d5ceb3: 0.240-0.241 against 0.232 ms at 16k tokens, 1.604-1.627 against 1.564-1.603 ms at 100k;
+    bench/RESULTS.md). Not elsewhere: in the sm_80 four-loop default (8 warps, 32 accumulator values per
+    thread) it saves 2 of 515 instructions and adds a barrier per block."""
+    return num_warps == 4 and not one_loop and _hopper_16bit(dtype, block_d, capability)
 
 
 def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = None, block_n: Optional[int] = None,
