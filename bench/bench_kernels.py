@@ -193,8 +193,8 @@ def gpu_section() -> list[str]:
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, lazy_rescale=True))),
                ("irforge Triton, registers not capped (max_registers=255: as many as the compiler takes)",
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_registers=255))),
-               ("irforge Triton, tensor-memory loads (tma=True)",
-                untried(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True))),
+               ("irforge Triton, pointer loads (tma=False: the default before faed31a's H100 run)",
+                bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tma=False))),
                ("irforge Triton, tensor-memory loads, at most 128 registers", untried(
                    lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True, max_registers=128))),
                ("irforge Triton, four loops, tensor-memory loads", untried(
@@ -229,10 +229,6 @@ def gpu_section() -> list[str]:
         fl = bench(lambda: flex(qb, kb, vb, block_mask=bm, enable_gqa=True))
         res.append(("FlexAttention (BlockMask)", fl))
         res.append(("FlexAttention + mask construction" + mask_how, [a + b for a, b in zip(fl, mask_ms)]))
-        # CUDA graphs replay the launches without the host: a figure near the row above says the GPU, not the
-        # wrapper's host time, bounds the call
-        res.insert(1, ("irforge Triton, replayed from a CUDA graph", untried(lambda: graph_bench(
-            lambda: block_sparse_attention(q, k, v, layout, backend="triton")))))
         ours = res[0][1][0]
         o, lse = block_sparse_attention(q, k, v, layout, backend="triton")
         err_o, err_l = sampled_rows_error(q, k, v, layout, o, lse)
@@ -240,19 +236,16 @@ def gpu_section() -> list[str]:
                                                                                                 one_loop=False))
         err4_o, err4_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(
             q, k, v, layout, tiles_per_program=4))
-        try:
-            errt = "{:.1e}, {:.1e}".format(*sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(
-                q, k, v, layout, tma=True)))
-        except Exception as e:  # noqa: BLE001
-            errt = failed(e)
+        errp_o, errp_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(q, k, v, layout,
+                                                                                                tma=False))
         errl_o, errl_l = sampled_rows_error(q, k, v, layout, *bsa_kernel.block_sparse_attention(
             q, k, v, layout, lazy_rescale=True))
         out += [f"GPU {torch.cuda.get_device_name()}: {T:,} tokens (64 + {n_docs} x {doc_len} + 50), 32/8 heads, D 128, "
                 f"bf16; allowed pairs {frac:.2%} of dense causal. Target: irforge <= 1.5 x causal x fraction = "
                 f"{1.5 * causal[0] * frac:.3f} ms, and below FlexAttention + mask construction. Max abs error on 256 "
                 f"sampled rows against float32 attention: output {err_o:.1e}, log-sum-exp {err_l:.1e} (four-loop "
-                f"form: {err1_o:.1e}, {err1_l:.1e}; 4 tiles per program: {err4_o:.1e}, {err4_l:.1e}; tensor-memory "
-                f"loads: {errt}; lazy rescale: {errl_o:.1e}, {errl_l:.1e}).", "",
+                f"form: {err1_o:.1e}, {err1_l:.1e}; 4 tiles per program: {err4_o:.1e}, {err4_l:.1e}; pointer loads: "
+                f"{errp_o:.1e}, {errp_l:.1e}; lazy rescale: {errl_o:.1e}, {errl_l:.1e}).", "",
                 "| method | median ms | p20 | p80 | ratio to irforge |", "|---|---|---|---|---|"]
         out += [f"| {n} | {t} | | | |" if isinstance(t, str) else
                 f"| {n} | {t[0]:.3f} | {t[1]:.3f} | {t[2]:.3f} | {t[0] / ours:.2f} |" for n, t in res]
@@ -296,12 +289,12 @@ def gpu_section() -> list[str]:
 
 
 # --sweep-one-loop: the block-sparse kernel's one-loop form, one tile per program, around its Hopper default (64
-# rows, 32-key blocks, 4 warps, 3 stages, the accumulator rescaled after every block, at most 168 registers: the
-# first row). (..., lazy rescale, register cap (255: uncapped), tensor-memory loads.) The first H100 run of 5d5ceb3
-# timed the lazy rescale slower at both sizes, so the default no longer takes it (the second row); it also timed
-# tensor-memory loads (with the lazy rescale) 4% faster at 16k and 1% at 100k in its table, but 3% slower at 100k in
-# its sweep: the rows with "yes" in the last column try them without the lazy rescale, at 3 stages (3 programs per
-# SM), at 2 stages and 128 registers (4 per SM, 48 KB of shared memory), uncapped and with 64-key blocks.
+# rows, 32-key blocks, 4 warps, 3 stages, the accumulator rescaled after every block, at most 168 registers, key
+# and value blocks through tensor descriptors: the seventh row). (..., lazy rescale, register cap (255: uncapped),
+# tensor-memory loads.) The first H100 run of 5d5ceb3 timed the lazy rescale slower at both sizes; its second run
+# (faed31a, these rows) timed tensor-memory loads faster at 16k, as the first had, which made them the default.
+# Around them: pointer loads, at 128 registers and uncapped, 64-key blocks, 2 stages and 128 registers (4 programs
+# per SM, 48 KB of shared memory), and the lazy rescale.
 ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", False, 168, False),
                     (64, 32, 4, 3, True, 1, "block", True, 168, False),
                     (64, 32, 4, 3, True, 1, "block", False, 128, False),

@@ -15,9 +15,9 @@ loop, every block masked, so that a document tile's 2-4 blocks overlap their loa
 with exp2: a masked block cuts each row at one per-row limit (a comparison and a select per score), the scale
 goes into each exponent's fused multiply-add, and (``lazy_rescale``, the default of Hopper's four-loop form) the
 output accumulator is rescaled only when a row's maximum grows by more than a factor of 2^8. On Hopper at D 128
-the default holds three programs per SM (at most 168 registers per thread). Optionally (``tma``, Hopper and
-later) key and value blocks load through tensor descriptors by the Tensor Memory Accelerator instead of per-thread
-addresses.
+the default holds three programs per SM (at most 168 registers per thread), and its key and value blocks load
+through tensor descriptors by the Tensor Memory Accelerator (``tma``, Hopper and later; elsewhere an option)
+instead of per-thread addresses.
 
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
@@ -406,7 +406,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                            one_loop: Optional[bool] = None, tiles_per_program: int = 1,
                            query_load: str = "block", lazy_rescale: Optional[bool] = None,
-                           max_registers: Optional[int] = None, tma: bool = False
+                           max_registers: Optional[int] = None, tma: Optional[bool] = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
@@ -442,7 +442,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     power of two (a block is whole rows). A block's rows past its range then hold the next keys, not zeros: the
     mask cuts their scores and their probabilities are 0, so only a non-finite value there (which the pointer
     loads never read) would reach the output. Keys or values not 16-byte aligned in memory take the pointer
-    loads. Not the default until timed on a GPU."""
+    loads. None (the default): where :func:`default_tma` says (Hopper's one-loop form at 16-bit D 128)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
@@ -459,19 +459,19 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
     block_d = padded_d(D)
     capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
-    if tma:  # (capability None: CPU tensors, the Triton interpreter)
+    one_loop = tiles_per_program > 1 or (default_one_loop(q.dtype, block_d, capability) if one_loop is None
+                                         else bool(one_loop))
+    if tma is None:
+        tma = default_tma(q.dtype, D, capability, one_loop)
+    elif tma:  # (capability None: CPU tensors, the Triton interpreter)
         if D != block_d:
             raise ValueError(f"tma=True loads whole rows of keys and values: D must be a power of two, got {D}")
         if capability is not None and (torch.version.hip is not None or capability[0] < 9):
             raise ValueError("tma=True needs the Tensor Memory Accelerator: an NVIDIA GPU of compute capability "
                              "9.0 or later")
-        try:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-        except ImportError as e:  # older Triton releases
+        if tensor_descriptor_class() is None:
             raise ValueError(f"tma=True needs host tensor descriptors, which triton {triton.__version__} lacks "
-                             "(triton.tools.tensor_descriptor)") from e
-    one_loop = tiles_per_program > 1 or (default_one_loop(q.dtype, block_d, capability) if one_loop is None
-                                         else bool(one_loop))
+                             "(triton.tools.tensor_descriptor)")
     cfg = launch_config(q.dtype, block_d, block_m, block_n, num_warps, num_stages, capability, one_loop,
                         max_registers)
     lazy = (default_lazy_rescale(q.dtype, block_d, capability, cfg["num_warps"], one_loop)
@@ -503,7 +503,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
         keys, values = k, v
         if tma:  # a [T, Hkv * D] matrix each, read in blocks of block_n rows by one head's D columns
-            keys, values = (TensorDescriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
+            descriptor = tensor_descriptor_class()
+            keys, values = (descriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
         _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, Hkv, q.stride(0),
                                       q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                       out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E,
@@ -541,6 +542,26 @@ def default_one_loop(dtype: torch.dtype, block_d: int, capability: Optional[tupl
     """Whether the kernel runs in its one-loop form when the caller does not say: on Hopper with 16-bit rows of
     256 bytes or more, where the H100 sweep timed it fastest; the four-loop form elsewhere."""
     return _hopper_16bit(dtype, block_d, capability)
+
+
+def default_tma(dtype: torch.dtype, D: int, capability: Optional[tuple[int, int]], one_loop: bool) -> bool:
+    """Whether key and value blocks load through tensor descriptors when the caller does not say: in the one-loop
+    form on Hopper with 16-bit rows of 256 bytes (D 128, a power of two), where a Triton with host tensor
+    descriptors runs. Two H100 runs of that configuration (3 stages, at most 168 registers) against pointer
+    loads: 0.225-0.231 against 0.232-0.241 ms at 16k tokens in all four timings, and no better or worse at 100k
+    (1.552-1.676 against 1.564-1.652 ms; bench/RESULTS.md). Elsewhere it has not been timed."""
+    return (one_loop and _hopper_16bit(dtype, D, capability) and _row_bytes(dtype, D) == 256
+            and tensor_descriptor_class() is not None)
+
+
+def tensor_descriptor_class():
+    """Triton's host tensor descriptor (triton.tools.tensor_descriptor.TensorDescriptor), or None in a Triton
+    release without one."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
 
 
 def default_lazy_rescale(dtype: torch.dtype, block_d: int, capability: Optional[tuple[int, int]],
