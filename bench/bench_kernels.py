@@ -182,7 +182,7 @@ def gpu_section() -> list[str]:
         frac = layout.allowed_pairs() / (T * (T + 1) / 2)
         bench = lambda f: triton.testing.do_bench(f, quantiles=[0.5, 0.2, 0.8])  # noqa: E731
 
-        def untried(f):  # a row of an option not yet run on a GPU: its failure is reported, the section goes on
+        def untried(f):  # a row of an option that may fail on this GPU: its failure is reported, the section goes on
             try:
                 return bench(f)
             except Exception as e:  # noqa: BLE001

@@ -76,7 +76,8 @@ def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bo
     sm_``cc`` for dtype ``dt`` ("bf16", "fp16", "fp32"), head dimension ``d`` and ``group`` query heads per
     key/value head: its default configuration (or ``cfg``, one of launch_config's), the default rescale rule
     unless ``lazy`` is given, float32 at torch's default precision; ``tma``: key and value blocks through tensor
-    descriptors."""
+    descriptors (the wrapper's default in Hopper's one-loop form at 16-bit D 128, ``default_tma``: here it is
+    asked for, so that both load forms of that configuration compile)."""
     dtype, block_d, capability = DTYPE_NAMES[dt], padded_d(d), (cc // 10, cc % 10)
     cfg = dict(cfg or launch_config(dtype, block_d, capability=capability, one_loop=one_loop,
                                     max_registers=max_registers))

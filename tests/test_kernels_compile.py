@@ -98,7 +98,9 @@ SCRIPT = textwrap.dedent(r"""
 
 # (compute capability, dtype, head dim, 64-bit offsets, attention mass over documents only and the block-sparse
 # kernel's one-loop form, query heads per key/value head, runs of tiles). The first is the Hopper default for
-# 16-bit D 128 (one loop, 32-key blocks, 3 stages), the second the same with runs of tiles, the third the same
+# 16-bit D 128 (one loop, 32-key blocks, 3 stages) with pointer loads (its tensor-memory loads, the wrapper's
+# default, compile in test_tensor_memory_loads_compile_to_pipelined_bulk_copies), the second the same with runs of
+# tiles, the third the same
 # default at D 256 (Gemma's heads: 243 registers, 128 KB; the four-loop form spills 40 bytes there); sm_90 fp16
 # D 80 is the Hopper four-loop form (64-key blocks, 2 stages).
 CONFIGS = [(90, "bf16", 128, False, True, 4, False), (90, "bf16", 128, False, True, 4, True),

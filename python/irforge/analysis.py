@@ -4,10 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Optional, Union
 
-import numpy as np
-
 from . import _core
-from ._io import check_flag
+from ._io import check_flag, check_int
 
 __all__ = ["Analyzer", "LUCENE_STOPWORDS", "resolve_stopwords"]
 
@@ -34,9 +32,10 @@ def resolve_stopwords(stopwords: StopwordsArg) -> Optional[list[str]]:
 
 def check_max_token_length(n: object) -> int:
     """``max_token_length`` as an int from 1 to 2**31 - 1 (the engine's range); ValueError otherwise."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n < 2**31:
-        raise ValueError(f"max_token_length must be a positive int below 2**31, got {n!r}")
-    return int(n)
+    n = check_int("max_token_length", n, 1)
+    if n >= 2**31:
+        raise ValueError(f"max_token_length must be below 2**31, got {n}")
+    return n
 
 
 def resolve_stemmer(stemmer: Optional[str]) -> bool:

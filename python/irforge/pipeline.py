@@ -6,6 +6,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ._io import check_int
 from .bm25 import BM25Index, Hits, _check_k
 
 __all__ = ["RetrieveRerank"]
@@ -25,8 +26,7 @@ class RetrieveRerank:
 
     def __init__(self, retriever: BM25Index, reranker: Any, texts: Union[Mapping[str, str], Callable[[str], str]],
                  depth: int = 20) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
-            raise ValueError(f"depth must be a positive int, got {depth!r}")
+        depth = check_int("depth", depth, 1)
         if not callable(getattr(retriever, "search", None)):
             raise TypeError(f"retriever must have a search(query, k) method, got {type(retriever).__name__}")
         if not callable(getattr(reranker, "rerank", None)):
