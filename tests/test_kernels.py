@@ -780,8 +780,7 @@ def test_gpu_kernels_replay_from_a_cuda_graph():
     """Serving stacks capture a model's forward pass in a CUDA graph. Both kernels, captured after a first call
     (which builds the launch tables kept on the layout), replay on new inputs written into the same tensors and
     give what eager calls give: the block-sparse kernel with a split query tile (its merge kernel too) and the
-    attention mass with host positions. (A CUDA-graph timing of the block-sparse call read 200 ms on an H100 at
-    faed31a, against 0.23 ms eager: not yet understood.)"""
+    attention mass with host positions."""
     layout = SegmentLayout.from_lengths([(64, [160] * 120, 50)])  # the query tile's 19k keys are split
     T = layout.total_tokens
     q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (8, 2, 2))
