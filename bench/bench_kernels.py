@@ -169,6 +169,7 @@ def graph_bench(f) -> list[float]:
 def gpu_section() -> list[str]:
     import triton
 
+    from irforge.kernels._checks import product_rows
     from irforge.kernels.attention_mass import kernel as mass_kernel
     from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
 
@@ -188,7 +189,18 @@ def gpu_section() -> list[str]:
             except Exception as e:  # noqa: BLE001
                 return failed(e)
 
+        # the split threshold to 82d3095: half an SM's average load, counting one program per SM
+        # (kernel.split_threshold now counts the programs an SM holds: 3 in the Hopper default)
+        cap = torch.cuda.get_device_capability()
+        cfg = bsa_kernel.launch_config(torch.bfloat16, 128, capability=cap,
+                                       one_loop=bsa_kernel.default_one_loop(torch.bfloat16, 128, cap))
+        rows_per_tile = product_rows(cfg["block_m"], Hq // Hkv)[0]
+        old_split = bsa_kernel.auto_max_blocks(layout.tiles(rows_per_tile), cfg["block_n"], Hkv, q.device)
         res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton"))),
+               (f"irforge Triton, long tiles split at half an SM's load (max_blocks={old_split}: the default to "
+                f"82d3095)", bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=old_split))),
+               ("irforge Triton, long tiles split at 64 key blocks (max_blocks=64)",
+                bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=64))),
                ("irforge Triton, accumulator rescaled lazily (lazy_rescale=True: the one-loop default at 5d5ceb3)",
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, lazy_rescale=True))),
                ("irforge Triton, registers not capped (max_registers=255: as many as the compiler takes)",

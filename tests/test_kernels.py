@@ -350,6 +350,24 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
         assert sorted(table[table[:, 6] >= 0, 6].tolist()) == list(range(int(groups[:, 3].sum()) if len(groups) else 0))
 
 
+def test_default_split_counts_the_programs_an_sm_holds():
+    """Long tiles split at half the average load of a program slot, and an SM holds several programs: the
+    Hopper default 3 (4 warps of 168 registers), an uncapped 8-warp configuration at least 1. Never below 64
+    blocks."""
+    hopper = bsa_kernel.launch_config(torch.bfloat16, 128, capability=(9, 0), one_loop=True)
+    assert bsa_kernel.programs_per_sm(hopper) == 3
+    assert bsa_kernel.programs_per_sm(bsa_kernel.launch_config(torch.bfloat16, 128, capability=(8, 0))) == 1
+    assert bsa_kernel.programs_per_sm(dict(num_warps=4, maxnreg=128)) == 4
+    layout = SegmentLayout.from_lengths([(64, [160] * 100, 50)])  # the bench's 16k prompt, 16-token tiles
+    blocks = int(bsa_kernel.launch_table(layout.tiles(16), 32)[:, 7].sum())
+    # per document 10 tiles x 2 prefix blocks + 1+1+2+2+...+5+5 causal ones; the instruction's 4 tiles 6; the
+    # query's 4 tiles 503, 503, 504 and 504
+    assert blocks == 100 * (20 + 30) + 6 + 2014
+    assert bsa_kernel.split_threshold(blocks, 8, 132, 3) == -(-blocks * 8 // (2 * 132 * 3))
+    assert bsa_kernel.split_threshold(blocks, 8, 132, 1) == 213  # one slot per SM: the rule before
+    assert bsa_kernel.split_threshold(1000, 8, 132, 3) == 64
+
+
 @pytest.mark.parametrize("per_program", [2, 3, 100])
 def test_runs_join_consecutive_tiles_of_one_segment(per_program):
     """With several tiles per program, every unsplit tile lies in exactly one run; a run holds at most

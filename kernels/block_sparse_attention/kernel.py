@@ -389,13 +389,33 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1,
     return table[order].astype(np.int32), np.asarray(groups, dtype=np.int32).reshape(-1, 4)
 
 
-def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device) -> int:
-    """Split where one program would outlast half the average load of an SM: ceil(total key blocks x heads /
-    (2 x SMs)), and never below 64 blocks (4,096 keys at the default key block). 0 (no split) off CUDA."""
+def programs_per_sm(cfg: dict) -> int:
+    """Programs of a launch configuration that an SM holds at once, as its 65,536 registers allow: 32 x warps
+    threads of ``maxnreg`` registers each, or of 255 (ptxas's most) where no cap is set, which makes the count
+    a lower bound there. The Hopper default (4 warps, 168 registers) is 3."""
+    return max(1, 65536 // (32 * cfg["num_warps"] * cfg.get("maxnreg", 255)))
+
+
+def split_threshold(key_blocks: int, heads: int, sms: int, per_sm: int) -> int:
+    """Key blocks a program may visit before its tile is split, for ``key_blocks`` in the launch table (per
+    head), ``heads`` programs per table row, ``sms`` SMs and ``per_sm`` programs resident on each: half the
+    average load of one program slot, ceil(key_blocks x heads / (2 x sms x per_sm)), and never below 64 blocks.
+    The programs on an SM share its throughput, so a chunk of half an SM's load (the rule before, which counted
+    one slot per SM) runs at a third of the SM's speed beside two others and ends last. A list-scheduling
+    model of the bench's shapes on 132 SMs, 3 programs per SM, fitted to the H100's times with and without
+    splitting (a program alone on an SM at 0.8-0.9 of its throughput), predicts the old rule's time 5-7% above
+    this rule's at 16k and 100k tokens, and any chunk up to a slot's average load as good (bench/RESULTS.md;
+    not yet timed on a GPU)."""
+    return max(64, -(-key_blocks * heads // (2 * sms * per_sm)))
+
+
+def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device, per_sm: int = 1) -> int:
+    """:func:`split_threshold` for these tiles on ``device``'s SMs with ``per_sm`` programs resident on each
+    (:func:`programs_per_sm`). 0 (no split) off CUDA."""
     if device.type != "cuda":
         return 0
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(64, -(-int(launch_table(tiles, block_n)[:, 7].sum()) * heads // (2 * sms)))
+    return split_threshold(int(launch_table(tiles, block_n)[:, 7].sum()), heads, sms, per_sm)
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
@@ -410,7 +430,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
-    blocks per program before a tile is split (None: from the GPU's SM count; 0: never). ``num_warps`` and
+    blocks per program before a tile is split (None: from the GPU's SM count and the programs each SM holds,
+    :func:`split_threshold`; 0: never). ``num_warps`` and
     ``num_stages``: Triton launch options; ``block_m``: rows of each product (block_m // group token rows x the
     group of query heads per key/value head, at least one token row), ``block_n``: keys per block (None: from
     :func:`launch_config`). The launch table is built once per layout and device and kept on the layout.
@@ -489,8 +510,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
             return
         max_blocks = given_max_blocks
         if max_blocks is None:
-            max_blocks = layout.memo(("max_blocks", rows, block_n, Hkv, str(q.device)),
-                                     lambda: auto_max_blocks(tiles, block_n, Hkv, q.device))
+            per_sm = programs_per_sm(cfg)
+            max_blocks = layout.memo(("max_blocks", rows, block_n, Hkv, per_sm, str(q.device)),
+                                     lambda: auto_max_blocks(tiles, block_n, Hkv, q.device, per_sm))
 
         def build():
             table, groups = schedule(tiles, block_n, max_blocks, rows, tiles_per_program)
