@@ -10,10 +10,13 @@ an SM's full rate, and its ratio to the work divided by the SMs (the lower bound
 
   python bench/model_split.py                        # the bench's shapes, thresholds around the default
   python bench/model_split.py --fit 1.59 1.40        # g[1] from measured unsplit / split time ratios
+  python bench/model_split.py --fixed 3 --g 0.75 0.95  # another fitted pair (fixed cost, g[1])
 
 The fit: the H100 run of faed31a timed the default with and without splitting (bench_kernels.py's rows "irforge
-Triton" and "long tiles not split"): 0.372 / 0.234 ms at 16k tokens and 2.319 / 1.652 ms at 100k. The model needs
-a lone program at 0.8-0.9 of an SM's rate to give those ratios (bench/RESULTS.md).
+Triton" and "long tiles not split"): 0.372 / 0.234 ms at 16k tokens and 2.319 / 1.652 ms at 100k. With the default
+fixed cost of 1.5 key blocks the model needs a lone program at 0.8-0.9 of an SM's rate to give those ratios; any
+fixed cost from 0 to 5 blocks fits with its own g[1], so a GPU timing of two thresholds is what pins it
+(bench/RESULTS.md).
 """
 from __future__ import annotations
 

@@ -403,9 +403,9 @@ def split_threshold(key_blocks: int, heads: int, sms: int, per_sm: int) -> int:
     The programs on an SM share its throughput, so a chunk of half an SM's load (the rule before, which counted
     one slot per SM) runs at a third of the SM's speed beside two others and ends last. A list-scheduling
     model of the bench's shapes on 132 SMs, 3 programs per SM, fitted to the H100's times with and without
-    splitting (a program alone on an SM at 0.8-0.9 of its throughput), predicts the old rule's time 5-7% above
-    this rule's at 16k and 100k tokens, and any chunk up to a slot's average load as good (bench/RESULTS.md;
-    not yet timed on a GPU)."""
+    splitting (bench/model_split.py), predicts this rule 0-10% faster than the old one at 16k and 100k tokens,
+    by a program's fixed cost, which the fit leaves open, and any chunk up to a slot's average load as good
+    (bench/RESULTS.md; not yet timed on a GPU)."""
     return max(64, -(-key_blocks * heads // (2 * sms * per_sm)))
 
 
