@@ -470,8 +470,20 @@ def test_attention_mass_row_lse_kernel_matches_the_pytorch_normaliser(layout_nam
         close(got[fin], ref[fin], 1e-5, 1e-5, f"{layout_name}, {n} rows, {mode}, splits {splits}")
 
 
+def test_attention_mass_normaliser_splits_fill_the_gpu():
+    """The normaliser's key splits: two programs per SM where the rows make few programs, at most 64 blocks a
+    split, never under 16 blocks a split."""
+    splits = mass_kernel.lse_splits
+    assert splits(252, 32, 132) == 9  # ICR's 50 query rows, 8 key/value heads, 16k keys: 288 programs
+    assert splits(1565, 32, 132) == 25  # 100k keys: 64 blocks a split
+    assert splits(34, 6, 132) == 3  # 2k keys: 16 blocks a split at least
+    assert splits(16, 1, 132) == 1 and splits(4000, 10_000, 132) == 63
+    assert splits(0, 0, 132) == 1
+
+
 def test_attention_mass_long_key_ranges_split_by_default():
-    """Past 256 key blocks the normaliser's keys are split across programs by default and merged."""
+    """Past 16 key blocks the normaliser's keys are split across programs by default and merged (here 8
+    splits: 264 blocks, one program, 4 SMs assumed in the interpreter)."""
     from irforge.kernels.attention_mass import cpu as mass_cpu
 
     layout = SegmentLayout.from_lengths([(4200, [], 3), (20, [5], 2)])
@@ -483,6 +495,7 @@ def test_attention_mass_long_key_ranges_split_by_default():
         ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
         got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode=mode, block_n=16)
         close(got, ref, 1e-6, 1e-4, f"long keys, {mode}")
+    assert mass_kernel.lse_splits(-(-T // 16), 1, 4) == 8
     order_t, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, T, 16, q.device)
     empty = torch.empty(0, dtype=torch.bool, device=q.device)
     one = mass_kernel._row_lse(q[rows][order_t], k, pos_t, p0_t, empty, "causal", 0.25, 16, 16, "ieee", False, 4, 1)

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(r"""
         sys.exit(77)
     from irforge.kernels._checks import next_pow2, padded_d
     from irforge.kernels._compile import DTYPE_NAMES, bsa_launch, compile_for, ptxas_usage
-    from irforge.kernels.attention_mass.kernel import _lse_kernel, _mass_kernel
+    from irforge.kernels.attention_mass.kernel import _lse_kernel, _lse_merge, _mass_kernel
     from irforge.kernels._shared_memory import ladder
     from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
@@ -56,8 +56,11 @@ SCRIPT = textwrap.dedent(r"""
                           BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs)  # both forms
         lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC="*i1", OUT="*fp32", PM="*fp32",
                         PL="*fp32")
+        lse_merge = (_lse_merge, dict(PM="*fp32", PL="*fp32", OUT="*fp32"),
+                     dict(GROUP=grp, ROWS=max(1, mass_m // grp), BLOCK_M=mass_m, WIDE=wide), dict(num_warps=1))
         return ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
-                (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), (_lse_kernel, lse_ptrs, lse_consts, mass_cfg))
+                (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), (_lse_kernel, lse_ptrs, lse_consts, mass_cfg),
+                lse_merge)
 
     def build(cc, fn, p, c, opts):
         try:
@@ -124,7 +127,7 @@ def compile_kernels(tmp_path, mode, configs):
 
 def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     done = compile_kernels(tmp_path, "default", CONFIGS)
-    assert len(done) == 4 * len(CONFIGS)
+    assert len(done) == 5 * len(CONFIGS)
     assert all(d["size"] > 5_000 for d in done), done  # a real cubin for every kernel and configuration
     # no register spills to local memory in the configurations users launch
     assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]

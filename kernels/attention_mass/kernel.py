@@ -10,7 +10,8 @@ later under a sliding window. It recomputes their scores against its keys, masks
 "documents" mode, also document keys only), turns them into probabilities with the rows'
 log-sum-exp, and accumulates weight * probability per head. Memory: O(T * Hq) output, nothing of size R x T.
 Needs each row's log-sum-exp: given (the block-sparse forward returns it), or computed first by _lse_kernel over
-the same sorted rows (ICR's capture, which runs SDPA, and "documents" mode).
+the same sorted rows, their keys split across programs and merged by _lse_merge (ICR's capture, which runs SDPA,
+and "documents" mode).
 
 Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]; returns mass [T, Hq] float32.
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
@@ -103,7 +104,7 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
     the block's rows x the GROUP query heads of the key/value head, as in the mass kernel. The block's keys run
     from its first row's first covered key (P0) to its last row; SPLITS programs share them. FINAL (one split): the
     natural-log result into OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL
-    [row blocks, SPLITS, HKV, BLOCK_M] for the host to merge."""
+    [row blocks, SPLITS, HKV, BLOCK_M] for _lse_merge."""
     pid = tl.program_id(0)
     kvh = pid % HKV
     split = (pid // HKV) % SPLITS
@@ -151,15 +152,54 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
         tl.store(PL + at, l_i)
 
 
+@triton.jit
+def _lse_merge(PM, PL, OUT, R, HKV, SPLITS, stride_or, stride_oh, GROUP: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+    """The splits of _lse_kernel merged: program = (row block, key/value head), heads fastest; the splits'
+    maxima and sums (base 2) folded in turn, the natural-log result into OUT [R, Hq] (-inf for a row that no
+    split saw a key for)."""
+    pid = tl.program_id(0)
+    kvh = pid % HKV
+    rb = pid // HKV
+    offs_i = tl.arange(0, BLOCK_M)
+    head = kvh * GROUP + offs_i % GROUP
+    r = rb * ROWS + offs_i // GROUP
+    if WIDE:
+        r = r.to(tl.int64)
+    m_mask = (r < R) & (offs_i < ROWS * GROUP)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for split in range(0, SPLITS):
+        at = ((rb * SPLITS + split) * HKV + kvh) * BLOCK_M + offs_i
+        m_s = tl.load(PM + at)
+        l_s = tl.load(PL + at)
+        m_new = tl.maximum(m_i, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key in any split yet: the sum stays 0
+        l_i = l_i * tl.exp2(m_i - m_safe) + l_s * tl.exp2(m_s - m_safe)
+        m_i = m_new
+    lse = tl.where(l_i > 0, (m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(OUT + r * stride_or + head * stride_oh, lse, mask=m_mask)
+
+
+def lse_splits(key_blocks: int, programs: int, sms: int) -> int:
+    """Key splits of the rows' log-sum-exp kernel, for ``key_blocks`` blocks in the longest range and
+    ``programs`` (row block, key/value head) pairs on ``sms`` SMs: enough for two programs per SM and at most
+    64 blocks a split, but never under 16 blocks a split (a range of 16 blocks or fewer takes one launch).
+    A query span of 50 rows with 8 key/value heads makes only 32 programs. Unsplit (the rule before split only
+    past 256 blocks), each walked its 252 key blocks (16k keys) in turn while 100 SMs idled: about 0.18 ms of
+    the 0.255 ms call on an H100, by the difference with the call given the log-sum-exp (bench/RESULTS.md;
+    this rule's 9 splits not yet timed on a GPU)."""
+    return max(1, min(cdiv(key_blocks, 16), max(cdiv(2 * sms, max(programs, 1)), cdiv(key_blocks, 64))))
+
+
 def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: torch.Tensor, doc: torch.Tensor,
              mode: str, scale: float, block_m: int, block_n: int, prec: str, wide: bool, num_warps: int,
              splits: Optional[int] = None, num_stages: Optional[int] = None) -> torch.Tensor:
     """The log-sum-exp [R, Hq] (float32, natural log) of rows sorted by position (q_rows in that order), over
-    the keys each row's softmax covers: one launch and no other device work up to 256 key blocks (16k keys at
-    64), where a program's loop costs about what the merge's dozen small launches would. Longer key ranges are
-    split, at least 64 blocks a split and about two programs per SM (``splits`` overrides), and the splits are
-    merged on the device. The PyTorch path it replaces issues about 70 operators per call at 2k keys and 1,600
-    at 100k, key chunk by key chunk; ICR calls it in every layer."""
+    the keys each row's softmax covers. The keys are split across programs as :func:`lse_splits` says
+    (``splits`` overrides; on the CPU, in Triton's interpreter, as for 4 SMs), and a second launch merges the
+    splits (_lse_merge); one split writes the result at once. The PyTorch path it replaces issues about 70
+    operators per call at 2k keys and 1,600 at 100k, key chunk by key chunk; ICR calls it in every layer."""
     R, Hq, D = q_rows.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -169,10 +209,8 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
     if R == 0:
         return lse
     if splits is None:
-        splits = 1
-        if cdiv(k.shape[0], block_n) > 256:
-            sms = torch.cuda.get_device_properties(q_rows.device).multi_processor_count if q_rows.is_cuda else 4
-            splits = max(1, min(cdiv(2 * sms, n_rb * Hkv), cdiv(k.shape[0], 64 * block_n)))
+        sms = torch.cuda.get_device_properties(q_rows.device).multi_processor_count if q_rows.is_cuda else 4
+        splits = lse_splits(cdiv(k.shape[0], block_n), n_rb * Hkv, sms)
     final = splits == 1
     part = torch.empty(0 if final else 2 * n_rb * splits * Hkv * bm, dtype=torch.float32, device=q_rows.device)
     pm, pl = (part, part) if final else part.view(2, -1).unbind(0)
@@ -182,15 +220,10 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
                                          D=D, BLOCK_D=padded_d(D), BLOCK_M=bm,
                                          BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps,
                                          **({} if num_stages is None else {"num_stages": num_stages}))
-    if final:
-        return lse
-    pm, pl = pm.view(n_rb, splits, Hkv, bm), pl.view(n_rb, splits, Hkv, bm)
-    top = pm.amax(1)
-    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)  # no key in any split: the sum stays 0
-    total = (pl * torch.exp2(pm - top[:, None])).sum(1)
-    merged = torch.where(total > 0, (top + torch.log2(total)) * math.log(2.0), float("-inf"))
-    merged = merged[..., :rows_per * group].reshape(n_rb, Hkv, rows_per, group).permute(0, 2, 1, 3)
-    return merged.reshape(n_rb * rows_per, Hq)[:R]
+    if not final:
+        _lse_merge[(n_rb * Hkv,)](pm, pl, lse, R, Hkv, splits, lse.stride(0), lse.stride(1), GROUP=group,
+                                  ROWS=rows_per, BLOCK_M=bm, WIDE=wide, num_warps=1)
+    return lse
 
 
 def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[torch.Tensor], T: int, block_n: int,
