@@ -295,8 +295,8 @@ def gpu_section() -> list[str]:
                 f"| irforge Triton, timed a second time at once | {t_mass2[0]:.3f} | |",
                 f"| irforge Triton, timed again after the rows below | {t_again[0]:.3f} | |",
                 f"| irforge Triton, replayed from a CUDA graph | {t_graph} | |",
-                f"| irforge Triton, log-sum-exp not given (computed first, over split keys, as in ICR) | {t_own[0]:.3f} | "
-                f"{mem_own / 2**20:.1f} |",
+                f"| irforge Triton, log-sum-exp not given (computed first, over split keys, as in ICR) | "
+                f"{t_own[0]:.3f} | {mem_own / 2**20:.1f} |",
                 f"| irforge Triton, per-head sums by masked reductions (head_sum='loop') | {t_loop[0]:.3f} | "
                 f"{mem_loop / 2**20:.1f} |",
                 f"| materialised weights (einsum + softmax) | {t_mat[0]:.3f} | {mem_mat / 2**20:.1f} |",

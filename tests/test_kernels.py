@@ -483,7 +483,7 @@ def test_attention_mass_normaliser_splits_fill_the_gpu():
 
 def test_attention_mass_long_key_ranges_split_by_default():
     """Past 16 key blocks the normaliser's keys are split across programs by default and merged (here 8
-    splits: 264 blocks, one program, 4 SMs assumed in the interpreter)."""
+    splits: 265 blocks, one program, 4 SMs assumed in the interpreter)."""
     from irforge.kernels.attention_mass import cpu as mass_cpu
 
     layout = SegmentLayout.from_lengths([(4200, [], 3), (20, [5], 2)])

@@ -94,6 +94,24 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
 
 
 @triton.jit
+def _row_block(rb, kvh, R, GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+    """Product rows of row block ``rb`` under key/value head ``kvh``: (row of the product, its query head, its
+    selected row, whether it is one)."""
+    offs_i = tl.arange(0, BLOCK_M)
+    head = kvh * GROUP + offs_i % GROUP
+    r = rb * ROWS + offs_i // GROUP
+    if WIDE:
+        r = r.to(tl.int64)
+    return offs_i, head, r, (r < R) & (offs_i < ROWS * GROUP)
+
+
+@triton.jit
+def _natural_lse(m_i, l_i):
+    """log(sum) in natural log from a running maximum and sum in base 2; -inf where the sum is 0 (no key)."""
+    return tl.where(l_i > 0, (m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+
+
+@triton.jit
 def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stride_qh, stride_kt, stride_kh,
                 stride_or, stride_oh, qk_scale,
                 GROUP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr,
@@ -109,12 +127,7 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
     kvh = pid % HKV
     split = (pid // HKV) % SPLITS
     rb = pid // (HKV * SPLITS)
-    offs_i = tl.arange(0, BLOCK_M)
-    head = kvh * GROUP + offs_i % GROUP
-    r = rb * ROWS + offs_i // GROUP
-    if WIDE:
-        r = r.to(tl.int64)
-    m_mask = (r < R) & (offs_i < ROWS * GROUP)
+    offs_i, head, r, m_mask = _row_block(rb, kvh, R, GROUP, ROWS, BLOCK_M, WIDE)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     q = tl.load(Q + r[:, None] * stride_qr + head[:, None] * stride_qh + offs_d[None, :],
@@ -144,8 +157,7 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
     if FINAL:
-        lse = tl.where(l_i > 0, (m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        tl.store(OUT + r * stride_or + head * stride_oh, lse, mask=m_mask)
+        tl.store(OUT + r * stride_or + head * stride_oh, _natural_lse(m_i, l_i), mask=m_mask)
     else:
         at = ((rb * SPLITS + split) * HKV + kvh) * BLOCK_M + offs_i
         tl.store(PM + at, m_i)
@@ -161,12 +173,7 @@ def _lse_merge(PM, PL, OUT, R, HKV, SPLITS, stride_or, stride_oh, GROUP: tl.cons
     pid = tl.program_id(0)
     kvh = pid % HKV
     rb = pid // HKV
-    offs_i = tl.arange(0, BLOCK_M)
-    head = kvh * GROUP + offs_i % GROUP
-    r = rb * ROWS + offs_i // GROUP
-    if WIDE:
-        r = r.to(tl.int64)
-    m_mask = (r < R) & (offs_i < ROWS * GROUP)
+    offs_i, head, r, m_mask = _row_block(rb, kvh, R, GROUP, ROWS, BLOCK_M, WIDE)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for split in range(0, SPLITS):
@@ -177,8 +184,7 @@ def _lse_merge(PM, PL, OUT, R, HKV, SPLITS, stride_or, stride_oh, GROUP: tl.cons
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key in any split yet: the sum stays 0
         l_i = l_i * tl.exp2(m_i - m_safe) + l_s * tl.exp2(m_s - m_safe)
         m_i = m_new
-    lse = tl.where(l_i > 0, (m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(OUT + r * stride_or + head * stride_oh, lse, mask=m_mask)
+    tl.store(OUT + r * stride_or + head * stride_oh, _natural_lse(m_i, l_i), mask=m_mask)
 
 
 def lse_splits(key_blocks: int, programs: int, sms: int) -> int:
