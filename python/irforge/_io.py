@@ -45,12 +45,8 @@ def atomic_save(path: Any, write: Callable[[str], None]) -> None:
 
 
 def check_threads(threads: Optional[int]) -> int:
-    """``None`` -> 0 (all cores); otherwise a positive int."""
-    if threads is None:
-        return 0
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads <= 0:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    return int(threads)
+    """``None`` -> 0 (all cores); otherwise a positive int (:func:`check_int`)."""
+    return 0 if threads is None else check_int("threads", threads, 1)
 
 
 def check_int(name: str, value: Any, low: int) -> int:
