@@ -18,7 +18,7 @@
 #
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
-#              STEP: tests, kernels, sweep-one-loop, sweep, rerank, profile, kernel-tests (default: tests,
+#              STEP: tests, kernels, sweep-one-loop, sweep, probe, rerank, profile, kernel-tests (default: tests,
 #              kernels, sweep-one-loop, kernel-tests: what issue #4 still needs; the rerankers' steps ran on an
 #              H100 at 8265aa6 and are asked for by name)
 #
@@ -73,6 +73,7 @@ for step in "${steps[@]}"; do
                --dtype bfloat16 --model random:mistral-7b --tokenizer .gpu/tokenizer --queries 3 ;;
     kernel-tests) limited 240 kernel_tests.log python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ;;
     sweep) limited 120 sweep.log python3 bench/bench_kernels.py --sweep --write bench/RESULTS.md ;;
+    probe) limited 150 probe.log python3 bench/probe_kernels.py --write bench/RESULTS.md ;;
     sweep-one-loop) limited 90 sweep_one_loop.log python3 bench/bench_kernels.py --sweep-one-loop --write bench/RESULTS.md ;;
     *) echo "unknown step $step" ;;
   esac

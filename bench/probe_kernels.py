@@ -1,0 +1,192 @@
+"""Where the kernels' time goes, at the GPU benchmark's two shapes (bench_kernels.py --gpu-only): the
+measurements that tell one cause from another when a timing misses its prediction.
+
+    python bench/probe_kernels.py [--write bench/RESULTS.md]     # on a GPU (bench/gpu_session.sh probe)
+    TRITON_INTERPRET=1 python bench/probe_kernels.py --cpu-check  # a small shape in the interpreter: runs every
+                                                                  # probe once with wall-clock timers
+
+1. The block-sparse call's split threshold (max_blocks), swept around the default, each timed eagerly by
+   triton.testing.do_bench and replayed from a CUDA graph (no host); the default timed three times at once
+   first (a first-timing effect shows as a first figure apart from the next two).
+2. The attention mass with the rows' log-sum-exp not given (ICR's call): eagerly and from a CUDA graph, its
+   kernels' GPU times from torch.profiler, and the log-sum-exp kernel alone at several key splits (graph).
+3. Each call's host time: the mean wall time of 200 calls launched without a synchronisation (the GPU runs
+   behind), against its GPU time: where the host's is the larger, the eager figure is the host's.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attention
+
+
+def host_ms(f, n: int = 200) -> float:
+    """Mean wall ms per call of ``n`` calls launched back to back (no synchronisation between them)."""
+    f()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        f()
+    dt = (time.perf_counter() - t) / n * 1e3
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return dt
+
+
+def timers(gpu: bool):
+    """(eager, graph) timers returning median ms: do_bench and do_bench_cudagraph on a GPU; wall clock (one
+    call, no graph) in the CPU check."""
+    if gpu:
+        import triton
+
+        def graph(f):
+            f()  # tables and compiled kernels exist before the capture
+            return triton.testing.do_bench_cudagraph(f)
+
+        return (lambda f: triton.testing.do_bench(f)), graph
+
+    def wall(f):
+        f()
+        t = time.perf_counter()
+        f()
+        return (time.perf_counter() - t) * 1e3
+
+    return wall, wall
+
+
+def guarded(f) -> str:
+    """f()'s figure with 3 decimals, or the failure on one line (a probe that fails does not stop the rest)."""
+    try:
+        return f"{f():.3f}"
+    except Exception as e:  # noqa: BLE001
+        return f"failed ({type(e).__name__}: {' '.join(str(e).split())[:100].replace('|', '/')})"
+
+
+def kernel_times(f, calls: int = 20) -> list[tuple[str, float, int]]:
+    """(kernel name, mean GPU microseconds per call, launches per call) of f's CUDA kernels by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    f()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            f()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        us = e.cuda_time_total if us is None else us
+        if us > 0:
+            rows.append((e.key[:60], us / calls, round(e.count / calls)))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int = 128,
+          host_calls: int = 200) -> list[str]:
+    from irforge.kernels._checks import cdiv, product_rows
+    from irforge.kernels.attention_mass import kernel as mass_kernel
+    from irforge.kernels.block_sparse_attention import kernel as bsa_kernel
+
+    eager, graph = timers(gpu)
+    Hq, Hkv = heads
+    out = []
+    for n_docs, doc_len, sweep in shapes:
+        layout = SegmentLayout.from_lengths([(64, [doc_len] * n_docs, 50)])
+        T = layout.total_tokens
+        q, k, v = (torch.randn(T, h, D, device=dev, dtype=dtype) for h in (Hq, Hkv, Hkv))
+        cap = torch.cuda.get_device_capability() if gpu else None
+        cfg = bsa_kernel.launch_config(dtype, D, capability=cap,
+                                       one_loop=bsa_kernel.default_one_loop(dtype, D, cap))
+        rows_per = product_rows(cfg["block_m"], Hq // Hkv)[0]
+        tiles = layout.tiles(rows_per)
+        per_sm = bsa_kernel.programs_per_sm(cfg)
+        default = (bsa_kernel.auto_max_blocks(tiles, cfg["block_n"], Hkv, q.device, per_sm) if gpu else 0)
+        one_slot = bsa_kernel.auto_max_blocks(tiles, cfg["block_n"], Hkv, q.device) if gpu else 0
+        total = int(bsa_kernel.launch_table(tiles, cfg["block_n"])[:, 7].sum())
+        call = lambda: block_sparse_attention(q, k, v, layout, backend="triton")  # noqa: E731
+        firsts = [guarded(lambda: eager(call)) for _ in range(3)]
+        out += [f"### {T:,} tokens (64 + {n_docs} x {doc_len} + 50), {Hq}/{Hkv} heads, D {D}, {str(dtype)[6:]}", "",
+                f"Block-sparse attention: {total:,} key blocks of {cfg['block_n']} per head in the launch table; "
+                f"default max_blocks {default} ({per_sm} programs per SM counted), {one_slot} counting one. The "
+                f"default call timed three times at once (do_bench, ms): {', '.join(firsts)}. Host: "
+                f"{host_ms(call, host_calls):.3f} ms per call.", "",
+                "| max_blocks | programs | partial slots | eager ms | CUDA graph ms |", "|---|---|---|---|---|"]
+        for mb in sweep + ([default] if default not in sweep else []) + ([one_slot] if one_slot not in sweep else []):
+            table, groups = bsa_kernel.schedule(tiles, cfg["block_n"], mb, rows_per)
+            f = lambda mb=mb: bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=mb)  # noqa: E731
+            tag = " (default)" if mb == default else (" (one slot per SM)" if mb == one_slot else "")
+            out.append(f"| {mb}{tag} | {len(table) * Hkv:,} | {int(groups[:, 3].sum()) * Hkv if len(groups) else 0:,}"
+                       f" | {guarded(lambda: eager(f))} | {guarded(lambda: graph(f))} |")
+        o, lse = call()
+        rows = torch.arange(T - 50, T, device=dev)
+        rows_host = rows.cpu()
+        given = lambda: attention_mass(q[rows], rows_host, k, layout, lse=lse[rows], backend="triton")  # noqa: E731
+        own = lambda: attention_mass(q[rows], rows_host, k, layout, backend="triton")  # noqa: E731
+        out += ["", "Attention mass of the 50 query rows:", "",
+                "| call | eager ms | CUDA graph ms | host ms per call |", "|---|---|---|---|"]
+        for name, f in (("log-sum-exp given", given), ("log-sum-exp not given (ICR)", own)):
+            out.append(f"| {name} | {guarded(lambda: eager(f))} | {guarded(lambda: graph(f))} | {host_ms(f, host_calls):.3f} |")
+        # the log-sum-exp kernel alone, at several key splits (its input tables as attention_mass builds them)
+        _, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows_host, None, T, 64, q.device)
+        qr = q[rows].contiguous()
+        doc = torch.empty(0, dtype=torch.bool, device=dev)
+        prec = bsa_kernel.dot_precision(dtype)
+        key_blocks = cdiv(T, 64)
+        n_rb = cdiv(50, product_rows(64, Hq // Hkv)[0])
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if gpu else 4
+        auto = mass_kernel.lse_splits(key_blocks, n_rb * Hkv, sms)
+        out += ["", f"The rows' log-sum-exp kernel alone ({n_rb * Hkv} row blocks x heads, {key_blocks} key blocks; "
+                f"default {auto} splits), CUDA graph ms:", "", "| splits | programs | ms |", "|---|---|---|"]
+        for s in sorted({1, 2, 4, auto, 16, 32, 64} if gpu else {1, auto}):
+            f = lambda s=s: mass_kernel._row_lse(qr, k, pos_t, p0_t, doc, "causal", 1 / math.sqrt(D), 64, 64,  # noqa: E731
+                                                 prec, False, 4, splits=s)
+            out.append(f"| {s}{' (default)' if s == auto else ''} | {n_rb * Hkv * s} | {guarded(lambda: graph(f))} |")
+        if gpu:
+            out += ["", "GPU kernels of one call, log-sum-exp not given (torch.profiler, mean of 20 calls):", "",
+                    "| kernel | us per call | launches |", "|---|---|---|"]
+            try:
+                out += [f"| {n} | {us:.1f} | {c} |" for n, us, c in kernel_times(own)]
+            except Exception as e:  # noqa: BLE001
+                out.append(f"| failed ({type(e).__name__}: {' '.join(str(e).split())[:100]}) | | |")
+        out.append("")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write")
+    ap.add_argument("--cpu-check", action="store_true", help="a small shape in Triton's interpreter")
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_bm25 import machine, write_section
+
+    meta = machine()
+    if args.cpu_check:
+        body = probe([(3, 40, [0, 2])], False, "cpu", torch.float32, heads=(4, 2), D=32, host_calls=2)
+        where = f"Machine: {meta['cpu']} (Triton's interpreter; wall-clock times, not GPU figures)."
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("needs a CUDA device (or --cpu-check)")
+        import triton
+
+        body = probe([(100, 160, [32, 48, 64, 96, 128, 160, 213, 320, 0]),
+                      (500, 200, [64, 128, 256, 384, 768, 1024, 1516, 2048, 0])], True, "cuda", torch.bfloat16)
+        where = f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}."
+    marker = "## Kernel probes"
+    text = "\n".join([f"{marker} (bench/probe_kernels.py)", "", f"{where} Date: {meta['date']}; irforge git "
+                      f"{meta['git']}. Command: `python bench/probe_kernels.py {' '.join(sys.argv[1:])}`.", ""]
+                     + body) + "\n"
+    print(text)
+    if args.write:
+        write_section(Path(args.write), text, marker=marker)
+
+
+if __name__ == "__main__":
+    main()
