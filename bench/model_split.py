@@ -17,6 +17,10 @@ Triton" and "long tiles not split"): 0.372 / 0.234 ms at 16k tokens and 2.319 / 
 fixed cost of 1.5 key blocks the model needs a lone program at 0.8-0.9 of an SM's rate to give those ratios; any
 fixed cost from 0 to 5 blocks fits with its own g[1], so a GPU timing of two thresholds is what pins it
 (bench/RESULTS.md).
+
+The model missed: it predicted half a slot's load (bd5779e: 71 blocks at 16k) 0-10% faster than the rule before
+(213), and the H100 timed it 5% slower (bench/probe_kernels.py: 0.235 against 0.223 ms from CUDA graphs). Chunks
+cost more than a fixed 0-5 blocks each; the threshold now follows the measured sweep (kernel.split_threshold).
 """
 from __future__ import annotations
 
@@ -89,7 +93,7 @@ def main() -> None:
     for name, prompts in SHAPES.items():
         layout = SegmentLayout.from_lengths(prompts)
         blocks = int(launch_table(layout.tiles(a.rows), a.block_n)[:, 7].sum())
-        old = split_threshold(blocks, a.heads, a.sms, 1)
+        old = max(64, -(-blocks * a.heads // (2 * a.sms)))  # the rule to 82d3095: half an SM's load
         new = split_threshold(blocks, a.heads, a.sms, a.per_sm)
         work = {m: program_work(layout, m, a.heads, a.rows, a.block_n, a.fixed)
                 for m in sorted({0, old, old * 2 // 3, new, max(64, new // 2), 64}, reverse=True)}

@@ -5,13 +5,15 @@ measurements that tell one cause from another when a timing misses its predictio
     TRITON_INTERPRET=1 python bench/probe_kernels.py --cpu-check  # a small shape in the interpreter: runs every
                                                                   # probe once with wall-clock timers
 
-1. The block-sparse call's split threshold (max_blocks), swept around the default, each timed eagerly by
-   triton.testing.do_bench and replayed from a CUDA graph (no host); the default timed three times at once
+1. The block-sparse call's split threshold (max_blocks): the default against other rules, each timed eagerly
+   by triton.testing.do_bench and replayed from a CUDA graph (no host); the default timed three times at once
    first (a first-timing effect shows as a first figure apart from the next two).
 2. The attention mass with the rows' log-sum-exp not given (ICR's call): eagerly and from a CUDA graph, its
-   kernels' GPU times from torch.profiler, and the log-sum-exp kernel alone at several key splits (graph).
+   kernels' GPU times from torch.profiler, and the log-sum-exp kernel alone by product rows, warps and key
+   splits (graph).
 3. Each call's host time: the mean wall time of 200 calls launched without a synchronisation (the GPU runs
-   behind), against its GPU time: where the host's is the larger, the eager figure is the host's.
+   behind), against its GPU time: where the host's is the larger, the eager figure is the host's; and where
+   the host's time goes, by function (cProfile).
 """
 from __future__ import annotations
 
@@ -69,6 +71,26 @@ def guarded(f) -> str:
         return f"failed ({type(e).__name__}: {' '.join(str(e).split())[:100].replace('|', '/')})"
 
 
+def host_profile(f, n: int, top: int = 14) -> list[str]:
+    """Table rows of the ``top`` functions by own time over ``n`` calls of f (cProfile): own and cumulative
+    microseconds per call."""
+    import cProfile
+    import pstats
+
+    f()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        f()
+    prof.disable()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    stats = pstats.Stats(prof).stats
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return [f"| {Path(file).name}:{line} {name} | {tt / n * 1e6:.1f} | {ct / n * 1e6:.1f} |"
+            for (file, line, name), (_, _, tt, ct, _) in rows]
+
+
 def kernel_times(f, calls: int = 20) -> list[tuple[str, float, int]]:
     """(kernel name, mean GPU microseconds per call, launches per call) of f's CUDA kernels by torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -108,22 +130,21 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         tiles = layout.tiles(rows_per)
         per_sm = bsa_kernel.programs_per_sm(cfg)
         default = (bsa_kernel.auto_max_blocks(tiles, cfg["block_n"], Hkv, q.device, per_sm) if gpu else 0)
-        one_slot = bsa_kernel.auto_max_blocks(tiles, cfg["block_n"], Hkv, q.device) if gpu else 0
         total = int(bsa_kernel.launch_table(tiles, cfg["block_n"])[:, 7].sum())
         call = lambda: block_sparse_attention(q, k, v, layout, backend="triton")  # noqa: E731
         firsts = [guarded(lambda: eager(call)) for _ in range(3)]
         out += [f"### {T:,} tokens (64 + {n_docs} x {doc_len} + 50), {Hq}/{Hkv} heads, D {D}, {str(dtype)[6:]}", "",
                 f"Block-sparse attention: {total:,} key blocks of {cfg['block_n']} per head in the launch table; "
-                f"default max_blocks {default} ({per_sm} programs per SM counted), {one_slot} counting one. The "
-                f"default call timed three times at once (do_bench, ms): {', '.join(firsts)}. Host: "
-                f"{host_ms(call, host_calls):.3f} ms per call.", "",
-                "| max_blocks | programs | partial slots | eager ms | CUDA graph ms |", "|---|---|---|---|---|"]
-        for mb in sweep + ([default] if default not in sweep else []) + ([one_slot] if one_slot not in sweep else []):
+                f"default max_blocks {default} ({per_sm} programs per SM counted). The default call timed three "
+                f"times at once (do_bench, ms): {', '.join(firsts)}. Host: {host_ms(call, host_calls):.3f} ms per "
+                f"call.", "", "| max_blocks | programs | partial slots | eager ms | CUDA graph ms |",
+                "|---|---|---|---|---|"]
+        for mb in sweep + ([default] if default not in sweep else []):
             table, groups = bsa_kernel.schedule(tiles, cfg["block_n"], mb, rows_per)
             f = lambda mb=mb: bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=mb)  # noqa: E731
-            tag = " (default)" if mb == default else (" (one slot per SM)" if mb == one_slot else "")
-            out.append(f"| {mb}{tag} | {len(table) * Hkv:,} | {int(groups[:, 3].sum()) * Hkv if len(groups) else 0:,}"
-                       f" | {guarded(lambda: eager(f))} | {guarded(lambda: graph(f))} |")
+            out.append(f"| {mb}{' (default)' if mb == default else ''} | {len(table) * Hkv:,} | "
+                       f"{int(groups[:, 3].sum()) * Hkv if len(groups) else 0:,} | {guarded(lambda: eager(f))} | "
+                       f"{guarded(lambda: graph(f))} |")
         o, lse = call()
         rows = torch.arange(T - 50, T, device=dev)
         rows_host = rows.cpu()
@@ -139,15 +160,23 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         doc = torch.empty(0, dtype=torch.bool, device=dev)
         prec = bsa_kernel.dot_precision(dtype)
         key_blocks = cdiv(T, 64)
-        n_rb = cdiv(50, product_rows(64, Hq // Hkv)[0])
         sms = torch.cuda.get_device_properties(0).multi_processor_count if gpu else 4
-        auto = mass_kernel.lse_splits(key_blocks, n_rb * Hkv, sms)
-        out += ["", f"The rows' log-sum-exp kernel alone ({n_rb * Hkv} row blocks x heads, {key_blocks} key blocks; "
-                f"default {auto} splits), CUDA graph ms:", "", "| splits | programs | ms |", "|---|---|---|"]
-        for s in sorted({1, 2, 4, auto, 16, 32, 64} if gpu else {1, auto}):
-            f = lambda s=s: mass_kernel._row_lse(qr, k, pos_t, p0_t, doc, "causal", 1 / math.sqrt(D), 64, 64,  # noqa: E731
-                                                 prec, False, 4, splits=s)
-            out.append(f"| {s}{' (default)' if s == auto else ''} | {n_rb * Hkv * s} | {guarded(lambda: graph(f))} |")
+        out += ["", f"The rows' log-sum-exp kernel alone ({key_blocks} key blocks of 64), CUDA graph ms, by product "
+                "rows (selected rows x 4 heads), warps and key splits:", "",
+                "| product rows | warps | programs | splits | ms |", "|---|---|---|---|---|"]
+        for bm, warps, fixed in ((64, 4, None), (64, 4, 4), (64, 4, 32), (128, 4, None), (128, 8, None),
+                                 (256, 8, None)):
+            n_rb = cdiv(50, product_rows(bm, Hq // Hkv)[0])
+            auto = mass_kernel.lse_splits(key_blocks, n_rb * Hkv, sms)
+            s = fixed or auto
+            f = lambda s=s, bm=bm, warps=warps: mass_kernel._row_lse(  # noqa: E731
+                qr, k, pos_t, p0_t, doc, "causal", 1 / math.sqrt(D), bm, 64, prec, False, warps, splits=s)
+            out.append(f"| {bm} | {warps} | {n_rb * Hkv * s} | {s}{' (default)' if s == auto else ''} | "
+                       f"{guarded(lambda: graph(f))} |")
+        for name, f in (("block-sparse attention", call), ("attention mass, log-sum-exp given", given),
+                        ("attention mass, log-sum-exp not given", own)):
+            out += ["", f"Host time of the {name} call by function (cProfile, {host_calls} calls; us per call):", "",
+                    "| function | own | with callees |", "|---|---|---|"] + host_profile(f, host_calls)
         if gpu:
             out += ["", "GPU kernels of one call, log-sum-exp not given (torch.profiler, mean of 20 calls):", "",
                     "| kernel | us per call | launches |", "|---|---|---|"]
@@ -176,8 +205,9 @@ def main() -> None:
             sys.exit("needs a CUDA device (or --cpu-check)")
         import triton
 
-        body = probe([(100, 160, [32, 48, 64, 96, 128, 160, 213, 320, 0]),
-                      (500, 200, [64, 128, 256, 384, 768, 1024, 1516, 2048, 0])], True, "cuda", torch.bfloat16)
+        # the split rules of bd5779e (71, 506) and of 82d3095 (213, 1516) twice around the default, for the noise
+        body = probe([(100, 160, [71, 213, 71, 213]), (500, 200, [506, 1516, 506, 1516])], True, "cuda",
+                     torch.bfloat16)
         where = f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}."
     marker = "## Kernel probes"
     text = "\n".join([f"{marker} (bench/probe_kernels.py)", "", f"{where} Date: {meta['date']}; irforge git "

@@ -351,7 +351,7 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
 
 
 def test_default_split_counts_the_programs_an_sm_holds():
-    """Long tiles split at half the average load of a program slot, and an SM holds several programs: the
+    """Long tiles split at the average load of a program slot, and an SM holds several programs: the
     Hopper default 3 (4 warps of 168 registers), an uncapped 8-warp configuration at least 1. Never below 64
     blocks."""
     hopper = bsa_kernel.launch_config(torch.bfloat16, 128, capability=(9, 0), one_loop=True)
@@ -363,8 +363,8 @@ def test_default_split_counts_the_programs_an_sm_holds():
     # per document 10 tiles x 2 prefix blocks + 1+1+2+2+...+5+5 causal ones; the instruction's 4 tiles 6; the
     # query's 4 tiles 503, 503, 504 and 504
     assert blocks == 100 * (20 + 30) + 6 + 2014
-    assert bsa_kernel.split_threshold(blocks, 8, 132, 3) == 71  # 8 heads' 56,160 blocks over 2 x 396 slots
-    assert bsa_kernel.split_threshold(blocks, 8, 132, 1) == 213  # one slot per SM: the rule before
+    assert bsa_kernel.split_threshold(blocks, 8, 132, 3) == 142  # 8 heads' 56,160 blocks over 396 slots
+    assert bsa_kernel.split_threshold(blocks, 8, 132, 1) == 426
     assert bsa_kernel.split_threshold(1000, 8, 132, 3) == 64
 
 

@@ -118,15 +118,19 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
                 BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr,
                 PREC: tl.constexpr, FINAL: tl.constexpr):
     """Each selected row's log-sum-exp over the keys its softmax covers, for the rows sorted by position.
-    Program = (block of ROWS rows, split of their keys, key/value head), heads fastest; the product rows are
-    the block's rows x the GROUP query heads of the key/value head, as in the mass kernel. The block's keys run
-    from its first row's first covered key (P0) to its last row; SPLITS programs share them. FINAL (one split): the
-    natural-log result into OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL
-    [row blocks, SPLITS, HKV, BLOCK_M] for _lse_merge."""
+    Program = (block of ROWS rows, key/value head, split of their keys), row blocks fastest: the programs that
+    read the same keys (a query span's few row blocks) run side by side and share them through L2, where row
+    blocks outermost read every key once per row block from memory (4 x 205 MB at 100k tokens, 8 heads, D 128:
+    3.1 TB/s for the 0.264 ms the kernel took on an H100). The product rows are the block's rows x the GROUP
+    query heads of the key/value head, as in the mass kernel. The block's keys run from its first row's first
+    covered key (P0) to its last row; SPLITS programs share them. FINAL (one split): the natural-log result into
+    OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL [row blocks, SPLITS, HKV,
+    BLOCK_M] for _lse_merge."""
     pid = tl.program_id(0)
-    kvh = pid % HKV
-    split = (pid // HKV) % SPLITS
-    rb = pid // (HKV * SPLITS)
+    n_rb = tl.cdiv(R, ROWS)
+    rb = pid % n_rb
+    kvh = (pid // n_rb) % HKV
+    split = pid // (n_rb * HKV)
     offs_i, head, r, m_mask = _row_block(rb, kvh, R, GROUP, ROWS, BLOCK_M, WIDE)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D

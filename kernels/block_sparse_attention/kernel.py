@@ -398,15 +398,17 @@ def programs_per_sm(cfg: dict) -> int:
 
 def split_threshold(key_blocks: int, heads: int, sms: int, per_sm: int) -> int:
     """Key blocks a program may visit before its tile is split, for ``key_blocks`` in the launch table (per
-    head), ``heads`` programs per table row, ``sms`` SMs and ``per_sm`` programs resident on each: half the
-    average load of one program slot, ceil(key_blocks x heads / (2 x sms x per_sm)), and never below 64 blocks.
-    The programs on an SM share its throughput, so a chunk of half an SM's load (the rule before, which counted
-    one slot per SM) runs at a third of the SM's speed beside two others and ends last. A list-scheduling
-    model of the bench's shapes on 132 SMs, 3 programs per SM, fitted to the H100's times with and without
-    splitting (bench/model_split.py), predicts this rule 0-10% faster than the old one at 16k and 100k tokens,
-    by a program's fixed cost, which the fit leaves open, and any chunk up to a slot's average load as good
-    (bench/RESULTS.md; not yet timed on a GPU)."""
-    return max(64, -(-key_blocks * heads // (2 * sms * per_sm)))
+    head), ``heads`` programs per table row, ``sms`` SMs and ``per_sm`` programs resident on each: the average
+    load of one program slot, ceil(key_blocks x heads / (sms x per_sm)), and never below 64 blocks. At the
+    bench's shapes on an H100 (132 SMs, 3 slots each: 142 blocks at 16k tokens, 1,011 at 100k) the query's
+    long tiles become 4 chunks each. Timed from CUDA graphs (bench/probe_kernels.py, bench/RESULTS.md), the
+    call is flat within 3% for chunks from half to one and a half slot loads, and slower outside: at 16k 0.223
+    ms for 213 blocks, 0.228 for 128 and 160, 0.235 for 64-71, 0.252 for 32, 0.272 for 320; at 100k 1.56-1.57
+    ms from 506 to 1,024 blocks, 1.61 at 256 and 1,516, 1.97 at 64. Each chunk costs more than its share of
+    the work (its query load, pipeline fill and partial write, and the merge): half a slot's load (the rule of
+    bd5779e) was 5% slower than 1.5 slots at 16k, where a list-scheduling model (bench/model_split.py) had
+    predicted it faster."""
+    return max(64, -(-key_blocks * heads // (sms * per_sm)))
 
 
 def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device, per_sm: int = 1) -> int:
