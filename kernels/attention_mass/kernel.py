@@ -80,9 +80,22 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
         p0 = tl.load(P0 + r, mask=m_mask, other=0)
         lse = tl.load(LSE + r * stride_lr + head * stride_lh, mask=m_mask, other=0.0)
         w = tl.load(W + r, mask=m_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
-        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0) * w[:, None]
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        lse2 = lse * 1.4426950408889634
+        # every row of this block sees the whole key block (the usual case: a query span and keys before it):
+        # no per-score mask (outside "documents" mode), the scale and the normaliser in one multiply-add; rows
+        # past the block's end have zero weight
+        full = ((nb * BLOCK_N >= tl.max(tl.where(m_mask, p0, 0), 0))
+                & (nb * BLOCK_N + BLOCK_N - 1 <= tl.min(tl.where(m_mask, pos, T), 0)))
+        if full:
+            p = tl.exp2(s * qk_scale - lse2[:, None])
+            if DOCS_ONLY:
+                p = tl.where(key_ok[None, :], p, 0.0)
+        else:
+            ok = ((offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :]
+                  & m_mask[:, None])
+            p = tl.where(ok, tl.exp2(s * qk_scale - lse2[:, None]), 0.0)
+        p = p * w[:, None]
         if HEAD_DOT:  # per head, the sum over its rows as one product on the tensor cores
             acc += tl.dot(tl.trans(p), onehot, input_precision=PREC)
         else:
@@ -109,6 +122,40 @@ def _row_block(rb, kvh, R, GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.
 def _natural_lse(m_i, l_i):
     """log(sum) in natural log from a running maximum and sum in base 2; -inf where the sum is 0 (no key)."""
     return tl.where(l_i > 0, (m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+
+
+@triton.jit
+def _lse_block(q, K, DOC, start, k1, kvh, stride_kt, stride_kh, offs_d, d_mask, p0, pos, m_i, l_i, qk_scale,
+               MASKED: tl.constexpr, DOCS_ONLY: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr,
+               PREC: tl.constexpr):
+    """The running maximum and sum (base 2) of _lse_kernel's rows after keys [start, start + BLOCK_N). MASKED:
+    each row's covered range [p0, pos] and the end k1 apply (and may leave a row with no key yet); else every
+    row sees every key of the block, and the scale and the maximum fold into one multiply-add per score. The
+    maximum is taken over unscaled scores: the scale is positive."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_n = offs_n.to(tl.int64)
+    if MASKED:
+        n_mask = offs_n < k1
+        k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & n_mask[None, :]
+        if DOCS_ONLY:
+            ok = ok & (tl.load(DOC + offs_n, mask=n_mask, other=0) != 0)[None, :]
+        s = tl.where(ok, tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: nothing to rescale
+        p = tl.exp2(s - m_safe[:, None])
+    else:
+        k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                    mask=d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        if DOCS_ONLY:  # the key side of the mask only: a document key or not
+            s = tl.where((tl.load(DOC + offs_n) != 0)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # (in "documents" mode a row may see no key yet)
+        p = tl.exp2(s * qk_scale - m_safe[:, None])
+    return m_new, l_i * tl.exp2(m_i - m_safe) + tl.sum(p, 1)
 
 
 @triton.jit
@@ -143,23 +190,23 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
     per = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), SPLITS) * BLOCK_N
     k0 = lo + split * per
     k1 = tl.minimum(hi, k0 + per)
+    # Blocks that every row sees whole, [a, b): from the last row's first covered key to the first row's
+    # position (rows past R, whose results are not stored, have zero queries and count as seeing everything).
+    # They take no mask (outside "documents" mode) and fold the scale into one multiply-add; the blocks before
+    # and after them (a query span's last few) are masked.
+    a = tl.minimum(k0 + tl.cdiv(tl.maximum(tl.max(tl.where(m_mask, p0, 0), 0) - k0, 0), BLOCK_N) * BLOCK_N, k1)
+    b = a + tl.maximum(tl.minimum(tl.min(tl.where(m_mask, pos, 2147483646), 0) + 1, k1) - a, 0) // BLOCK_N * BLOCK_N
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start in range(k0, k1, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        if WIDE:
-            offs_n = offs_n.to(tl.int64)
-        n_mask = offs_n < k1
-        k = tl.load(K + offs_n[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
-                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & n_mask[None, :]
-        if DOCS_ONLY:
-            ok = ok & (tl.load(DOC + offs_n, mask=n_mask, other=0) != 0)[None, :]
-        s = tl.where(ok, tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: nothing to rescale
-        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
-        m_i = m_new
+    for start in range(k0, a, BLOCK_N):
+        m_i, l_i = _lse_block(q, K, DOC, start, k1, kvh, stride_kt, stride_kh, offs_d, d_mask, p0, pos, m_i, l_i,
+                              qk_scale, True, DOCS_ONLY, BLOCK_N, WIDE, PREC)
+    for start in range(a, b, BLOCK_N):
+        m_i, l_i = _lse_block(q, K, DOC, start, k1, kvh, stride_kt, stride_kh, offs_d, d_mask, p0, pos, m_i, l_i,
+                              qk_scale, False, DOCS_ONLY, BLOCK_N, WIDE, PREC)
+    for start in range(b, k1, BLOCK_N):
+        m_i, l_i = _lse_block(q, K, DOC, start, k1, kvh, stride_kt, stride_kh, offs_d, d_mask, p0, pos, m_i, l_i,
+                              qk_scale, True, DOCS_ONLY, BLOCK_N, WIDE, PREC)
     if FINAL:
         tl.store(OUT + r * stride_or + head * stride_oh, _natural_lse(m_i, l_i), mask=m_mask)
     else:
