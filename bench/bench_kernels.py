@@ -189,16 +189,23 @@ def gpu_section() -> list[str]:
             except Exception as e:  # noqa: BLE001
                 return failed(e)
 
-        # the split threshold to 82d3095: half an SM's average load, counting one program per SM
-        # (kernel.split_threshold now counts the programs an SM holds: 3 in the Hopper default)
+        # the split thresholds before: to 82d3095 half an SM's average load (one program counted per SM), from
+        # bd5779e half a program slot's (3 slots per SM in the Hopper default); kernel.split_threshold now
+        # takes one slot's
         cap = torch.cuda.get_device_capability()
         cfg = bsa_kernel.launch_config(torch.bfloat16, 128, capability=cap,
                                        one_loop=bsa_kernel.default_one_loop(torch.bfloat16, 128, cap))
         rows_per_tile = product_rows(cfg["block_m"], Hq // Hkv)[0]
-        old_split = bsa_kernel.auto_max_blocks(layout.tiles(rows_per_tile), cfg["block_n"], Hkv, q.device)
+        blocks = int(bsa_kernel.launch_table(layout.tiles(rows_per_tile), cfg["block_n"])[:, 7].sum())
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        old_split = bsa_kernel.split_threshold(blocks, Hkv, 2 * sms, 1)
+        half_slot = bsa_kernel.split_threshold(blocks, Hkv, 2 * sms, bsa_kernel.programs_per_sm(cfg))
         res = [("irforge Triton", bench(lambda: block_sparse_attention(q, k, v, layout, backend="triton"))),
                (f"irforge Triton, long tiles split at half an SM's load (max_blocks={old_split}: the default to "
                 f"82d3095)", bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=old_split))),
+               (f"irforge Triton, long tiles split at half a program slot's load (max_blocks={half_slot}: the "
+                f"default from bd5779e)", bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout,
+                                                                                          max_blocks=half_slot))),
                ("irforge Triton, long tiles split at 64 key blocks (max_blocks=64)",
                 bench(lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, max_blocks=64))),
                ("irforge Triton, accumulator rescaled lazily (lazy_rescale=True: the one-loop default at 5d5ceb3)",

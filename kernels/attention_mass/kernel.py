@@ -80,22 +80,9 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
         p0 = tl.load(P0 + r, mask=m_mask, other=0)
         lse = tl.load(LSE + r * stride_lr + head * stride_lh, mask=m_mask, other=0.0)
         w = tl.load(W + r, mask=m_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        lse2 = lse * 1.4426950408889634
-        # every row of this block sees the whole key block (the usual case: a query span and keys before it):
-        # no per-score mask (outside "documents" mode), the scale and the normaliser in one multiply-add; rows
-        # past the block's end have zero weight
-        full = ((nb * BLOCK_N >= tl.max(tl.where(m_mask, p0, 0), 0))
-                & (nb * BLOCK_N + BLOCK_N - 1 <= tl.min(tl.where(m_mask, pos, T), 0)))
-        if full:
-            p = tl.exp2(s * qk_scale - lse2[:, None])
-            if DOCS_ONLY:
-                p = tl.where(key_ok[None, :], p, 0.0)
-        else:
-            ok = ((offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :]
-                  & m_mask[:, None])
-            p = tl.where(ok, tl.exp2(s * qk_scale - lse2[:, None]), 0.0)
-        p = p * w[:, None]
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
+        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0) * w[:, None]
         if HEAD_DOT:  # per head, the sum over its rows as one product on the tensor cores
             acc += tl.dot(tl.trans(p), onehot, input_precision=PREC)
         else:
@@ -166,10 +153,11 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
                 PREC: tl.constexpr, FINAL: tl.constexpr):
     """Each selected row's log-sum-exp over the keys its softmax covers, for the rows sorted by position.
     Program = (block of ROWS rows, key/value head, split of their keys), row blocks fastest: the programs that
-    read the same keys (a query span's few row blocks) run side by side and share them through L2, where row
-    blocks outermost read every key once per row block from memory (4 x 205 MB at 100k tokens, 8 heads, D 128:
-    3.1 TB/s for the 0.264 ms the kernel took on an H100). The product rows are the block's rows x the GROUP
-    query heads of the key/value head, as in the mass kernel. The block's keys run from its first row's first
+    read the same keys (a query span's few row blocks) run side by side and share them through L2 (on an H100
+    at 100k tokens 0.222 ms against 0.264 with row blocks outermost; at 16k no change, 0.049 ms). The kernel is
+    bound by its arithmetic, not by memory: the blocks every row sees whole, which take no mask (_lse_block),
+    took it to 0.154 and 0.032 ms (bench/RESULTS.md). The product rows are the block's rows x the GROUP query
+    heads of the key/value head, as in the mass kernel. The block's keys run from its first row's first
     covered key (P0) to its last row; SPLITS programs share them. FINAL (one split): the natural-log result into
     OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL [row blocks, SPLITS, HKV,
     BLOCK_M] for _lse_merge."""
@@ -244,8 +232,9 @@ def lse_splits(key_blocks: int, programs: int, sms: int) -> int:
     64 blocks a split, but never under 16 blocks a split (a range of 16 blocks or fewer takes one launch).
     A query span of 50 rows with 8 key/value heads makes only 32 programs. Unsplit (the rule before split only
     past 256 blocks), each walked its 252 key blocks (16k keys) in turn while 100 SMs idled: about 0.18 ms of
-    the 0.255 ms call on an H100, by the difference with the call given the log-sum-exp (bench/RESULTS.md;
-    this rule's 9 splits not yet timed on a GPU)."""
+    the 0.255 ms call on an H100, by the difference with the call given the log-sum-exp. Timed alone from a
+    CUDA graph on an H100 (bench/probe_kernels.py): 0.179 ms unsplit, 0.048 at this rule's 9 splits, 0.044 at
+    16 or 32; at 100k 1.090 unsplit, 0.264 at 25 splits, 0.263-0.287 from 16 to 64."""
     return max(1, min(cdiv(key_blocks, 16), max(cdiv(2 * sms, max(programs, 1)), cdiv(key_blocks, 64))))
 
 
