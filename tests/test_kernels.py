@@ -319,11 +319,12 @@ def test_random_layouts_rows_and_groups_attention_mass_matches_reference(seed):
     head_sum = str(rng.choice(["loop", "dot"]))
     window = None if rng.random() < 0.5 else int(rng.integers(1, 60))
     ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, backend="naive")
-    out = torch.full((T, hq), float("nan"), device=DEVICE)
-    mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, out=out,
-                               block_m=block_m, block_n=block_n, head_sum=head_sum)
-    close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}, {head_sum}, "
-                                f"window {window}")
+    for whole in (False, True):
+        out = torch.full((T, hq), float("nan"), device=DEVICE)
+        mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, out=out,
+                                   block_m=block_m, block_n=block_n, head_sum=head_sum, whole_blocks=whole)
+        close(out, ref, 1e-6, 1e-4, f"{prompts}, heads {hq}/{hkv}, {mode}, block {block_m}x{block_n}, {head_sum}, "
+                                    f"window {window}, whole blocks {whole}")
     close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, backend="torch"), ref, 1e-6,
           1e-4, f"cpu path, window {window}")
 
@@ -430,6 +431,31 @@ def test_attention_mass_matches_reference(mode, layout_name, D, hq, hkv):
     mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, out=out, block_m=16, block_n=32)
     close(out, ref, 1e-6, 1e-4, f"triton mass ({mode})")
     close(attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, backend="torch"), ref, 1e-6, 1e-4, "cpu mass")
+
+
+@pytest.mark.parametrize("window", [None, 40])
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+def test_attention_mass_whole_blocks_skip_the_mask_only_where_every_row_sees_the_block(mode, window):
+    """whole_blocks: per key block, the run of rows that see all of it (a host table) goes unmasked. Two
+    prompts' query spans, several row blocks per key block (groups of 3 heads: product rows past the block's
+    rows), a key count that leaves the last block short: equal to the reference, and the runs as defined."""
+    layout = SegmentLayout.from_lengths([(20, [50, 37], 45), (9, [70], 60)])
+    T = layout.total_tokens
+    g = torch.Generator().manual_seed(21)
+    q, k = (torch.randn(T, h, 32, generator=g).to(DEVICE) for h in (6, 2))
+    first = 20 + 50 + 37
+    rows = torch.cat([torch.arange(first, first + 45), torch.arange(T - 60, T)])
+    w = torch.rand(len(rows), generator=g).to(DEVICE)
+    ref = attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, backend="naive")
+    got = mass_kernel.attention_mass(q[rows], rows, k, layout, weights=w, mode=mode, window=window, block_m=16,
+                                     block_n=16, whole_blocks=True)
+    close(got, ref, 1e-6, 1e-4, f"whole blocks, {mode}, window {window}")
+    _, pos_t, p0_t, _, _, lo_t, hi_t, _ = mass_kernel._row_tables(layout, rows, w, T, 16, q.device, window)
+    pos, p0, lo, hi = (x.cpu().numpy() for x in (pos_t, p0_t, lo_t, hi_t))
+    for b, a in enumerate(range(0, T, 16)):
+        sees_all = (p0 <= a) & (pos >= a + 15) & (a + 16 <= T)
+        assert sees_all[lo[b]:hi[b]].all() and sees_all.sum() == max(hi[b] - lo[b], 0), b
+    assert T % 16 and (hi - lo > 0).any()
 
 
 @pytest.mark.parametrize("head_sum", ["loop", "dot"])

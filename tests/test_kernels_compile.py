@@ -49,9 +49,9 @@ SCRIPT = textwrap.dedent(r"""
         head_dot = prec != "ieee"  # the wrapper's default per-head sum, and its padded group (GP)
         mass_consts = dict(GROUP=grp, GP=max(16 if head_dot else 1, next_pow2(grp)), ROWS=max(1, mass_m // grp),
                            DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide,
-                           PREC=prec, HEAD_DOT=head_dot)
+                           PREC=prec, HEAD_DOT=head_dot, WHOLE=False)
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
-                         ROW_LO="*i64", ROW_HI="*i64", MASS="*fp32")
+                         ROW_LO="*i64", ROW_HI="*i64", WHOLE_LO="*i64", WHOLE_HI="*i64", MASS="*fp32")
         lse_consts = dict(GROUP=grp, ROWS=max(1, mass_m // grp), DOCS_ONLY=docs, D=D, BLOCK_D=block_d,
                           BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs)  # both forms
         lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC="*i1", OUT="*fp32", PM="*fp32",
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent(r"""
                      dict(GROUP=grp, ROWS=max(1, mass_m // grp), BLOCK_M=mass_m, WIDE=wide), dict(num_warps=1))
         return ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
                 (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), (_lse_kernel, lse_ptrs, lse_consts, mass_cfg),
-                lse_merge)
+                lse_merge, (_mass_kernel, mass_ptrs, dict(mass_consts, WHOLE=True), mass_cfg))  # whole_blocks
 
     def build(cc, fn, p, c, opts):
         try:
@@ -86,7 +86,8 @@ SCRIPT = textwrap.dedent(r"""
     for cc, dt, D, wide, docs, grp, runs, *limit in configs:
         if mode == "default":  # every kernel in its default configuration
             for fn, p, c, opts in kernels(cc, dt, D, wide, docs, grp, runs, 0):
-                done.append(dict(kernel=fn.__name__, cc=cc, dt=dt, D=D, runs=runs, **build(cc, fn, p, c, opts)))
+                done.append(dict(kernel=fn.__name__, whole=c.get("WHOLE", False), cc=cc, dt=dt, D=D, runs=runs,
+                                 **build(cc, fn, p, c, opts)))
         else:  # "fit": per kernel, the ladder's first rung within ``limit`` bytes of shared memory
             for name in ("_bsa_fwd", "_mass_kernel", "_lse_kernel"):
                 for step in range(5):
@@ -127,10 +128,13 @@ def compile_kernels(tmp_path, mode, configs):
 
 def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     done = compile_kernels(tmp_path, "default", CONFIGS)
-    assert len(done) == 5 * len(CONFIGS)
+    assert len(done) == 6 * len(CONFIGS)
     assert all(d["size"] > 5_000 for d in done), done  # a real cubin for every kernel and configuration
-    # no register spills to local memory in the configurations users launch
-    assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]
+    # no register spills to local memory in the configurations users launch; the mass kernel's opt-in
+    # whole_blocks (three loops, each pipelined) none on sm_90 up to D 128, the Hopper case it is for (ptxas
+    # spills 100 bytes on sm_80 at D 128 and 4 on sm_90 at D 256 with it: its docstring says so)
+    assert all(d["spills"] == 0 for d in done if not d["whole"]), [d for d in done if d["spills"]]
+    assert all(d["spills"] == 0 for d in done if d["whole"] and d["cc"] == 90 and d["D"] <= 128), done
     # the block-sparse key loop is software-pipelined (asynchronous copies of the next key/value blocks), and
     # 16-bit products run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
     bsa = [d for d in done if d["kernel"] == "_bsa_fwd"]

@@ -8,7 +8,8 @@ block the host gives the run of rows at or after the block whose first covered k
 packed prompts never meet each other's keys). P0 holds each row's first covered key: its prompt's start, or
 later under a sliding window. It recomputes their scores against its keys, masks them (causal from P0; in
 "documents" mode, also document keys only), turns them into probabilities with the rows'
-log-sum-exp, and accumulates weight * probability per head. Memory: O(T * Hq) output, nothing of size R x T.
+log-sum-exp, and accumulates weight * probability per head (with ``whole_blocks``, the row blocks that see its
+whole key block, by a host table per key block, skip the mask). Memory: O(T * Hq) output, nothing of size R x T.
 Needs each row's log-sum-exp: given (the block-sparse forward returns it), or computed first by _lse_kernel over
 the same sorted rows, their keys split across programs and merged by _lse_merge (ICR's capture, which runs SDPA,
 and "documents" mode).
@@ -39,11 +40,49 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, stride_qr, stride_qh, stride_kt,
-                 stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
+def _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot, g_of_i, gcol,
+               acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, MASKED: tl.constexpr,
+               GROUP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr, WIDE: tl.constexpr,
+               PREC: tl.constexpr, HEAD_DOT: tl.constexpr):
+    """acc plus the weighted probabilities of the row block from r0 on the program's key block, per key and
+    query head. MASKED: each row's covered range [p0, pos] applies (and the key mask); else every row sees the
+    whole key block (only "documents" mode's key mask applies), and the scale and the normaliser fold into one
+    multiply-add. Product rows past the block (or past r_hi) load zero weight either way."""
+    r = r0 + offs_i // GROUP
+    if WIDE:
+        r = r.to(tl.int64)
+    m_mask = (r < r_hi) & (offs_i < ROWS * GROUP)
+    q = tl.load(Q + r[:, None] * stride_qr + head[:, None] * stride_qh + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    if MASKED:  # (as the kernel was before the unmasked path, and as timed then)
+        pos = tl.load(POS + r, mask=m_mask, other=-1)
+        p0 = tl.load(P0 + r, mask=m_mask, other=0)
+        lse = tl.load(LSE + r * stride_lr + head * stride_lh, mask=m_mask, other=0.0)
+        w = tl.load(W + r, mask=m_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
+        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0) * w[:, None]
+    else:
+        lse2 = tl.load(LSE + r * stride_lr + head * stride_lh, mask=m_mask, other=0.0) * 1.4426950408889634
+        w = tl.load(W + r, mask=m_mask, other=0.0)
+        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale - lse2[:, None]) * w[:, None]
+        if DOCS_ONLY:
+            p = tl.where(key_ok[None, :], p, 0.0)
+    if HEAD_DOT:  # per head, the sum over its rows as one product on the tensor cores
+        acc += tl.dot(tl.trans(p), onehot, input_precision=PREC)
+    else:
+        for g in tl.static_range(GROUP):  # the rows of head g summed into its column
+            col = tl.sum(tl.where((g_of_i == g)[:, None], p, 0.0), 0)
+            acc += tl.where(gcol[None, :] == g, col[:, None], 0.0)
+    return acc
+
+
+@triton.jit
+def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, WHOLE_LO, WHOLE_HI, MASS, T, HKV, stride_qr,
+                 stride_qh, stride_kt, stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
                  GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 WIDE: tl.constexpr, PREC: tl.constexpr, HEAD_DOT: tl.constexpr):
+                 WIDE: tl.constexpr, PREC: tl.constexpr, HEAD_DOT: tl.constexpr, WHOLE: tl.constexpr):
     pid = tl.program_id(0)
     nb = pid // HKV  # key/value heads fastest: neighbouring programs share the key block's rows in L2
     kvh = pid % HKV
@@ -65,30 +104,33 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, MASS, T, HKV, strid
     head = kvh * GROUP + g_of_i
     gcol = tl.arange(0, GP)
     acc = tl.zeros([BLOCK_N, GP], dtype=tl.float32)  # per key, per query head of the group
+    onehot = acc  # (a placeholder where HEAD_DOT is off: never read)
     if HEAD_DOT:  # the product rows' heads as a one-hot [BLOCK_M, GP] matrix (GP at least 16 for tl.dot)
         onehot = (g_of_i[:, None] == gcol[None, :]).to(tl.float32)
     r_lo = tl.load(ROW_LO + nb).to(tl.int32)  # row indices (below 2^31; int64 in the table)
     r_hi = tl.load(ROW_HI + nb).to(tl.int32)
-    for r0 in range(r_lo, r_hi, ROWS):
-        r = r0 + offs_i // GROUP
-        if WIDE:
-            r = r.to(tl.int64)
-        m_mask = (r < r_hi) & (offs_i < ROWS * GROUP)
-        q = tl.load(Q + r[:, None] * stride_qr + head[:, None] * stride_qh + offs_d[None, :],
-                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-        pos = tl.load(POS + r, mask=m_mask, other=-1)
-        p0 = tl.load(P0 + r, mask=m_mask, other=0)
-        lse = tl.load(LSE + r * stride_lr + head * stride_lh, mask=m_mask, other=0.0)
-        w = tl.load(W + r, mask=m_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        ok = (offs_n[None, :] >= p0[:, None]) & (offs_n[None, :] <= pos[:, None]) & key_ok[None, :] & m_mask[:, None]
-        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0) * w[:, None]
-        if HEAD_DOT:  # per head, the sum over its rows as one product on the tensor cores
-            acc += tl.dot(tl.trans(p), onehot, input_precision=PREC)
-        else:
-            for g in tl.static_range(GROUP):  # the rows of head g summed into its column
-                col = tl.sum(tl.where((g_of_i == g)[:, None], p, 0.0), 0)
-                acc += tl.where(gcol[None, :] == g, col[:, None], 0.0)
+    if WHOLE:  # the row blocks that lie in the run of rows seeing the whole key block go unmasked, in the middle
+        w_lo = tl.load(WHOLE_LO + nb).to(tl.int32)
+        w_hi = tl.load(WHOLE_HI + nb).to(tl.int32)
+        u0 = tl.minimum(r_lo + tl.cdiv(tl.maximum(w_lo - r_lo, 0), ROWS) * ROWS, r_hi)
+        u1 = u0 + tl.maximum(w_hi - u0, 0) // ROWS * ROWS
+        for r0 in range(r_lo, u0, ROWS):
+            acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
+                             g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
+                             ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
+        for r0 in range(u0, u1, ROWS):
+            acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
+                             g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, False, GROUP,
+                             ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
+        for r0 in range(u1, r_hi, ROWS):
+            acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
+                             g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
+                             ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
+    else:
+        for r0 in range(r_lo, r_hi, ROWS):
+            acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
+                             g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
+                             ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
     tl.store(MASS + offs_n[:, None] * stride_mt + (kvh * GROUP + gcol)[None, :] * stride_mh, acc,
              mask=n_mask[:, None] & (gcol < GROUP)[None, :])
 
@@ -275,9 +317,11 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
 def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[torch.Tensor], T: int, block_n: int,
                 dev: torch.device, window: Optional[int] = None):
     """(order or None when the rows are already in position order, positions, first covered keys (prompt
-    starts, or later under a sliding ``window``), per key block the run of rows that see it, weights in that
-    order) on ``dev``. Rows in position order have ascending first keys too; per key block [a, b) the rows
-    that can see it are those at or after a whose first key is before b: one run of the sorted rows. The tables
+    starts, or later under a sliding ``window``), per key block the run of rows that see it and the run of
+    rows that see all of it, weights in that order) on ``dev``. Rows in position order have ascending first
+    keys too; per key block [a, b) the rows that can see it are those at or after a whose first key is before
+    b: one run of the sorted rows. Those that see all of it are those at or after b - 1 whose first key is at
+    or before a (none for a last block cut short by the end of the keys): another run. The tables
     for the last rows and host weights seen are kept on the layout: a model passes the same rows in every layer,
     and then no table is rebuilt or copied."""
     pos = rows.detach().cpu().numpy().astype(np.int64)  # a synchronisation only for rows on a GPU
@@ -295,18 +339,21 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
         starts = np.arange(0, T, block_n, dtype=np.int64)
         row_lo = np.searchsorted(pos, starts, side="left")
         row_hi = np.searchsorted(p0, np.minimum(starts + block_n, T), side="left")
-        meta = to_device(np.concatenate([order, pos, p0, row_lo, row_hi]), dev)  # one host-to-device copy
+        whole_lo = np.where(starts + block_n <= T, np.searchsorted(pos, starts + block_n - 1, side="left"), R)
+        whole_hi = np.searchsorted(p0, starts, side="right")
+        meta = to_device(np.concatenate([order, pos, p0, row_lo, row_hi, whole_lo, whole_hi]), dev)  # one copy
         if weights is None:
             w = torch.full((R,), 1.0 / max(R, 1), dtype=torch.float32, device=dev)
         else:
             w = to_device(w_host[order], dev) if w_host is not None else None
+        nb = len(starts)
         entry = (sig, (None if in_order else meta[:R], meta[R:2 * R], meta[2 * R:3 * R],
-                       meta[3 * R:3 * R + len(starts)], meta[3 * R + len(starts):], w))
+                       *meta[3 * R:].view(4, nb).unbind(0), w))
         last[0] = entry  # one assignment: another thread sees the old entry or this one, never a mix
-    order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = entry[1]
+    order_t, pos_t, p0_t, row_lo_t, row_hi_t, whole_lo_t, whole_hi_t, w = entry[1]
     if w is None:  # weights on the device: taken as given, in the rows' order
         w = weights.float() if order_t is None else weights.float()[order_t]
-    return order_t, pos_t, p0_t, row_lo_t, row_hi_t, w
+    return order_t, pos_t, p0_t, row_lo_t, row_hi_t, whole_lo_t, whole_hi_t, w
 
 
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
@@ -314,7 +361,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
                    scale: Optional[float] = None, window: Optional[int] = None, block_m: Optional[int] = None,
                    block_n: Optional[int] = None, out: Optional[torch.Tensor] = None, wide: Optional[bool] = None,
                    num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                   head_sum: Optional[str] = None) -> torch.Tensor:
+                   head_sum: Optional[str] = None, whole_blocks: bool = False) -> torch.Tensor:
     """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
     offsets (default: when a tensor holds 2^31 elements or more). ``block_m``: rows of each product
     (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
@@ -326,8 +373,14 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     at most 2^-11 each, below that of 16-bit inputs; the default for 16-bit inputs and TF32 float32, 1.55x
     faster than "loop" on an H200 in bench_kernels.py --sweep) or "loop" (a masked reduction per head of the
     group; the default for full-precision float32, where the product would run on FMA units). ``window``: a
-    sliding window, as in the public :func:`irforge.kernels.attention_mass`. A default configuration that the
-    GPU's shared memory cannot hold falls back to smaller ones (kernels/_shared_memory.py)."""
+    sliding window, as in the public :func:`irforge.kernels.attention_mass`. ``whole_blocks``: the row blocks
+    that see a program's whole key block (by a host table per key block) skip the per-score mask and fold the
+    scale and normaliser into one multiply-add, as the normaliser's kernel does (35% faster there on an H100);
+    off by default until a GPU times it here (a branch per row block for the same end made the kernel 31-35%
+    slower: bench/RESULTS.md). Its three loops take more registers: 233 per thread on sm_90 at D 128 in 16
+    bits (219 without), and ptxas spills 100 bytes on sm_80 at D 128 and 4 on sm_90 at D 256
+    (tests/test_kernels_compile.py). A default configuration that the GPU's shared memory cannot hold falls back to
+    smaller ones (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     if head_sum not in (None, "loop", "dot"):
         raise ValueError(f"head_sum must be 'loop' or 'dot', got {head_sum!r}")
@@ -353,7 +406,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     def run(cfg: dict) -> None:
         block_m, block_n = cfg["block_m"], cfg["block_n"]
         opts = {o: cfg[o] for o in ("num_warps", "num_stages") if o in cfg}
-        order_t, pos_t, p0_t, row_lo_t, row_hi_t, w = _row_tables(layout, rows, weights, T, block_n, dev, window)
+        order_t, pos_t, p0_t, row_lo_t, row_hi_t, whole_lo_t, whole_hi_t, w = _row_tables(layout, rows, weights, T,
+                                                                                         block_n, dev, window)
         q, row_lse = q_rows, lse
         if order_t is not None:  # rows not in position order: sort them on the device
             q = q[order_t]
@@ -367,16 +421,17 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         row_lse = row_lse.float().contiguous()
         rows_per, product_m = product_rows(block_m, group)  # selected rows per product, rows of the product
         _mass_kernel[(cdiv(T, block_n) * Hkv,)](
-            q, k, row_lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, mass, T, Hkv, q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1), row_lse.stride(0), row_lse.stride(1), mass.stride(0), mass.stride(1),
+            q, k, row_lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, whole_lo_t, whole_hi_t, mass, T, Hkv,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), row_lse.stride(0), row_lse.stride(1), mass.stride(0),
+            mass.stride(1),
             scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, next_pow2(group)), ROWS=rows_per,
             DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
             BLOCK_M=product_m, BLOCK_N=block_n, PREC=prec, WIDE=wide,
-            HEAD_DOT=head_dot, **opts)
+            HEAD_DOT=head_dot, WHOLE=bool(whole_blocks), **opts)
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
-    key = ("mass", dev, q_rows.dtype, D, group, mode, lse is None, wide, head_dot)
+    key = ("mass", dev, q_rows.dtype, D, group, mode, lse is None, wide, head_dot, bool(whole_blocks))
     launch_fitting(key, cfg, run, pinned)
     return mass
