@@ -93,7 +93,7 @@ def main() -> None:
     for name, prompts in SHAPES.items():
         layout = SegmentLayout.from_lengths(prompts)
         blocks = int(launch_table(layout.tiles(a.rows), a.block_n)[:, 7].sum())
-        old = max(64, -(-blocks * a.heads // (2 * a.sms)))  # the rule to 82d3095: half an SM's load
+        old = split_threshold(blocks, a.heads, 2 * a.sms, 1)  # the rule to 82d3095: half an SM's load
         new = split_threshold(blocks, a.heads, a.sms, a.per_sm)
         work = {m: program_work(layout, m, a.heads, a.rows, a.block_n, a.fixed)
                 for m in sorted({0, old, old * 2 // 3, new, max(64, new // 2), 64}, reverse=True)}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench_kernels import failed, graph_bench  # (this script's folder is on the path)
 from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attention
 
 
@@ -48,11 +49,7 @@ def timers(gpu: bool):
     if gpu:
         import triton
 
-        def graph(f):
-            f()  # tables and compiled kernels exist before the capture
-            return triton.testing.do_bench_cudagraph(f)
-
-        return (lambda f: triton.testing.do_bench(f)), graph
+        return (lambda f: triton.testing.do_bench(f)), (lambda f: graph_bench(f)[0])
 
     def wall(f):
         f()
@@ -68,7 +65,7 @@ def guarded(f) -> str:
     try:
         return f"{f():.3f}"
     except Exception as e:  # noqa: BLE001
-        return f"failed ({type(e).__name__}: {' '.join(str(e).split())[:100].replace('|', '/')})"
+        return failed(e)
 
 
 def host_profile(f, n: int, top: int = 14) -> list[str]:
@@ -153,7 +150,8 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         out += ["", "Attention mass of the 50 query rows:", "",
                 "| call | eager ms | CUDA graph ms | host ms per call |", "|---|---|---|---|"]
         for name, f in (("log-sum-exp given", given), ("log-sum-exp not given (ICR)", own)):
-            out.append(f"| {name} | {guarded(lambda: eager(f))} | {guarded(lambda: graph(f))} | {host_ms(f, host_calls):.3f} |")
+            out.append(f"| {name} | {guarded(lambda: eager(f))} | {guarded(lambda: graph(f))} | "
+                       f"{host_ms(f, host_calls):.3f} |")
         # the log-sum-exp kernel alone, at several key splits (its input tables as attention_mass builds them)
         _, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows_host, None, T, 64, q.device)
         qr = q[rows].contiguous()
@@ -183,7 +181,7 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
             try:
                 out += [f"| {n} | {us:.1f} | {c} |" for n, us, c in kernel_times(own)]
             except Exception as e:  # noqa: BLE001
-                out.append(f"| failed ({type(e).__name__}: {' '.join(str(e).split())[:100]}) | | |")
+                out.append(f"| {failed(e)} | | |")
         out.append("")
     return out
 

@@ -411,7 +411,7 @@ def split_threshold(key_blocks: int, heads: int, sms: int, per_sm: int) -> int:
     return max(64, -(-key_blocks * heads // (sms * per_sm)))
 
 
-def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device, per_sm: int = 1) -> int:
+def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device, per_sm: int) -> int:
     """:func:`split_threshold` for these tiles on ``device``'s SMs with ``per_sm`` programs resident on each
     (:func:`programs_per_sm`). 0 (no split) off CUDA."""
     if device.type != "cuda":
