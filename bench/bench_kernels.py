@@ -157,6 +157,11 @@ def peak_extra(f) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
+def median_cell(t) -> str:
+    """A table cell: the median of a timing (ms, 3 decimals), or the failure ``untried`` reported."""
+    return t if isinstance(t, str) else f"{t[0]:.3f}"
+
+
 def graph_bench(f) -> list[float]:
     """Median, p20 and p80 ms of f replayed from a CUDA graph (triton.testing.do_bench_cudagraph): the GPU's
     time without the host's launches."""
@@ -196,7 +201,7 @@ def gpu_section() -> list[str]:
         cfg = bsa_kernel.launch_config(torch.bfloat16, 128, capability=cap,
                                        one_loop=bsa_kernel.default_one_loop(torch.bfloat16, 128, cap))
         rows_per_tile = product_rows(cfg["block_m"], Hq // Hkv)[0]
-        blocks = int(bsa_kernel.launch_table(layout.tiles(rows_per_tile), cfg["block_n"])[:, 7].sum())
+        blocks = bsa_kernel.total_key_blocks(layout.tiles(rows_per_tile), cfg["block_n"])
         sms = torch.cuda.get_device_properties(0).multi_processor_count
         old_split = bsa_kernel.split_threshold(blocks, Hkv, 2 * sms, 1)
         half_slot = bsa_kernel.split_threshold(blocks, Hkv, 2 * sms, bsa_kernel.programs_per_sm(cfg))
@@ -286,7 +291,6 @@ def gpu_section() -> list[str]:
         # from a CUDA graph: to compare with the default's graph row, which the host does not bound
         t_whole = untried(lambda: mass_kernel.attention_mass(q[rows], rows_host, k, layout, lse=lse[rows],
                                                              whole_blocks=True), graph_bench)
-        t_whole = t_whole if isinstance(t_whole, str) else f"{t_whole[0]:.3f}"
 
         def materialise():
             kk = k.repeat_interleave(Hq // Hkv, dim=1)
@@ -301,18 +305,17 @@ def gpu_section() -> list[str]:
         t_again = bench(mass)  # the first call timed again, last: the 16k figure came out high when timed first
         # without the host (the rows' tables, kept on the layout since the first call, are not copied again)
         t_graph = untried(mass, graph_bench)
-        t_graph = t_graph if isinstance(t_graph, str) else f"{t_graph[0]:.3f}"
         out += ["", "| attention mass, 50 query rows | median ms | peak extra memory MB |", "|---|---|---|",
                 f"| irforge Triton | {t_mass[0]:.3f} | {mem_mass / 2**20:.1f} |",
                 f"| irforge Triton, timed a second time at once | {t_mass2[0]:.3f} | |",
                 f"| irforge Triton, timed again after the rows below | {t_again[0]:.3f} | |",
-                f"| irforge Triton, replayed from a CUDA graph | {t_graph} | |",
+                f"| irforge Triton, replayed from a CUDA graph | {median_cell(t_graph)} | |",
                 f"| irforge Triton, log-sum-exp not given (computed first, over split keys, as in ICR) | "
                 f"{t_own[0]:.3f} | {mem_own / 2**20:.1f} |",
                 f"| irforge Triton, per-head sums by masked reductions (head_sum='loop') | {t_loop[0]:.3f} | "
                 f"{mem_loop / 2**20:.1f} |",
                 f"| irforge Triton, whole key blocks unmasked (whole_blocks=True, not the default), replayed from a "
-                f"CUDA graph | {t_whole} | |",
+                f"CUDA graph | {median_cell(t_whole)} | |",
                 f"| materialised weights (einsum + softmax) | {t_mat[0]:.3f} | {mem_mat / 2**20:.1f} |",
                 f"| ratio | {t_mat[0] / t_mass[0]:.1f}x faster | {mem_mat / max(mem_mass, 1):.0f}x less memory |", ""]
     return out

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
-from irforge.kernels.block_sparse_attention.kernel import launch_table, schedule, split_threshold  # noqa: E402
+from irforge.kernels.block_sparse_attention.kernel import schedule, split_threshold, total_key_blocks  # noqa: E402
 from irforge.kernels.layout import SegmentLayout  # noqa: E402
 
 SHAPES = {"16k": [(64, [160] * 100, 50)], "100k": [(64, [200] * 500, 50)]}
@@ -92,7 +92,7 @@ def main() -> None:
         ap.error(f"--g needs {a.per_sm - 1} rates (1 to {a.per_sm - 1} programs)")
     for name, prompts in SHAPES.items():
         layout = SegmentLayout.from_lengths(prompts)
-        blocks = int(launch_table(layout.tiles(a.rows), a.block_n)[:, 7].sum())
+        blocks = total_key_blocks(layout.tiles(a.rows), a.block_n)
         old = split_threshold(blocks, a.heads, 2 * a.sms, 1)  # the rule to 82d3095: half an SM's load
         new = split_threshold(blocks, a.heads, a.sms, a.per_sm)
         work = {m: program_work(layout, m, a.heads, a.rows, a.block_n, a.fixed)

@@ -127,7 +127,7 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         tiles = layout.tiles(rows_per)
         per_sm = bsa_kernel.programs_per_sm(cfg)
         default = (bsa_kernel.auto_max_blocks(tiles, cfg["block_n"], Hkv, q.device, per_sm) if gpu else 0)
-        total = int(bsa_kernel.launch_table(tiles, cfg["block_n"])[:, 7].sum())
+        total = bsa_kernel.total_key_blocks(tiles, cfg["block_n"])
         call = lambda: block_sparse_attention(q, k, v, layout, backend="triton")  # noqa: E731
         firsts = [guarded(lambda: eager(call)) for _ in range(3)]
         out += [f"### {T:,} tokens (64 + {n_docs} x {doc_len} + 50), {Hq}/{Hkv} heads, D {D}, {str(dtype)[6:]}", "",

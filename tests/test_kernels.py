@@ -360,7 +360,7 @@ def test_default_split_counts_the_programs_an_sm_holds():
     assert bsa_kernel.programs_per_sm(bsa_kernel.launch_config(torch.bfloat16, 128, capability=(8, 0))) == 1
     assert bsa_kernel.programs_per_sm(dict(num_warps=4, maxnreg=128)) == 4
     layout = SegmentLayout.from_lengths([(64, [160] * 100, 50)])  # the bench's 16k prompt, 16-token tiles
-    blocks = int(bsa_kernel.launch_table(layout.tiles(16), 32)[:, 7].sum())
+    blocks = bsa_kernel.total_key_blocks(layout.tiles(16), 32)
     # per document 10 tiles x 2 prefix blocks + 1+1+2+2+...+5+5 causal ones; the instruction's 4 tiles 6; the
     # query's 4 tiles 503, 503, 504 and 504
     assert blocks == 100 * (20 + 30) + 6 + 2014

@@ -411,13 +411,18 @@ def split_threshold(key_blocks: int, heads: int, sms: int, per_sm: int) -> int:
     return max(64, -(-key_blocks * heads // (sms * per_sm)))
 
 
+def total_key_blocks(tiles: np.ndarray, block_n: int) -> int:
+    """Key blocks the launch table's programs visit in all, per key/value head (the split rule's load)."""
+    return int(launch_table(tiles, block_n)[:, 7].sum())
+
+
 def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.device, per_sm: int) -> int:
     """:func:`split_threshold` for these tiles on ``device``'s SMs with ``per_sm`` programs resident on each
     (:func:`programs_per_sm`). 0 (no split) off CUDA."""
     if device.type != "cuda":
         return 0
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return split_threshold(int(launch_table(tiles, block_n)[:, 7].sum()), heads, sms, per_sm)
+    return split_threshold(total_key_blocks(tiles, block_n), heads, sms, per_sm)
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
