@@ -472,6 +472,31 @@ def test_attention_mass_default_products_match_reference(mode, dtype, hq, hkv, h
     close(got, ref, 1e-3 if dtype == torch.float16 else 1e-6, 1e-2 if dtype == torch.float16 else 1e-4, "mass")
 
 
+def test_attention_mass_normaliser_takes_wider_tiles_where_rows_fill_them(monkeypatch):
+    """The rows' log-sum-exp kernel runs 128 product rows on 8 warps by default where the rows fill them as
+    well as 64-row tiles do (16-bit or TF32 products, D up to 128, nothing pinned), and a default 16-bit call
+    that takes them matches the reference."""
+    launch, cfg = mass_kernel.lse_launch, {"block_m": 64, "num_warps": 4}
+    assert launch(cfg, 50, 4, "tf32", False, 128) == (128, 8)  # 2 tiles of 128 product rows, as 4 of 64
+    assert launch(cfg, 50, 3, "tf32", False, 128) == (64, 4)  # 2 tiles of 126 rows would pad more than 3 of 63
+    assert launch(cfg, 50, 1, "tf32", False, 64) == (64, 4)  # one tile either way: 128 rows against 64
+    assert launch(cfg, 100, 2, "tf32", False, 64) == (128, 8)
+    assert launch(cfg, 50, 4, "ieee", False, 128) == (64, 4)  # FMA products: the mass kernel's own
+    assert launch(cfg, 50, 4, "tf32", True, 128) == (64, 4)  # a pinned launch option
+    assert launch(cfg, 50, 4, "tf32", False, 256) == (64, 4)  # ptxas spills at D 256
+    seen = []
+    row_lse = mass_kernel._row_lse
+    monkeypatch.setattr(mass_kernel, "_row_lse", lambda *a, **kw: seen.append(a[7]) or row_lse(*a, **kw))
+    layout, q, k, _ = make("long_doc", 32, 8, 2, torch.float16, seed=9)
+    T = layout.total_tokens
+    rows = torch.arange(T - 40, T - 8)  # 32 rows x 4 heads: one tile of 128 product rows
+    for mode in ("causal", "documents"):
+        ref = attention_mass(q[rows], rows, k, layout, mode=mode, backend="naive")
+        got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode=mode)
+        close(got, ref, 1e-3, 1e-2, f"wider normaliser tiles, {mode}")
+    assert seen == [128, 128]
+
+
 @pytest.mark.parametrize("splits", [None, 1, 2, 5])
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("layout_name,hq,hkv", [("three_prompts", 4, 2), ("long_doc", 6, 2), ("two_prompts", 3, 1)])

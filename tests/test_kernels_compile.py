@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(r"""
         sys.exit(77)
     from irforge.kernels._checks import next_pow2, padded_d
     from irforge.kernels._compile import DTYPE_NAMES, bsa_launch, compile_for, ptxas_usage
-    from irforge.kernels.attention_mass.kernel import _lse_kernel, _lse_merge, _mass_kernel
+    from irforge.kernels.attention_mass.kernel import _lse_kernel, _lse_merge, _mass_kernel, lse_launch
     from irforge.kernels._shared_memory import ladder
     from irforge.kernels.block_sparse_attention.kernel import _bsa_fwd, _merge, launch_config
 
@@ -58,9 +58,14 @@ SCRIPT = textwrap.dedent(r"""
                         PL="*fp32")
         lse_merge = (_lse_merge, dict(PM="*fp32", PL="*fp32", OUT="*fp32"),
                      dict(GROUP=grp, ROWS=max(1, mass_m // grp), BLOCK_M=mass_m, WIDE=wide), dict(num_warps=1))
+        # the log-sum-exp kernel's wider default tiles (rows that fill them), as the wrapper launches them
+        wide_m, wide_warps = lse_launch(dict(block_m=mass_m, num_warps=mass_cfg["num_warps"]),
+                                        max(1, 2 * mass_m // grp), grp, prec, False, block_d)
+        lse_wide = (_lse_kernel, lse_ptrs, dict(lse_consts, ROWS=max(1, wide_m // grp), BLOCK_M=wide_m),
+                    dict(mass_cfg, num_warps=wide_warps))
         return ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
-                (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), (_lse_kernel, lse_ptrs, lse_consts, mass_cfg),
-                lse_merge, (_mass_kernel, mass_ptrs, dict(mass_consts, WHOLE=True), mass_cfg))  # whole_blocks
+                (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), lse_wide,
+                (_lse_kernel, lse_ptrs, lse_consts, mass_cfg), lse_merge, (_mass_kernel, mass_ptrs, dict(mass_consts, WHOLE=True), mass_cfg))  # whole_blocks
 
     def build(cc, fn, p, c, opts):
         try:
@@ -128,7 +133,7 @@ def compile_kernels(tmp_path, mode, configs):
 
 def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     done = compile_kernels(tmp_path, "default", CONFIGS)
-    assert len(done) == 6 * len(CONFIGS)
+    assert len(done) == 7 * len(CONFIGS)
     assert all(d["size"] > 5_000 for d in done), done  # a real cubin for every kernel and configuration
     # no register spills to local memory in the configurations users launch; the mass kernel's opt-in
     # whole_blocks (three loops, each pipelined) none on sm_90 up to D 128, the Hopper case it is for (ptxas

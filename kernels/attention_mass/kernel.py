@@ -280,6 +280,25 @@ def lse_splits(key_blocks: int, programs: int, sms: int) -> int:
     return max(1, min(cdiv(key_blocks, 16), max(cdiv(2 * sms, max(programs, 1)), cdiv(key_blocks, 64))))
 
 
+def lse_launch(cfg: dict, rows: int, group: int, prec: str, pinned: bool, block_d: int) -> tuple[int, int]:
+    """(rows of each product, warps) of the rows' log-sum-exp kernel, launched with the mass kernel's
+    configuration ``cfg`` for ``rows`` selected rows, ``group`` query heads per key/value head and a padded
+    head dimension ``block_d``: twice the mass kernel's product rows and warps (128 and 8 by default) where its
+    products run on tensor cores (``prec`` not "ieee"), the caller pinned no launch option, ``block_d`` is at
+    most 128 (at 256 ptxas spills 4-8 bytes on sm_80 and sm_86: tests/test_kernels_compile.py), and the wider
+    tiles hold no more padding rows than the narrower ones (50 rows under Mistral's groups of 4: 2 tiles of 128
+    rows, or 4 of 64); else the mass kernel's own. On an H100, 50 rows x 4 heads from a CUDA graph (bench/probe_kernels.py): 0.026 ms
+    against 0.032 at 16k keys, 0.145 against 0.154 at 100k (bench/RESULTS.md, "Kernel probes"). Tiles that
+    would hold more padding (SmolLM2's groups of 3, one head per key/value head) have not been timed."""
+    block_m, warps = cfg["block_m"], cfg["num_warps"]
+    if pinned or prec == "ieee" or block_d > 128:
+        return block_m, warps
+    narrow, wide = (product_rows(m, group) for m in (block_m, 2 * block_m))
+    if cdiv(rows, wide[0]) * wide[1] > cdiv(rows, narrow[0]) * narrow[1]:
+        return block_m, warps
+    return 2 * block_m, 2 * warps
+
+
 def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: torch.Tensor, doc: torch.Tensor,
              mode: str, scale: float, block_m: int, block_n: int, prec: str, wide: bool, num_warps: int,
              splits: Optional[int] = None, num_stages: Optional[int] = None) -> torch.Tensor:
@@ -367,7 +386,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
     program. Defaults 64 x 64; for full-precision float32, whose FMA products need more registers, 16 x 64
     (16 x 16 from a padded D of 128): ptxas spills above that (checked by tests/test_kernels_compile.py).
-    ``num_warps`` (default 4; 8 for full-precision float32) and ``num_stages``: Triton launch options.
+    ``num_warps`` (default 4; 8 for full-precision float32) and ``num_stages``: Triton launch options. The
+    rows' log-sum-exp kernel (``lse`` not given) takes the same, or wider tiles by default (:func:`lse_launch`).
     ``head_sum``: how each program sums its probabilities per query head: "dot" (one product of the
     probabilities with a one-hot head matrix, on tensor cores: TF32-rounded probabilities, a relative error of
     at most 2^-11 each, below that of 16-bit inputs; the default for 16-bit inputs and TF32 float32, 1.55x
@@ -402,6 +422,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     wide = needs_wide(q_rows, k, mass) if wide is None else bool(wide)
     group = Hq // Hkv
     head_dot = head_sum == "dot" if head_sum is not None else prec != "ieee"
+    pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
 
     def run(cfg: dict) -> None:
         block_m, block_n = cfg["block_m"], cfg["block_n"]
@@ -416,7 +437,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         if T == 0:
             return
         if row_lse is None:  # the normaliser over the covered keys, by a first kernel over the same rows and keys
-            row_lse = _row_lse(q, k, pos_t, p0_t, doc, mode, scale, block_m, block_n, prec, wide, opts["num_warps"],
+            lse_m, lse_warps = lse_launch(cfg, R, group, prec, pinned, block_d)
+            row_lse = _row_lse(q, k, pos_t, p0_t, doc, mode, scale, lse_m, block_n, prec, wide, lse_warps,
                                num_stages=opts.get("num_stages"))
         row_lse = row_lse.float().contiguous()
         rows_per, product_m = product_rows(block_m, group)  # selected rows per product, rows of the product
@@ -431,7 +453,6 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
-    pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
     key = ("mass", dev, q_rows.dtype, D, group, mode, lse is None, wide, head_dot, bool(whole_blocks))
     launch_fitting(key, cfg, run, pinned)
     return mass
