@@ -858,6 +858,36 @@ def test_gpu_attention_mass_with_rows_and_weights_on_either_device(mode):
 
 @gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_warm_calls_never_wait_for_the_gpu():
+    """A model calls the kernels once per layer with one layout and the same rows. After the first call, which
+    builds the launch and row tables and copies them, a call must not make the host wait for the GPU (a wait per
+    layer would keep the host from queueing the next layers' work while the GPU runs). torch's sync debug mode
+    raises at any synchronising torch call: a pageable copy to the GPU, a read back, an .item()."""
+    layout = SegmentLayout.from_lengths([(64, [160] * 40, 50)])
+    T = layout.total_tokens
+    q, k, v = (torch.randn(T, h, 128, device="cuda", dtype=torch.bfloat16) for h in (8, 2, 2))
+    rows = torch.arange(T - 50, T)  # on the host, as the rerankers pass them
+    _, lse = block_sparse_attention(q, k, v, layout)
+    q_rows, lse_rows = q[rows.cuda()], lse[rows.cuda()]
+    calls = [lambda: block_sparse_attention(q, k, v, layout),
+             lambda: attention_mass(q_rows, rows, k, layout, lse=lse_rows),
+             lambda: attention_mass(q_rows, rows, k, layout),  # the rows' log-sum-exp computed (ICR)
+             lambda: attention_mass(q_rows, rows, k, layout, mode="documents", reduce="segment", sum_heads=True)]
+    first = [f() for f in calls]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = [f() for f in calls]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    for a, b in zip(first, again):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert torch.equal(x, y)
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_gpu_kernels_replay_from_a_cuda_graph():
     """Serving stacks capture a model's forward pass in a CUDA graph. Both kernels, captured after a first call
     (which builds the launch tables kept on the layout), replay on new inputs written into the same tensors and

@@ -99,7 +99,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         from .kernel import attention_mass as impl
     mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale, window=window)
     if reduce == "segment":
-        seg = torch.as_tensor(layout.segment_ids(), device=mass.device)
+        seg = layout.memo(("segment_ids", str(mass.device)), lambda: to_device(layout.segment_ids(), mass.device))
         out = torch.zeros(len(layout.kinds), Hq, dtype=mass.dtype, device=mass.device)
         mass = out.index_add_(0, seg, mass)
     return mass.sum(-1) if sum_heads else mass
