@@ -129,12 +129,15 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         default = (bsa_kernel.auto_max_blocks(tiles, cfg["block_n"], Hkv, q.device, per_sm) if gpu else 0)
         total = bsa_kernel.total_key_blocks(tiles, cfg["block_n"])
         call = lambda: block_sparse_attention(q, k, v, layout, backend="triton")  # noqa: E731
+        fused = lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, fused_merge=True)  # noqa: E731
         firsts = [guarded(lambda: eager(call)) for _ in range(3)]
         out += [f"### {T:,} tokens (64 + {n_docs} x {doc_len} + 50), {Hq}/{Hkv} heads, D {D}, {str(dtype)[6:]}", "",
                 f"Block-sparse attention: {total:,} key blocks of {cfg['block_n']} per head in the launch table; "
                 f"default max_blocks {default} ({per_sm} programs per SM counted). The default call timed three "
                 f"times at once (do_bench, ms): {', '.join(firsts)}. Host: {host_ms(call, host_calls):.3f} ms per "
-                f"call.", "", "| max_blocks | programs | partial slots | eager ms | CUDA graph ms |",
+                f"call; with split tiles merged in the kernel (fused_merge=True) {host_ms(fused, host_calls):.3f}, "
+                f"eager {guarded(lambda: eager(fused))} ms, from a CUDA graph {guarded(lambda: graph(fused))} ms.",
+                "", "| max_blocks | programs | partial slots | eager ms | CUDA graph ms |",
                 "|---|---|---|---|---|"]
         for mb in sweep + ([default] if default not in sweep else []):
             table, groups = bsa_kernel.schedule(tiles, cfg["block_n"], mb, rows_per)

@@ -71,13 +71,14 @@ def sass(kernel: Any, cc: int) -> str:
 
 def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bool = False, runs: bool = False,
                lazy: Optional[bool] = None, max_registers: Optional[int] = None,
-               cfg: Optional[dict] = None, tma: bool = False) -> tuple[dict, dict, dict]:
+               cfg: Optional[dict] = None, tma: bool = False, fused: bool = False) -> tuple[dict, dict, dict]:
     """The block-sparse kernel's (pointer types, constexprs, launch options) as the wrapper launches it on
     sm_``cc`` for dtype ``dt`` ("bf16", "fp16", "fp32"), head dimension ``d`` and ``group`` query heads per
     key/value head: its default configuration (or ``cfg``, one of launch_config's), the default rescale rule
     unless ``lazy`` is given, float32 at torch's default precision; ``tma``: key and value blocks through tensor
     descriptors (the wrapper's default in Hopper's one-loop form at 16-bit D 128, ``default_tma``: here it is
-    asked for, so that both load forms of that configuration compile)."""
+    asked for, so that both load forms of that configuration compile); ``fused``: split tiles merged in the
+    kernel (``fused_merge``)."""
     dtype, block_d, capability = DTYPE_NAMES[dt], padded_d(d), (cc // 10, cc % 10)
     cfg = dict(cfg or launch_config(dtype, block_d, capability=capability, one_loop=one_loop,
                                     max_registers=max_registers))
@@ -86,8 +87,8 @@ def bsa_launch(cc: int, dt: str, d: int, group: int, one_loop: bool, *, wide: bo
     block_m, block_n = cfg.pop("block_m"), cfg.pop("block_n")  # block_m // group token rows
     consts = dict(GROUP=group, ROWS=block_m // group, D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
                   WIDE=wide, PREC=dot_precision(dtype), ONE_LOOP=one_loop, RUNS=runs, Q_AT_SWITCH=False, LAZY=lazy,
-                  TMA=tma)
+                  TMA=tma, FUSED=fused)
     key_type = f"tensordesc<{dt}[{block_n}, {d}]>" if tma else "*" + dt
     pointers = dict(Q="*" + dt, K=key_type, V=key_type, O="*" + dt, LSE="*fp32", PO="*fp32", PL="*fp32",
-                    TILES="*i32")
+                    TILES="*i32", COUNT="*i32", GROUPS="*i32", GROUP_OF="*i32")
     return pointers, consts, cfg

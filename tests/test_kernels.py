@@ -177,6 +177,32 @@ def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, on
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
 
 
+@pytest.mark.parametrize("layout_name,one_loop,tma,D,hq,hkv,dtype", [
+    ("three_prompts", False, False, 64, 4, 2, torch.float32), ("three_prompts", True, False, 80, 3, 1, torch.float16),
+    ("three_prompts", True, True, 64, 8, 2, torch.float16), ("three_prompts", False, True, 32, 4, 4, torch.float32),
+    ("many_tiny_docs", True, False, 80, 3, 1, torch.float16), ("many_tiny_docs", True, True, 64, 8, 2, torch.float16)])
+def test_split_tiles_merged_in_the_kernel_match_the_merge_kernel(layout_name, one_loop, tma, D, hq, hkv, dtype):
+    """``fused_merge``: the last chunk of each split tile merges them in the same launch. The result is the
+    merge kernel's, bit for bit (both read the chunks in order), and the reference's; the tickets are zero
+    again after each call, so that a second call merges too (with 1 or 2 blocks a chunk: many split tiles)."""
+    if tma and bsa_kernel.tensor_descriptor_class() is None:
+        pytest.skip("this triton has no host tensor descriptors")
+    layout, q, k, v = make(layout_name, D, hq, hkv, dtype, seed=4)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    tol = (2e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2e-2)
+    for max_blocks in (1, 2):
+        opts = dict(block_m=32, block_n=16, max_blocks=max_blocks, one_loop=one_loop, tma=tma)
+        two = bsa_kernel.block_sparse_attention(q, k, v, layout, **opts)
+        for call in range(2):
+            out = torch.full_like(q, float("nan"))
+            lse = torch.full((q.shape[0], hq), float("nan"), device=q.device)
+            bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, fused_merge=True, **opts)
+            # (tickets left over from the first call would leave the split rows' NaN unmerged in the second)
+            assert torch.equal(out, two[0]) and torch.equal(lse, two[1]), (max_blocks, call)
+    close(out, ref_o, *tol, "fused merge out")
+    close(lse, ref_l, 2e-5 if dtype == torch.float32 else 2e-2, 1e-4, "fused merge lse")
+
+
 @pytest.mark.parametrize("layout_name,one_loop,per_program,max_blocks,lazy", [
     ("long_doc", False, 1, 0, True), ("long_doc", True, 1, 0, True), ("long_doc", True, 3, 0, True),
     ("long_doc", False, 1, 2, True), ("long_doc", True, 1, 2, True), ("long_instruction", False, 1, 0, True),
@@ -917,6 +943,32 @@ def test_gpu_kernels_replay_from_a_cuda_graph():
     torch.cuda.synchronize()
     for name, got, want in zip(("output", "log-sum-exp", "mass"), captured, step()):
         assert torch.equal(got, want), f"{name} replayed from a CUDA graph differs from an eager call"
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("opts", [{}, dict(one_loop=False), dict(max_blocks=8), dict(max_blocks=8, tma=False)])
+def test_gpu_split_tiles_merged_in_the_kernel_every_time(opts):
+    """``fused_merge`` on the GPU, where chunks of one tile finish in any order and on different SMs: in each of
+    30 calls, and from a CUDA graph, the same bits as the merge kernel's (a chunk that merged before another's
+    partials reached it would differ). The default split, and chunks of 8 blocks (60 or more per query tile)."""
+    layout = SegmentLayout.from_lengths([(64, [160] * 120, 50), (30, [97, 1, 63], 7)])
+    T = layout.total_tokens
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(T, h, 128, generator=g).to(torch.bfloat16).cuda() for h in (32, 8, 8))
+    want = bsa_kernel.block_sparse_attention(q, k, v, layout, **opts)
+    for call in range(30):
+        got = bsa_kernel.block_sparse_attention(q, k, v, layout, fused_merge=True, **opts)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), call
+    out, lse = torch.full_like(q, float("nan")), torch.full((T, 32), float("nan"), device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, fused_merge=True, **opts)
+    for _ in range(3):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
 
 
 @gpu

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 
 SKIP = 77
 SCRIPT = textwrap.dedent(r"""
-    import json, sys
+    import json, re, sys
     from triton.backends import backends
     if "nvidia" not in backends:
         sys.exit(77)
@@ -77,7 +77,8 @@ SCRIPT = textwrap.dedent(r"""
         return dict(cp_async="cp.async" in ptx, mma=("wgmma" if cc >= 90 else "mma.sync") in ptx,
                     copies=k.asm["ttgir"].count("async_copy_global_to_local"),
                     tma_copies=k.asm["ttgir"].count("async_tma_copy_global_to_local"),
-                    size=len(k.asm["cubin"]), shared=k.metadata.shared, regs=regs, spills=spills)
+                    size=len(k.asm["cubin"]), shared=k.metadata.shared, regs=regs, spills=spills,
+                    atoms=sorted(set(re.findall(r"atom\.[\w.]+", ptx))), cg_loads=ptx.count("ld.global.cg"))
 
     done = []
     mode, configs = sys.argv[1], json.loads(sys.argv[2])
@@ -87,6 +88,12 @@ SCRIPT = textwrap.dedent(r"""
             opts.update({} if stages is None else dict(num_stages=stages))
             done.append(dict(cc=cc, dt=dt, D=D, one_loop=docs, runs=runs, stages=opts.get("num_stages"),
                              maxnreg=opts.get("maxnreg"), **build(cc, _bsa_fwd, p, c, opts)))
+        configs = []
+    if mode == "fused":  # the block-sparse kernel merging split tiles itself (fused_merge), default configuration
+        for cc, dt, D, docs, grp, tma in configs:
+            p, c, opts = bsa_launch(cc, dt, D, grp, docs, tma=tma, fused=True)
+            done.append(dict(cc=cc, dt=dt, D=D, one_loop=docs, tma=tma, maxnreg=opts.get("maxnreg"),
+                             **build(cc, _bsa_fwd, p, c, opts)))
         configs = []
     for cc, dt, D, wide, docs, grp, runs, *limit in configs:
         if mode == "default":  # every kernel in its default configuration
@@ -180,6 +187,22 @@ def test_tensor_memory_loads_compile_to_pipelined_bulk_copies(tmp_path):
     assert four["maxnreg"] == 128 and four["regs"] <= 128 and fits_h100_sm(four, 4), four
     # the one-loop default: three programs per SM, as without tensor-memory loads
     assert done[0]["regs"] <= 168 and fits_h100_sm(done[0], 3), done[0]
+
+
+def test_merge_in_the_kernel_compiles_to_an_acquire_release_ticket(tmp_path):
+    """``fused_merge`` on sm_90 and sm_80 (compute capability, dtype, D, one loop, group, tensor-memory loads):
+    each split chunk takes its ticket by an atomic add with acquire-release semantics at GPU scope, and the
+    merging chunk reads the others' partials from L2 (ld.global.cg), never from its SM's own L1. No spills up
+    to D 128; the Hopper default stays within its 168 registers (three programs per SM). (At D 256 on sm_90
+    ptxas spills 228 bytes in the merge: the docstring says so.)"""
+    configs = [(90, "bf16", 128, True, 4, True), (90, "bf16", 128, True, 4, False), (80, "bf16", 128, False, 4, False),
+               (90, "fp16", 64, False, 3, False), (80, "fp32", 64, False, 2, False)]
+    done = compile_kernels(tmp_path, "fused", configs)
+    assert len(done) == len(configs) and all(d["size"] > 5_000 for d in done), done
+    assert all(len(d["atoms"]) == 1 and {"global", "gpu", "acq_rel", "add"} <= set(d["atoms"][0].split("."))
+               and d["cg_loads"] > 0 for d in done), done
+    assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]
+    assert done[0]["maxnreg"] == 168 and done[0]["regs"] <= 168 and fits_h100_sm(done[0], 3), done[0]
 
 
 # shared memory per block that a kernel may use: A100 (sm_80), RTX 30x0 / A10 / L4 / RTX 40x0 (sm_86, sm_89)

@@ -22,7 +22,8 @@ instead of per-thread addresses.
 Launch order: programs run longest first (a query tile that sees a whole long prompt would otherwise start last
 and run alone at the end), with a tile's key/value heads adjacent. A tile whose key range is much longer than
 the average load per SM (a long prompt's query segment) is split into chunks of key blocks that run as separate
-programs; a second small kernel merges their partial outputs by log-sum-exp. Optionally (``tiles_per_program``,
+programs; a second small kernel merges their partial outputs by log-sum-exp (or, opt-in, the last chunk of a
+tile to finish does, in the same launch: ``fused_merge``). Optionally (``tiles_per_program``,
 one-loop form) a program takes several consecutive tiles of one segment in one software-pipelined loop.
 
 Shapes: q [T, Hq, D], k and v [T, Hkv, D], D in {64, 80, 128} (any D <= 256 works; D is padded to a power of
@@ -145,12 +146,12 @@ def _softmax_step(s, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PREC: tl.
 
 
 @triton.jit
-def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-             stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
+def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, COUNT, GROUPS, GROUP_OF, HKV, stride_qt, stride_qh, stride_kt,
+             stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh, qk_scale,
              GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr, PREC: tl.constexpr,
              ONE_LOOP: tl.constexpr, RUNS: tl.constexpr, Q_AT_SWITCH: tl.constexpr, LAZY: tl.constexpr,
-             TMA: tl.constexpr):
+             TMA: tl.constexpr, FUSED: tl.constexpr):
     pid = tl.program_id(0)
     tile = pid // HKV
     kvh = pid % HKV
@@ -215,6 +216,10 @@ def _bsa_fwd(Q, K, V, O, LSE, PO, PL, TILES, HKV, stride_qt, stride_qh, stride_k
                                            True, False, BLOCK_N, D_PAD, WIDE, PREC, LAZY, TMA)
         _write(O, LSE, PO, PL, m_i, l_i, acc, part, kvh, offs_i, tok, head, m_mask, offs_d, d_mask, stride_ot,
                stride_oh, stride_lt, stride_lh, HKV, D, BLOCK_M, True)
+        if FUSED:  # (COUNT, GROUPS and GROUP_OF are read only here)
+            if part >= 0:
+                _merge_last(PO, PL, O, LSE, COUNT, GROUPS, GROUP_OF, part, kvh, HKV, stride_ot, stride_oh, stride_lt,
+                            stride_lh, GROUP, ROWS, D, BLOCK_D, BLOCK_M, WIDE)
 
 
 @triton.jit
@@ -298,8 +303,18 @@ def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_
            ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
     """The chunks of one split tile and key/value head, merged by log-sum-exp into out and lse."""
     pid = tl.program_id(0)
-    grp = pid // HKV
-    kvh = pid % HKV
+    _merge_group(PO, PL, O, LSE, GROUPS, pid // HKV, pid % HKV, HKV, stride_ot, stride_oh, stride_lt, stride_lh,
+                 GROUP, ROWS, D, BLOCK_D, BLOCK_M, WIDE, "")
+
+
+@triton.jit
+def _merge_group(PO, PL, O, LSE, GROUPS, grp, kvh, HKV, stride_ot, stride_oh, stride_lt, stride_lh,
+                 GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_M: tl.constexpr, WIDE: tl.constexpr, CACHE: tl.constexpr):
+    """Merge group ``grp``'s chunks (GROUPS row: row start, row end, first partial slot, chunks) for key/value
+    head ``kvh``, in chunk order (so the result does not depend on which program merges). CACHE: the partials'
+    load cache modifier (".cg": from L2, past the SM's own L1, for partials that other programs wrote in this
+    launch)."""
     row_s = tl.load(GROUPS + grp * 4 + 0)
     row_e = tl.load(GROUPS + grp * 4 + 1)
     first = tl.load(GROUPS + grp * 4 + 2)
@@ -310,21 +325,40 @@ def _merge(PO, PL, O, LSE, GROUPS, HKV, stride_ot, stride_oh, stride_lt, stride_
     slot0 = (first.to(tl.int64) * HKV + kvh) * BLOCK_M  # chunk j's partials start at slot0 + j * HKV * BLOCK_M
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for j in range(0, n):
-        m = tl.maximum(m, tl.load(PL + slot0 + j * HKV * BLOCK_M + offs_i, mask=m_mask, other=float("-inf")))
+        m = tl.maximum(m, tl.load(PL + slot0 + j * HKV * BLOCK_M + offs_i, mask=m_mask, other=float("-inf"),
+                                  cache_modifier=CACHE))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     den = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for j in range(0, n):
         slot = slot0 + j * HKV * BLOCK_M
-        w = tl.exp(tl.load(PL + slot + offs_i, mask=m_mask, other=float("-inf")) - m_safe)
+        w = tl.exp(tl.load(PL + slot + offs_i, mask=m_mask, other=float("-inf"), cache_modifier=CACHE) - m_safe)
         o = tl.load(PO + (slot + offs_i[:, None]) * D + offs_d[None, :], mask=m_mask[:, None] & d_mask[None, :],
-                    other=0.0)
+                    other=0.0, cache_modifier=CACHE)
         den += w
         acc += w[:, None] * o
     den_safe = tl.where(den > 0, den, 1.0)
     tl.store(O + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
              (acc * (1.0 / den_safe)[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
     tl.store(LSE + tok * stride_lt + head * stride_lh, m_safe + tl.log(den_safe), mask=m_mask)
+
+
+@triton.jit
+def _merge_last(PO, PL, O, LSE, COUNT, GROUPS, GROUP_OF, part, kvh, HKV, stride_ot, stride_oh, stride_lt,
+                stride_lh, GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+    """After a split chunk's partials are stored (``fused_merge``): the chunk takes a ticket from its group's
+    counter (per key/value head), and the group's last chunk to finish merges all of them, then zeroes the
+    counter for the next launch. The barrier puts every thread's partial stores before the ticket, whose
+    acquire-release atomic (at GPU scope) makes the other chunks' stores visible to the merging program; the
+    pattern of CUTLASS's semaphores."""
+    grp = tl.load(GROUP_OF + part)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(COUNT + grp * HKV + kvh, 1, sem="acq_rel", scope="gpu")
+    if ticket == tl.load(GROUPS + grp * 4 + 3) - 1:
+        tl.store(COUNT + grp * HKV + kvh, 0)
+        _merge_group(PO, PL, O, LSE, GROUPS, grp, kvh, HKV, stride_ot, stride_oh, stride_lt, stride_lh, GROUP, ROWS,
+                     D, BLOCK_D, BLOCK_M, WIDE, ".cg")
 
 
 def launch_table(tiles: np.ndarray, block_n: int) -> np.ndarray:
@@ -433,8 +467,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                            one_loop: Optional[bool] = None, tiles_per_program: int = 1,
                            query_load: str = "block", lazy_rescale: Optional[bool] = None,
-                           max_registers: Optional[int] = None, tma: Optional[bool] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           max_registers: Optional[int] = None, tma: Optional[bool] = None,
+                           fused_merge: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count and the programs each SM holds,
@@ -470,7 +504,14 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     power of two (a block is whole rows). A block's rows past its range then hold the next keys, not zeros: the
     mask cuts their scores and their probabilities are 0, so only a non-finite value there (which the pointer
     loads never read) would reach the output. Keys or values not 16-byte aligned in memory take the pointer
-    loads. None (the default): where :func:`default_tma` says (Hopper's one-loop form at 16-bit D 128)."""
+    loads. None (the default): where :func:`default_tma` says (Hopper's one-loop form at 16-bit D 128).
+    ``fused_merge``: split tiles' chunks are merged by the last of them to finish, in the same launch (a ticket
+    per tile and key/value head, counted by an atomic add), instead of by a second kernel: one launch fewer per
+    call (host time, and the second kernel's start on the GPU). The result is the same either way: the merge
+    reads the chunks in their order. The tickets are kept on the layout, one set per CUDA stream, and are zero
+    between calls. Off by default: not yet timed on a GPU. The merge adds registers to the kernel: the Hopper
+    default holds its 168 without spills (143 without the merge), and at D 256 on sm_90 ptxas spills 228 bytes
+    (tests/test_kernels_compile.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
@@ -523,25 +564,33 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 
         def build():
             table, groups = schedule(tiles, block_n, max_blocks, rows, tiles_per_program)
+            group_of = np.repeat(np.arange(len(groups), dtype=np.int32), groups[:, 3])  # partial slot -> group
             return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
-                    int(groups[:, 3].sum()) if len(groups) else 0)
+                    int(groups[:, 3].sum()) if len(groups) else 0, torch.as_tensor(group_of, device=q.device))
 
-        table, groups, parts = layout.memo(("bsa", rows, block_n, max_blocks, tiles_per_program, str(q.device)),
-                                           build)
+        table, groups, parts, group_of = layout.memo(("bsa", rows, block_n, max_blocks, tiles_per_program,
+                                                      str(q.device)), build)
+        fused = bool(fused_merge) and len(groups) > 0
+        counts = table  # (an int32 placeholder where nothing is merged in the kernel: never read)
+        if fused:  # the groups' tickets: zero at rest (the merging chunk resets its own), one set per stream
+            stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
+            counts = layout.memo(("bsa_tickets", rows, block_n, max_blocks, tiles_per_program, Hkv, str(q.device),
+                                  stream), lambda: torch.zeros(len(groups) * Hkv, dtype=torch.int32, device=q.device))
         part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
         keys, values = k, v
         if tma:  # a [T, Hkv * D] matrix each, read in blocks of block_n rows by one head's D columns
             descriptor = tensor_descriptor_class()
             keys, values = (descriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
-        _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, Hkv, q.stride(0),
+        _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, counts,
+                                      groups if fused else table, group_of if fused else table, Hkv, q.stride(0),
                                       q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                       out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E,
                                       GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m,
                                       BLOCK_N=block_n, WIDE=wide, PREC=dot_precision(q.dtype), ONE_LOOP=one_loop,
                                       RUNS=tiles_per_program > 1, Q_AT_SWITCH=query_load == "tile", LAZY=lazy,
-                                      TMA=tma, **cfg)
-        if len(groups):
+                                      TMA=tma, FUSED=fused, **cfg)
+        if len(groups) and not fused:
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
                                          BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide, num_warps=8)
@@ -549,7 +598,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages, max_registers))
-    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, lazy, tma)
+    key = ("bsa", q.device, q.dtype, D, group, one_loop, tiles_per_program > 1, query_load, wide, lazy, tma,
+           bool(fused_merge))
     launch_fitting(key, cfg, run, pinned)
     return out, lse
 
