@@ -1,7 +1,7 @@
 """Instruction counts of the block-sparse kernel's compiled code, without a GPU.
 
     python bench/count_sass.py [--cc 90] [--dtype bf16] [--d 128] [--four-loop] [--lazy yes|no]
-                               [--max-registers N] [--stages N] [--tma]
+                               [--max-registers N] [--stages N] [--tma] [--fused]
 
 Compiles ``_bsa_fwd`` as the wrapper launches it (its default configuration for the given GPU generation,
 through irforge.kernels._compile, as the compile test does), disassembles the cubin with the nvdisasm that the
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--max-registers", type=int, help="ptxas's register cap (default: the wrapper's)")
     ap.add_argument("--stages", type=int, help="software-pipeline stages (default: the wrapper's)")
     ap.add_argument("--tma", action="store_true", help="key and value blocks through tensor descriptors")
+    ap.add_argument("--fused", action="store_true", help="split tiles merged in the kernel (fused_merge)")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET"):
         sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
@@ -93,7 +94,8 @@ def main() -> None:
 
     lazy = None if args.lazy is None else args.lazy == "yes"
     pointers, consts, opts = bsa_launch(args.cc, args.dtype, args.d, 4, not args.four_loop, lazy=lazy,
-                                        max_registers=args.max_registers, tma=args.tma)  # 4: Mistral's groups
+                                        max_registers=args.max_registers, tma=args.tma,
+                                        fused=args.fused)  # 4: Mistral's groups
     if args.stages:
         opts["num_stages"] = args.stages
     kernel = compile_for(_bsa_fwd, args.cc, pointers, consts, opts)
@@ -102,7 +104,7 @@ def main() -> None:
     got = count(sass(kernel, args.cc))
     form = "four-loop" if args.four_loop else "one-loop"
     print(f"_bsa_fwd, sm_{args.cc}, {args.dtype}, D {args.d}, {form}, {cfg}, lazy rescale {consts['LAZY']}, "
-          f"tensor-memory loads {args.tma}; triton {triton.__version__}")
+          f"tensor-memory loads {args.tma}, merge in the kernel {args.fused}; triton {triton.__version__}")
     print(f"registers {regs}, spill stores {spills} bytes, shared memory {kernel.metadata.shared} bytes")
     print(f"instructions per thread before the first key loop: {got['before']}; after the last, to the first exit "
           f"(unsplit tile): {got['after']}")
