@@ -332,10 +332,11 @@ def gpu_section() -> list[str]:
 # tensor-memory loads.) The first H100 run of 5d5ceb3 timed the lazy rescale slower at both sizes; its second run
 # (faed31a, these rows) timed tensor-memory loads faster at 16k, as the first had, which made them the default.
 # Around them: pointer loads, at 128 registers and uncapped, 64-key blocks, 2 stages and 128 registers (4 programs
-# per SM, 48 KB of shared memory), and the lazy rescale. The last two: 128 product rows (32 tokens x 4 heads) on 8
-# warps with tensor-memory loads, each key and value block read once for twice the rows (ptxas, sm_90, triton 3.9:
-# 118 registers and 80 KB of shared memory at 3 stages, 128 registers and 64 KB at 2; two programs per SM, 256
-# product rows in flight against the default's 192; no spills). Not yet timed.
+# per SM, 48 KB of shared memory), and the lazy rescale. The last three: 128 product rows (32 tokens x 4 heads) on
+# 8 warps with tensor-memory loads, each key and value block read once for twice the rows (ptxas, sm_90, triton
+# 3.9, at most 128 registers: 118 registers and 80 KB of shared memory at 32 keys and 3 stages, 128 and 64 KB at 2,
+# 128 and 96 KB at 64 keys and 2 stages; two programs per SM, 256 product rows in flight against the default's
+# 192; no spills). Not yet timed.
 ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", False, 168, False),
                     (64, 32, 4, 3, True, 1, "block", True, 168, False),
                     (64, 32, 4, 3, True, 1, "block", False, 128, False),
@@ -349,7 +350,8 @@ ONE_LOOP_CONFIGS = [(64, 32, 4, 3, True, 1, "block", False, 168, False),
                     (64, 64, 4, 3, True, 1, "block", False, 168, True),
                     (64, 32, 4, 3, True, 1, "block", True, 168, True),
                     (128, 32, 8, 3, True, 1, "block", False, 128, True),
-                    (128, 32, 8, 2, True, 1, "block", False, 128, True)]
+                    (128, 32, 8, 2, True, 1, "block", False, 128, True),
+                    (128, 64, 8, 2, True, 1, "block", False, 128, True)]
 
 
 def sweep_section(configs=None) -> list[str]:
