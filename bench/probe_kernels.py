@@ -150,9 +150,11 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         rows_host = rows.cpu()
         given = lambda: attention_mass(q[rows], rows_host, k, layout, lse=lse[rows], backend="triton")  # noqa: E731
         own = lambda: attention_mass(q[rows], rows_host, k, layout, backend="triton")  # noqa: E731
+        own_fused = lambda: mass_kernel.attention_mass(q[rows], rows_host, k, layout, fused_merge=True)  # noqa: E731
         out += ["", "Attention mass of the 50 query rows:", "",
                 "| call | eager ms | CUDA graph ms | host ms per call |", "|---|---|---|---|"]
-        for name, f in (("log-sum-exp given", given), ("log-sum-exp not given (ICR)", own)):
+        for name, f in (("log-sum-exp given", given), ("log-sum-exp not given (ICR)", own),
+                        ("log-sum-exp not given, its splits merged in its kernel (fused_merge=True)", own_fused)):
             out.append(f"| {name} | {guarded(lambda: eager(f))} | {guarded(lambda: graph(f))} | "
                        f"{host_ms(f, host_calls):.3f} |")
         # the log-sum-exp kernel alone, at several key splits (its input tables as attention_mass builds them)

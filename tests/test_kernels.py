@@ -177,6 +177,18 @@ def test_split_tiles_merge_to_the_reference(layout_name, max_blocks, hq, hkv, on
     close(lse, ref_l, 2e-5, 1e-4, "split lse")
 
 
+def test_ticket_counters_kept_per_device_and_stream_and_grown():
+    """The counters of the in-kernel merges (kernels/_tickets.py): zero, at least as many as asked for, the same
+    buffer for the next launch on the stream, and a larger one when more are asked for."""
+    from irforge.kernels._tickets import tickets
+
+    a = tickets(10, torch.device(DEVICE))
+    assert a.dtype == torch.int32 and a.numel() >= 10 and int(a.abs().sum()) == 0
+    assert tickets(5, torch.device(DEVICE)) is a
+    b = tickets(a.numel() + 1, torch.device(DEVICE))
+    assert b.numel() > a.numel() and int(b.abs().sum()) == 0 and tickets(3, torch.device(DEVICE)) is b
+
+
 @pytest.mark.parametrize("layout_name,one_loop,tma,D,hq,hkv,dtype", [
     ("three_prompts", False, False, 64, 4, 2, torch.float32), ("three_prompts", True, False, 80, 3, 1, torch.float16),
     ("three_prompts", True, True, 64, 8, 2, torch.float16), ("three_prompts", False, True, 32, 4, 4, torch.float32),
@@ -545,6 +557,30 @@ def test_attention_mass_row_lse_kernel_matches_the_pytorch_normaliser(layout_nam
         assert torch.equal(torch.isinf(got), torch.isinf(ref)), f"{n} rows: -inf where the reference has none"
         fin = torch.isfinite(ref)
         close(got[fin], ref[fin], 1e-5, 1e-5, f"{layout_name}, {n} rows, {mode}, splits {splits}")
+
+
+@pytest.mark.parametrize("mode", ["causal", "documents"])
+def test_attention_mass_normaliser_splits_merged_in_their_kernel(mode):
+    """``fused_merge``: the last key split of each row block to finish merges them in the same launch, with the
+    result of the merge kernel bit for bit (both fold the splits in order), call after call (the counters are
+    zero again after each), for the normaliser alone at several splits and for the whole mass call."""
+    layout, q, k, _ = make("long_doc", 32, 6, 2, torch.float32, seed=10)
+    T = layout.total_tokens
+    rows = torch.tensor([3, 10, 100, 200, 250, T - 3, T - 1, 150, 40])
+    assert mass_kernel.lse_splits(-(-T // 16), 2 * 2, 4) == 2  # the mass call's default: 2 row blocks, 2 heads
+    order_t, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, T, 16, q.device)
+    doc = mass_kernel.document_keys(layout, q.device) if mode == "documents" else torch.empty(0, dtype=torch.bool)
+    q_rows = q[rows.to(DEVICE)][order_t].contiguous()
+    for splits in (2, 5, None):
+        args = (q_rows, k, pos_t, p0_t, doc.to(DEVICE), mode, 0.2, 16, 16, "ieee", False, 4, splits)
+        want = mass_kernel._row_lse(*args)
+        for call in range(2):
+            assert torch.equal(mass_kernel._row_lse(*args, fused=True), want), (splits, call)
+    want = mass_kernel.attention_mass(q[rows.to(DEVICE)], rows, k, layout, mode=mode, block_n=16)
+    for call in range(2):
+        got = mass_kernel.attention_mass(q[rows.to(DEVICE)], rows, k, layout, mode=mode, block_n=16,
+                                         fused_merge=True)
+        assert torch.equal(got, want), call
 
 
 def test_attention_mass_normaliser_splits_fill_the_gpu():
@@ -950,8 +986,9 @@ def test_gpu_kernels_replay_from_a_cuda_graph():
 @pytest.mark.parametrize("opts", [{}, dict(one_loop=False), dict(max_blocks=8), dict(max_blocks=8, tma=False)])
 def test_gpu_split_tiles_merged_in_the_kernel_every_time(opts):
     """``fused_merge`` on the GPU, where chunks of one tile finish in any order and on different SMs: in each of
-    30 calls, and from a CUDA graph, the same bits as the merge kernel's (a chunk that merged before another's
-    partials reached it would differ). The default split, and chunks of 8 blocks (60 or more per query tile)."""
+    30 calls, and from two CUDA graphs captured on one stream, the same bits as the merge kernel's (a chunk that
+    merged before another's partials reached it would differ). The default split, and chunks of 8 blocks (60
+    or more per query tile)."""
     layout = SegmentLayout.from_lengths([(64, [160] * 120, 50), (30, [97, 1, 63], 7)])
     T = layout.total_tokens
     g = torch.Generator().manual_seed(12)
@@ -960,15 +997,17 @@ def test_gpu_split_tiles_merged_in_the_kernel_every_time(opts):
     for call in range(30):
         got = bsa_kernel.block_sparse_attention(q, k, v, layout, fused_merge=True, **opts)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), call
-    out, lse = torch.full_like(q, float("nan")), torch.full((T, 32), float("nan"), device="cuda")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, fused_merge=True, **opts)
-    for _ in range(3):
-        out.fill_(float("nan"))
-        graph.replay()
+    # two graphs captured on the same stream, the second replayed first: each zeroes its own counters
+    outs = [(torch.full_like(q, float("nan")), torch.full((T, 32), float("nan"), device="cuda")) for _ in "ab"]
+    graphs = [torch.cuda.CUDAGraph() for _ in "ab"]
+    for graph, (out, lse) in zip(graphs, outs):
+        with torch.cuda.graph(graph):
+            bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, fused_merge=True, **opts)
+    for i in (1, 0, 1, 1, 0):
+        outs[i][0].fill_(float("nan"))
+        graphs[i].replay()
         torch.cuda.synchronize()
-        assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
+        assert torch.equal(outs[i][0], want[0]) and torch.equal(outs[i][1], want[1]), i
 
 
 @gpu
@@ -992,6 +1031,10 @@ def test_gpu_attention_mass_normaliser_kernel_one_launch_and_split(mode):
     for splits in (1, None):
         got = mass_kernel._row_lse(q_rows, k, pos_t, p0_t, doc, mode, 128 ** -0.5, 64, 64, "tf32", False, 4, splits)
         close(got, ref, 1e-4, 1e-4, f"gpu normaliser, {mode}, splits {splits}")
+    for call in range(30):  # the splits merged in their own launch (fused): the merge kernel's bits every time
+        fused = mass_kernel._row_lse(q_rows, k, pos_t, p0_t, doc, mode, 128 ** -0.5, 64, 64, "tf32", False, 4,
+                                     fused=True)
+        assert torch.equal(fused, got), call
     want = attention_mass(q_rows, rows, k, layout, mode=mode, backend="naive")
     close(attention_mass(q_rows, rows, k, layout, mode=mode, backend="triton"), want, 1e-6, 1e-2, f"gpu mass, {mode}")
 

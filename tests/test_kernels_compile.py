@@ -53,9 +53,10 @@ SCRIPT = textwrap.dedent(r"""
         mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
                          ROW_LO="*i64", ROW_HI="*i64", WHOLE_LO="*i64", WHOLE_HI="*i64", MASS="*fp32")
         lse_consts = dict(GROUP=grp, ROWS=max(1, mass_m // grp), DOCS_ONLY=docs, D=D, BLOCK_D=block_d,
-                          BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs)  # both forms
+                          BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs,  # both forms
+                          FUSED=False)
         lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC="*i1", OUT="*fp32", PM="*fp32",
-                        PL="*fp32")
+                        PL="*fp32", COUNT="*i64")
         lse_merge = (_lse_merge, dict(PM="*fp32", PL="*fp32", OUT="*fp32"),
                      dict(GROUP=grp, ROWS=max(1, mass_m // grp), BLOCK_M=mass_m, WIDE=wide), dict(num_warps=1))
         # the log-sum-exp kernel's wider default tiles (rows that fill them), as the wrapper launches them
@@ -65,7 +66,8 @@ SCRIPT = textwrap.dedent(r"""
                     dict(mass_cfg, num_warps=wide_warps))
         return ((_bsa_fwd, ptrs, consts, cfg), (_merge, merge_ptrs, merge_consts, dict(num_warps=8)),
                 (_mass_kernel, mass_ptrs, mass_consts, mass_cfg), lse_wide,
-                (_lse_kernel, lse_ptrs, lse_consts, mass_cfg), lse_merge, (_mass_kernel, mass_ptrs, dict(mass_consts, WHOLE=True), mass_cfg))  # whole_blocks
+                (_lse_kernel, lse_ptrs, lse_consts, mass_cfg), lse_merge,
+                (_mass_kernel, mass_ptrs, dict(mass_consts, WHOLE=True), mass_cfg))  # whole_blocks
 
     def build(cc, fn, p, c, opts):
         try:
@@ -89,11 +91,15 @@ SCRIPT = textwrap.dedent(r"""
             done.append(dict(cc=cc, dt=dt, D=D, one_loop=docs, runs=runs, stages=opts.get("num_stages"),
                              maxnreg=opts.get("maxnreg"), **build(cc, _bsa_fwd, p, c, opts)))
         configs = []
-    if mode == "fused":  # the block-sparse kernel merging split tiles itself (fused_merge), default configuration
+    if mode == "fused":  # the block-sparse kernel merging split tiles itself (fused_merge), default configuration,
+        # and the normaliser's kernel merging its key splits itself, in its default (wider) tiles
         for cc, dt, D, docs, grp, tma in configs:
             p, c, opts = bsa_launch(cc, dt, D, grp, docs, tma=tma, fused=True)
-            done.append(dict(cc=cc, dt=dt, D=D, one_loop=docs, tma=tma, maxnreg=opts.get("maxnreg"),
-                             **build(cc, _bsa_fwd, p, c, opts)))
+            done.append(dict(kernel="_bsa_fwd", cc=cc, dt=dt, D=D, one_loop=docs, tma=tma,
+                             maxnreg=opts.get("maxnreg"), **build(cc, _bsa_fwd, p, c, opts)))
+            fn, p, c, opts = kernels(cc, dt, D, False, docs, grp, False, 0)[3]  # (the wider tiles' form)
+            done.append(dict(kernel="_lse_kernel", cc=cc, dt=dt, D=D, **build(
+                cc, fn, dict(p, COUNT="*i32"), dict(c, FINAL=False, FUSED=True), opts)))
         configs = []
     for cc, dt, D, wide, docs, grp, runs, *limit in configs:
         if mode == "default":  # every kernel in its default configuration
@@ -190,15 +196,16 @@ def test_tensor_memory_loads_compile_to_pipelined_bulk_copies(tmp_path):
 
 
 def test_merge_in_the_kernel_compiles_to_an_acquire_release_ticket(tmp_path):
-    """``fused_merge`` on sm_90 and sm_80 (compute capability, dtype, D, one loop, group, tensor-memory loads):
-    each split chunk takes its ticket by an atomic add with acquire-release semantics at GPU scope, and the
-    merging chunk reads the others' partials from L2 (ld.global.cg), never from its SM's own L1. No spills up
-    to D 128; the Hopper default stays within its 168 registers (three programs per SM). (At D 256 on sm_90
-    ptxas spills 228 bytes in the merge: the docstring says so.)"""
+    """``fused_merge`` on sm_90 and sm_80 (compute capability, dtype, D, one loop, group, tensor-memory loads),
+    in the block-sparse kernel and the normaliser's: each split chunk takes its ticket by an atomic add with
+    acquire-release semantics at GPU scope, and the merging chunk reads the others' partials from L2
+    (ld.global.cg), never from its SM's own L1. No spills up to D 128; the block-sparse Hopper default stays
+    within its 168 registers (three programs per SM). (At D 256 on sm_90 ptxas spills 228 bytes in the
+    block-sparse kernel's merge: its docstring says so.)"""
     configs = [(90, "bf16", 128, True, 4, True), (90, "bf16", 128, True, 4, False), (80, "bf16", 128, False, 4, False),
                (90, "fp16", 64, False, 3, False), (80, "fp32", 64, False, 2, False)]
     done = compile_kernels(tmp_path, "fused", configs)
-    assert len(done) == len(configs) and all(d["size"] > 5_000 for d in done), done
+    assert len(done) == 2 * len(configs) and all(d["size"] > 5_000 for d in done), done
     assert all(len(d["atoms"]) == 1 and {"global", "gpu", "acq_rel", "add"} <= set(d["atoms"][0].split("."))
                and d["cg_loads"] > 0 for d in done), done
     assert all(d["spills"] == 0 for d in done), [d for d in done if d["spills"]]

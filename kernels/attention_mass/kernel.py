@@ -32,7 +32,8 @@ import triton.language as tl
 
 from .._checks import cdiv, check_launch, next_pow2, padded_d, product_rows
 from .._shared_memory import launch_fitting
-from ..block_sparse_attention.kernel import dot_precision, needs_wide
+from .._tickets import tickets
+from ..block_sparse_attention.kernel import _last_arrival, dot_precision, needs_wide
 from ..layout import SegmentLayout
 from .common import document_keys, first_keys, row_meta, to_device
 
@@ -188,11 +189,11 @@ def _lse_block(q, K, DOC, start, k1, kvh, stride_kt, stride_kh, offs_d, d_mask, 
 
 
 @triton.jit
-def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stride_qh, stride_kt, stride_kh,
+def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, COUNT, R, HKV, SPLITS, stride_qr, stride_qh, stride_kt, stride_kh,
                 stride_or, stride_oh, qk_scale,
                 GROUP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr, D: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDE: tl.constexpr,
-                PREC: tl.constexpr, FINAL: tl.constexpr):
+                PREC: tl.constexpr, FINAL: tl.constexpr, FUSED: tl.constexpr):
     """Each selected row's log-sum-exp over the keys its softmax covers, for the rows sorted by position.
     Program = (block of ROWS rows, key/value head, split of their keys), row blocks fastest: the programs that
     read the same keys (a query span's few row blocks) run side by side and share them through L2 (on an H100
@@ -202,7 +203,8 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
     heads of the key/value head, as in the mass kernel. The block's keys run from its first row's first
     covered key (P0) to its last row; SPLITS programs share them. FINAL (one split): the natural-log result into
     OUT [R, Hq]; else each split's running maximum and sum (base 2) into PM, PL [row blocks, SPLITS, HKV,
-    BLOCK_M] for _lse_merge."""
+    BLOCK_M] for _lse_merge, or (FUSED) merged by the last split of the row block and head to finish, which a
+    ticket from the int32 counters COUNT [row blocks, HKV] tells (zero at rest)."""
     pid = tl.program_id(0)
     n_rb = tl.cdiv(R, ROWS)
     rb = pid % n_rb
@@ -243,24 +245,34 @@ def _lse_kernel(Q, K, POS, P0, DOC, OUT, PM, PL, R, HKV, SPLITS, stride_qr, stri
         at = ((rb * SPLITS + split) * HKV + kvh) * BLOCK_M + offs_i
         tl.store(PM + at, m_i)
         tl.store(PL + at, l_i)
+        if FUSED:
+            if _last_arrival(COUNT + rb * HKV + kvh, SPLITS):
+                _lse_fold(PM, PL, OUT, rb, kvh, R, HKV, SPLITS, stride_or, stride_oh, GROUP, ROWS, BLOCK_M, WIDE,
+                          ".cg")
 
 
 @triton.jit
 def _lse_merge(PM, PL, OUT, R, HKV, SPLITS, stride_or, stride_oh, GROUP: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
-    """The splits of _lse_kernel merged: program = (row block, key/value head), heads fastest; the splits'
-    maxima and sums (base 2) folded in turn, the natural-log result into OUT [R, Hq] (-inf for a row that no
-    split saw a key for)."""
+    """The splits of _lse_kernel merged: program = (row block, key/value head), heads fastest."""
     pid = tl.program_id(0)
-    kvh = pid % HKV
-    rb = pid // HKV
+    _lse_fold(PM, PL, OUT, pid // HKV, pid % HKV, R, HKV, SPLITS, stride_or, stride_oh, GROUP, ROWS, BLOCK_M, WIDE,
+              "")
+
+
+@triton.jit
+def _lse_fold(PM, PL, OUT, rb, kvh, R, HKV, SPLITS, stride_or, stride_oh, GROUP: tl.constexpr, ROWS: tl.constexpr,
+              BLOCK_M: tl.constexpr, WIDE: tl.constexpr, CACHE: tl.constexpr):
+    """Row block ``rb``'s splits under key/value head ``kvh``: their maxima and sums (base 2) folded in split
+    order, the natural-log result into OUT [R, Hq] (-inf for a row that no split saw a key for). CACHE: the
+    partials' load cache modifier (".cg" where other programs of the same launch wrote them)."""
     offs_i, head, r, m_mask = _row_block(rb, kvh, R, GROUP, ROWS, BLOCK_M, WIDE)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for split in range(0, SPLITS):
         at = ((rb * SPLITS + split) * HKV + kvh) * BLOCK_M + offs_i
-        m_s = tl.load(PM + at)
-        l_s = tl.load(PL + at)
+        m_s = tl.load(PM + at, cache_modifier=CACHE)
+        l_s = tl.load(PL + at, cache_modifier=CACHE)
         m_new = tl.maximum(m_i, m_s)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key in any split yet: the sum stays 0
         l_i = l_i * tl.exp2(m_i - m_safe) + l_s * tl.exp2(m_s - m_safe)
@@ -287,9 +299,10 @@ def lse_launch(cfg: dict, rows: int, group: int, prec: str, pinned: bool, block_
     products run on tensor cores (``prec`` not "ieee"), the caller pinned no launch option, ``block_d`` is at
     most 128 (at 256 ptxas spills 4-8 bytes on sm_80 and sm_86: tests/test_kernels_compile.py), and the wider
     tiles hold no more padding rows than the narrower ones (50 rows under Mistral's groups of 4: 2 tiles of 128
-    rows, or 4 of 64); else the mass kernel's own. On an H100, 50 rows x 4 heads from a CUDA graph (bench/probe_kernels.py): 0.026 ms
-    against 0.032 at 16k keys, 0.145 against 0.154 at 100k (bench/RESULTS.md, "Kernel probes"). Tiles that
-    would hold more padding (SmolLM2's groups of 3, one head per key/value head) have not been timed."""
+    rows, or 4 of 64); else the mass kernel's own. On an H100, 50 rows x 4 heads from a CUDA graph
+    (bench/probe_kernels.py): 0.026 ms against 0.032 at 16k keys, 0.145 against 0.154 at 100k
+    (bench/RESULTS.md, "Kernel probes"). Tiles that would hold more padding (SmolLM2's groups of 3, one head
+    per key/value head) have not been timed."""
     block_m, warps = cfg["block_m"], cfg["num_warps"]
     if pinned or prec == "ieee" or block_d > 128:
         return block_m, warps
@@ -301,12 +314,15 @@ def lse_launch(cfg: dict, rows: int, group: int, prec: str, pinned: bool, block_
 
 def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: torch.Tensor, doc: torch.Tensor,
              mode: str, scale: float, block_m: int, block_n: int, prec: str, wide: bool, num_warps: int,
-             splits: Optional[int] = None, num_stages: Optional[int] = None) -> torch.Tensor:
+             splits: Optional[int] = None, num_stages: Optional[int] = None,
+             fused: bool = False) -> torch.Tensor:
     """The log-sum-exp [R, Hq] (float32, natural log) of rows sorted by position (q_rows in that order), over
     the keys each row's softmax covers. The keys are split across programs as :func:`lse_splits` says
     (``splits`` overrides; on the CPU, in Triton's interpreter, as for 4 SMs), and a second launch merges the
-    splits (_lse_merge); one split writes the result at once. The PyTorch path it replaces issues about 70
-    operators per call at 2k keys and 1,600 at 100k, key chunk by key chunk; ICR calls it in every layer."""
+    splits (_lse_merge), or (``fused``) the last split of each row block and head to finish does, in the same
+    launch (its counters: kernels/_tickets.py); one split writes the result at once. The PyTorch path it
+    replaces issues about 70 operators per call at 2k keys and 1,600 at 100k, key chunk by key chunk; ICR calls
+    it in every layer."""
     R, Hq, D = q_rows.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -321,13 +337,16 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
     final = splits == 1
     part = torch.empty(0 if final else 2 * n_rb * splits * Hkv * bm, dtype=torch.float32, device=q_rows.device)
     pm, pl = (part, part) if final else part.view(2, -1).unbind(0)
-    _lse_kernel[(n_rb * splits * Hkv,)](q_rows, k, pos_t, p0_t, doc, lse, pm, pl, R, Hkv, splits, q_rows.stride(0),
-                                         q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0), lse.stride(1),
-                                         scale * LOG2E, GROUP=group, ROWS=rows_per, DOCS_ONLY=(mode == "documents"),
-                                         D=D, BLOCK_D=padded_d(D), BLOCK_M=bm,
-                                         BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, num_warps=num_warps,
-                                         **({} if num_stages is None else {"num_stages": num_stages}))
-    if not final:
+    fused = fused and not final
+    count = tickets(n_rb * Hkv, q_rows.device) if fused else pos_t  # (a placeholder where nothing merges in it)
+    _lse_kernel[(n_rb * splits * Hkv,)](q_rows, k, pos_t, p0_t, doc, lse, pm, pl, count, R, Hkv, splits,
+                                         q_rows.stride(0), q_rows.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+                                         lse.stride(1), scale * LOG2E, GROUP=group, ROWS=rows_per,
+                                         DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=padded_d(D), BLOCK_M=bm,
+                                         BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, FUSED=fused,
+                                         num_warps=num_warps, **({} if num_stages is None else
+                                                                 {"num_stages": num_stages}))
+    if not final and not fused:
         _lse_merge[(n_rb * Hkv,)](pm, pl, lse, R, Hkv, splits, lse.stride(0), lse.stride(1), GROUP=group,
                                   ROWS=rows_per, BLOCK_M=bm, WIDE=wide, num_warps=1)
     return lse
@@ -380,7 +399,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
                    scale: Optional[float] = None, window: Optional[int] = None, block_m: Optional[int] = None,
                    block_n: Optional[int] = None, out: Optional[torch.Tensor] = None, wide: Optional[bool] = None,
                    num_warps: Optional[int] = None, num_stages: Optional[int] = None,
-                   head_sum: Optional[str] = None, whole_blocks: bool = False) -> torch.Tensor:
+                   head_sum: Optional[str] = None, whole_blocks: bool = False,
+                   fused_merge: bool = False) -> torch.Tensor:
     """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
     offsets (default: when a tensor holds 2^31 elements or more). ``block_m``: rows of each product
     (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
@@ -399,8 +419,11 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     off by default until a GPU times it here (a branch per row block for the same end made the kernel 31-35%
     slower: bench/RESULTS.md). Its three loops take more registers: 233 per thread on sm_90 at D 128 in 16
     bits (219 without), and ptxas spills 100 bytes on sm_80 at D 128 and 4 on sm_90 at D 256
-    (tests/test_kernels_compile.py). A default configuration that the GPU's shared memory cannot hold falls back to
-    smaller ones (kernels/_shared_memory.py)."""
+    (tests/test_kernels_compile.py). ``fused_merge`` (``lse`` not given): the normaliser's key splits are merged
+    by the last split of each row block to finish, in its own launch, instead of by _lse_merge (one launch
+    fewer; the same result, folded in split order; as the block-sparse kernel's ``fused_merge``); off by
+    default until a GPU times it. A default configuration that the GPU's shared memory cannot hold falls back
+    to smaller ones (kernels/_shared_memory.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     if head_sum not in (None, "loop", "dot"):
         raise ValueError(f"head_sum must be 'loop' or 'dot', got {head_sum!r}")
@@ -439,7 +462,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         if row_lse is None:  # the normaliser over the covered keys, by a first kernel over the same rows and keys
             lse_m, lse_warps = lse_launch(cfg, R, group, prec, pinned, block_d)
             row_lse = _row_lse(q, k, pos_t, p0_t, doc, mode, scale, lse_m, block_n, prec, wide, lse_warps,
-                               num_stages=opts.get("num_stages"))
+                               num_stages=opts.get("num_stages"), fused=bool(fused_merge))
         row_lse = row_lse.float().contiguous()
         rows_per, product_m = product_rows(block_m, group)  # selected rows per product, rows of the product
         _mass_kernel[(cdiv(T, block_n) * Hkv,)](
@@ -453,6 +476,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
-    key = ("mass", dev, q_rows.dtype, D, group, mode, lse is None, wide, head_dot, bool(whole_blocks))
+    key = ("mass", dev, q_rows.dtype, D, group, mode, lse is None, wide, head_dot, bool(whole_blocks),
+           bool(fused_merge))
     launch_fitting(key, cfg, run, pinned)
     return mass

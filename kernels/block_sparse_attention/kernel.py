@@ -45,6 +45,7 @@ import triton.language as tl
 
 from .._checks import check_launch, check_scale, padded_d, product_rows
 from .._shared_memory import launch_fitting
+from .._tickets import tickets
 from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
@@ -344,19 +345,27 @@ def _merge_group(PO, PL, O, LSE, GROUPS, grp, kvh, HKV, stride_ot, stride_oh, st
 
 
 @triton.jit
+def _last_arrival(COUNTER, n):
+    """Whether this program is the last of the ``n`` that share the int32 counter at ``COUNTER`` to arrive
+    (each calls this once, after storing what the last one reads); the last zeroes the counter for the next
+    launch. The barrier puts every thread's stores before the ticket, whose acquire-release atomic add (at GPU
+    scope) makes the other programs' stores visible to the last: the pattern of CUTLASS's semaphores. The last
+    program reads them with the ".cg" cache modifier (from L2, not its SM's L1)."""
+    tl.debug_barrier()
+    last = tl.atomic_add(COUNTER, 1, sem="acq_rel", scope="gpu") == n - 1
+    if last:
+        tl.store(COUNTER, 0)
+    return last
+
+
+@triton.jit
 def _merge_last(PO, PL, O, LSE, COUNT, GROUPS, GROUP_OF, part, kvh, HKV, stride_ot, stride_oh, stride_lt,
                 stride_lh, GROUP: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
-    """After a split chunk's partials are stored (``fused_merge``): the chunk takes a ticket from its group's
-    counter (per key/value head), and the group's last chunk to finish merges all of them, then zeroes the
-    counter for the next launch. The barrier puts every thread's partial stores before the ticket, whose
-    acquire-release atomic (at GPU scope) makes the other chunks' stores visible to the merging program; the
-    pattern of CUTLASS's semaphores."""
+    """After a split chunk's partials are stored (``fused_merge``): the last chunk of its group (per key/value
+    head) to finish merges all of them."""
     grp = tl.load(GROUP_OF + part)
-    tl.debug_barrier()
-    ticket = tl.atomic_add(COUNT + grp * HKV + kvh, 1, sem="acq_rel", scope="gpu")
-    if ticket == tl.load(GROUPS + grp * 4 + 3) - 1:
-        tl.store(COUNT + grp * HKV + kvh, 0)
+    if _last_arrival(COUNT + grp * HKV + kvh, tl.load(GROUPS + grp * 4 + 3)):
         _merge_group(PO, PL, O, LSE, GROUPS, grp, kvh, HKV, stride_ot, stride_oh, stride_lt, stride_lh, GROUP, ROWS,
                      D, BLOCK_D, BLOCK_M, WIDE, ".cg")
 
@@ -508,10 +517,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ``fused_merge``: split tiles' chunks are merged by the last of them to finish, in the same launch (a ticket
     per tile and key/value head, counted by an atomic add), instead of by a second kernel: one launch fewer per
     call (host time, and the second kernel's start on the GPU). The result is the same either way: the merge
-    reads the chunks in their order. The tickets are kept on the layout, one set per CUDA stream, and are zero
-    between calls. Off by default: not yet timed on a GPU. The merge adds registers to the kernel: the Hopper
-    default holds its 168 without spills (143 without the merge), and at D 256 on sm_90 ptxas spills 228 bytes
-    (tests/test_kernels_compile.py)."""
+    reads the chunks in their order. The counters are kept per CUDA stream, zero between calls, or made in the
+    captured work under CUDA-graph capture (kernels/_tickets.py). Off by default: not yet timed on a GPU. The
+    merge adds registers to the kernel: the Hopper default holds its 168 without spills (143 without the
+    merge), and at D 256 on sm_90 ptxas spills 228 bytes (tests/test_kernels_compile.py)."""
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
@@ -571,11 +580,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         table, groups, parts, group_of = layout.memo(("bsa", rows, block_n, max_blocks, tiles_per_program,
                                                       str(q.device)), build)
         fused = bool(fused_merge) and len(groups) > 0
-        counts = table  # (an int32 placeholder where nothing is merged in the kernel: never read)
-        if fused:  # the groups' tickets: zero at rest (the merging chunk resets its own), one set per stream
-            stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
-            counts = layout.memo(("bsa_tickets", rows, block_n, max_blocks, tiles_per_program, Hkv, str(q.device),
-                                  stream), lambda: torch.zeros(len(groups) * Hkv, dtype=torch.int32, device=q.device))
+        # the split tiles' tickets, one per tile and key/value head (kernels/_tickets.py); where nothing is merged
+        # in the kernel, an int32 placeholder that is never read
+        counts = tickets(len(groups) * Hkv, q.device) if fused else table
         part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
         keys, values = k, v
