@@ -19,8 +19,9 @@
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
 #              STEP: tests, kernels, sweep-one-loop, sweep, probe, rerank, profile, kernel-tests (default: tests,
-#              kernels, sweep-one-loop, kernel-tests: what issue #4 still needs; the rerankers' steps ran on an
-#              H100 at 8265aa6 and are asked for by name)
+#              kernels, probe, sweep-one-loop, kernel-tests: what issue #4 still needs, about 520 s on an H100 by
+#              the last runs' step times; the rerankers' steps ran on an H100 at 8265aa6 and are asked for by
+#              name)
 #
 # The machine reaches no network: irforge is built from the tree with the image's own torch, triton,
 # transformers, pybind11, scikit-build-core, cmake and ninja (pip --no-index --no-build-isolation).
@@ -30,7 +31,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 cp bench/RESULTS.md "$OUT/RESULTS.md"
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests kernels sweep-one-loop kernel-tests)
+[ ${#steps[@]} -eq 0 ] && steps=(tests kernels probe sweep-one-loop kernel-tests)
 say() { echo "== $1 ($(date -u +%T))"; }
 limited() {  # seconds, log name, command...
   local secs=$1 log=$2
