@@ -3,8 +3,8 @@
 # bench_kernels.py --gpu-only, the kernels' launch-configuration sweeps, bench_rerank.py on the GPU, a
 # torch.profiler run of the rerankers (profile_rerank.py), then the whole kernel test file on the GPU (it
 # compiles many kernel variants). The least-needed step comes last, so a run that reaches its limit loses it
-# first. The default steps (below) take about 430 s on an H100 by the timings here (sweep-one-loop, 26
-# configurations with its two shapes, not yet run: about 55). On an H200 all but the profile took 280 s with
+# first. The default steps (below) take about 520 s on an H100 by the timings here and the last runs' (probe
+# about 35, sweep-one-loop with its 15 configurations and two shapes about 60). On an H200 all but the profile took 280 s with
 # the build (build 30, tests 25, kernels 30, sweep 30 with 9 configurations, rerank 100, kernel tests 65). On an
 # H100 (8265aa6, 158d652): build about 35, tests 41, kernels 38, sweep 42 (18 configurations), rerank 118,
 # profile 38; the kernel test file (253 tests, many compiled variants) reached its limit of 150 s after 224 had
