@@ -268,6 +268,22 @@ def test_tensor_memory_loads_match_reference(layout_name, D, hq, hkv, dtype, ato
     close(lse, ref_l, atol, rtol, "lse, tensor-memory loads")
 
 
+@needs_tma
+@pytest.mark.parametrize("layout_name", ["three_prompts", "long_doc"])
+def test_wide_tiles_of_the_one_loop_sweep_match_reference(layout_name):
+    """128 product rows on 8 warps with tensor-memory loads (bench_kernels.py --sweep-one-loop's 128-row rows:
+    32 tokens x 4 query heads per tile), split tiles too."""
+    layout, q, k, v = make(layout_name, 64, 8, 2, torch.float16, seed=6)
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    for block_n, max_blocks in ((32, None), (64, 2)):
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((q.shape[0], 8), float("nan"), device=q.device)
+        bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=128, block_n=block_n,
+                                          num_warps=8, one_loop=True, tma=True, max_blocks=max_blocks)
+        close(out, ref_o, 2e-2, 2e-2, f"out, 128 rows, {block_n}-key blocks")
+        close(lse, ref_l, 2e-2, 2e-2, f"lse, 128 rows, {block_n}-key blocks")
+
+
 def test_tensor_memory_loads_by_default_only_where_timed(monkeypatch):
     """tma=None: tensor descriptors in Hopper's one-loop form at 16-bit D 128 (timed faster on an H100), pointer
     loads in every other case, and wherever the Triton release has no host descriptors."""
@@ -886,9 +902,11 @@ def test_gpu_bf16_fp16_match_reference(dtype, atol, rtol):
     close(l, ref_l, 1e-2, 1e-2, "gpu lse")
     forms = [dict(one_loop=False), dict(one_loop=True), dict(tiles_per_program=4),
              dict(tiles_per_program=16, max_blocks=2), dict(tiles_per_program=4, query_load="tile", block_n=32)]
-    if HAS_TMA:  # tensor-memory loads: in each form, and 4 programs per SM
+    if HAS_TMA:  # tensor-memory loads: in each form, 4 programs per SM, and the sweep's 128-row tiles
         forms += [dict(tma=True), dict(tma=True, one_loop=False), dict(tma=True, tiles_per_program=4, max_blocks=2),
-                  dict(tma=True, num_stages=2, max_registers=128)]
+                  dict(tma=True, num_stages=2, max_registers=128),
+                  dict(tma=True, block_m=128, block_n=32, num_warps=8, num_stages=3, max_registers=128),
+                  dict(tma=True, block_m=128, block_n=64, num_warps=8, num_stages=2, max_registers=128)]
     else:
         with pytest.raises(ValueError, match="compute capability"):
             bsa_kernel.block_sparse_attention(q, k, v, layout, tma=True)
