@@ -189,21 +189,28 @@ def test_ticket_counters_kept_per_device_and_stream_and_grown():
     assert b.numel() > a.numel() and int(b.abs().sum()) == 0 and tickets(3, torch.device(DEVICE)) is b
 
 
-@pytest.mark.parametrize("layout_name,one_loop,tma,D,hq,hkv,dtype", [
-    ("three_prompts", False, False, 64, 4, 2, torch.float32), ("three_prompts", True, False, 80, 3, 1, torch.float16),
-    ("three_prompts", True, True, 64, 8, 2, torch.float16), ("three_prompts", False, True, 32, 4, 4, torch.float32),
-    ("many_tiny_docs", True, False, 80, 3, 1, torch.float16), ("many_tiny_docs", True, True, 64, 8, 2, torch.float16)])
-def test_split_tiles_merged_in_the_kernel_match_the_merge_kernel(layout_name, one_loop, tma, D, hq, hkv, dtype):
+@pytest.mark.parametrize("layout_name,one_loop,tma,D,hq,hkv,dtype,per_program", [
+    ("three_prompts", False, False, 64, 4, 2, torch.float32, 1),
+    ("three_prompts", True, False, 80, 3, 1, torch.float16, 1),
+    ("three_prompts", True, True, 64, 8, 2, torch.float16, 1),
+    ("three_prompts", False, True, 32, 4, 4, torch.float32, 1),
+    ("three_prompts", True, False, 64, 4, 2, torch.float32, 3),
+    ("many_tiny_docs", True, False, 80, 3, 1, torch.float16, 1),
+    ("many_tiny_docs", True, True, 64, 8, 2, torch.float16, 1)])
+def test_split_tiles_merged_in_the_kernel_match_the_merge_kernel(layout_name, one_loop, tma, D, hq, hkv, dtype,
+                                                                 per_program):
     """``fused_merge``: the last chunk of each split tile merges them in the same launch. The result is the
     merge kernel's, bit for bit (both read the chunks in order), and the reference's; the tickets are zero
-    again after each call, so that a second call merges too (with 1 or 2 blocks a chunk: many split tiles)."""
+    again after each call, so that a second call merges too (with 1 or 2 blocks a chunk: many split tiles);
+    also beside runs of tiles (``tiles_per_program``), which split tiles never join."""
     if tma and bsa_kernel.tensor_descriptor_class() is None:
         pytest.skip("this triton has no host tensor descriptors")
     layout, q, k, v = make(layout_name, D, hq, hkv, dtype, seed=4)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     tol = (2e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2e-2)
     for max_blocks in (1, 2):
-        opts = dict(block_m=32, block_n=16, max_blocks=max_blocks, one_loop=one_loop, tma=tma)
+        opts = dict(block_m=32, block_n=16, max_blocks=max_blocks, one_loop=one_loop, tma=tma,
+                    tiles_per_program=per_program)
         two = bsa_kernel.block_sparse_attention(q, k, v, layout, **opts)
         for call in range(2):
             out = torch.full_like(q, float("nan"))
