@@ -104,6 +104,11 @@ def test_64bit_offsets_give_the_same_results(D, hq, hkv):
     o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=32, wide=True)
     close(o, ref_o, 2e-5, 1e-4, "wide out")
     close(l, ref_l, 2e-5, 1e-4, "wide lse")
+    for fused in (False, True):  # split tiles merged by the merge kernel, and in the kernel
+        o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=16, max_blocks=1, wide=True,
+                                                 fused_merge=fused)
+        close(o, ref_o, 2e-5, 1e-4, f"wide out, split tiles, fused_merge={fused}")
+        close(l, ref_l, 2e-5, 1e-4, f"wide lse, split tiles, fused_merge={fused}")
     if HAS_TMA and D == 64:  # tensor-memory loads beside 64-bit offsets for the query rows and the output
         o, l = bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=32, wide=True, tma=True)
         close(o, ref_o, 2e-5, 1e-4, "wide out, tensor-memory loads")
@@ -112,6 +117,10 @@ def test_64bit_offsets_give_the_same_results(D, hq, hkv):
     ref = attention_mass(q[rows], rows, k, layout, mode="causal", backend="naive")
     got = mass_kernel.attention_mass(q[rows], rows, k, layout, mode="causal", block_m=16, block_n=32, wide=True)
     close(got, ref, 1e-6, 1e-4, "wide mass")
+    _, pos_t, p0_t, *_ = mass_kernel._row_tables(layout, rows, None, layout.total_tokens, 16, q.device)
+    args = (q[rows].contiguous(), k, pos_t, p0_t, torch.empty(0, dtype=torch.bool, device=DEVICE), "causal",
+            D ** -0.5, 16, 16, "ieee", True, 4, 2)  # (rows in order) 64-bit offsets, 2 key splits
+    assert torch.equal(mass_kernel._row_lse(*args, fused=True), mass_kernel._row_lse(*args))
     assert not bsa_kernel.needs_wide(q, k, v)
 
 
