@@ -573,16 +573,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 
         def build():
             table, groups = schedule(tiles, block_n, max_blocks, rows, tiles_per_program)
-            group_of = np.repeat(np.arange(len(groups), dtype=np.int32), groups[:, 3])  # partial slot -> group
             return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
-                    int(groups[:, 3].sum()) if len(groups) else 0, torch.as_tensor(group_of, device=q.device))
+                    int(groups[:, 3].sum()) if len(groups) else 0)
 
-        table, groups, parts, group_of = layout.memo(("bsa", rows, block_n, max_blocks, tiles_per_program,
-                                                      str(q.device)), build)
+        memo_key = (rows, block_n, max_blocks, tiles_per_program, str(q.device))
+        table, groups, parts = layout.memo(("bsa", *memo_key), build)
         fused = bool(fused_merge) and len(groups) > 0
-        # the split tiles' tickets, one per tile and key/value head (kernels/_tickets.py); where nothing is merged
-        # in the kernel, an int32 placeholder that is never read
-        counts = tickets(len(groups) * Hkv, q.device) if fused else table
+        counts = group_of = table  # (int32 placeholders where nothing is merged in the kernel: never read)
+        if fused:  # the split tiles' tickets, one per tile and key/value head (kernels/_tickets.py), and each
+            # partial slot's tile (a tile's slots are consecutive), built on the device once per layout
+            counts = tickets(len(groups) * Hkv, q.device)
+            group_of = layout.memo(("bsa_group_of", *memo_key), lambda: torch.repeat_interleave(
+                torch.arange(len(groups), dtype=torch.int32, device=q.device), groups[:, 3], output_size=parts))
         part_o = torch.empty(max(parts * Hkv * block_m * D, 1), dtype=torch.float32, device=q.device)
         part_l = torch.empty(max(parts * Hkv * block_m, 1), dtype=torch.float32, device=q.device)
         keys, values = k, v
@@ -590,7 +592,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
             descriptor = tensor_descriptor_class()
             keys, values = (descriptor(x, [T, Hkv * D], [Hkv * D, 1], [block_n, D]) for x in (k, v))
         _bsa_fwd[(len(table) * Hkv,)](q, keys, values, out, lse, part_o, part_l, table, counts,
-                                      groups if fused else table, group_of if fused else table, Hkv, q.stride(0),
+                                      groups if fused else table, group_of, Hkv, q.stride(0),
                                       q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                       out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), scale * LOG2E,
                                       GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m,
