@@ -110,25 +110,22 @@ def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, WHOLE_LO, WHOLE_HI,
         onehot = (g_of_i[:, None] == gcol[None, :]).to(tl.float32)
     r_lo = tl.load(ROW_LO + nb).to(tl.int32)  # row indices (below 2^31; int64 in the table)
     r_hi = tl.load(ROW_HI + nb).to(tl.int32)
+    u0 = r_hi  # masked row blocks before u0; without WHOLE, all of them in this one loop
     if WHOLE:  # the row blocks that lie in the run of rows seeing the whole key block go unmasked, in the middle
         w_lo = tl.load(WHOLE_LO + nb).to(tl.int32)
         w_hi = tl.load(WHOLE_HI + nb).to(tl.int32)
         u0 = tl.minimum(r_lo + tl.cdiv(tl.maximum(w_lo - r_lo, 0), ROWS) * ROWS, r_hi)
+    for r0 in range(r_lo, u0, ROWS):
+        acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
+                         g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
+                         ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
+    if WHOLE:
         u1 = u0 + tl.maximum(w_hi - u0, 0) // ROWS * ROWS
-        for r0 in range(r_lo, u0, ROWS):
-            acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
-                             g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
-                             ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
         for r0 in range(u0, u1, ROWS):
             acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
                              g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, False, GROUP,
                              ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
         for r0 in range(u1, r_hi, ROWS):
-            acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
-                             g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
-                             ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
-    else:
-        for r0 in range(r_lo, r_hi, ROWS):
             acc = _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, offs_n, key_ok, onehot,
                              g_of_i, gcol, acc, stride_qr, stride_qh, stride_lr, stride_lh, qk_scale, True, GROUP,
                              ROWS, DOCS_ONLY, WIDE, PREC, HEAD_DOT)
