@@ -414,8 +414,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     that see a program's whole key block (by a host table per key block) skip the per-score mask and fold the
     scale and normaliser into one multiply-add, as the normaliser's kernel does (35% faster there on an H100);
     off by default until a GPU times it here (a branch per row block for the same end made the kernel 31-35%
-    slower: bench/RESULTS.md). Its three loops take more registers: 233 per thread on sm_90 at D 128 in 16
-    bits (219 without), and ptxas spills 100 bytes on sm_80 at D 128 and 4 on sm_90 at D 256
+    slower: bench/RESULTS.md). Its three loops take more registers: 231 per thread on sm_90 at D 128 in 16
+    bits in "documents" mode (219 without), and ptxas spills 100 bytes on sm_80 at D 128 and 4 on sm_90 at D 256
     (tests/test_kernels_compile.py). ``fused_merge`` (``lse`` not given): the normaliser's key splits are merged
     by the last split of each row block to finish, in its own launch, instead of by _lse_merge (one launch
     fewer; the same result, folded in split order; as the block-sparse kernel's ``fused_merge``); off by
