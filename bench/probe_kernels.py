@@ -130,13 +130,16 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
         total = bsa_kernel.total_key_blocks(tiles, cfg["block_n"])
         call = lambda: block_sparse_attention(q, k, v, layout, backend="triton")  # noqa: E731
         fused = lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, fused_merge=True)  # noqa: E731
+        longest = lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, launch_order="longest")  # noqa: E731
         firsts = [guarded(lambda: eager(call)) for _ in range(3)]
         out += [f"### {T:,} tokens (64 + {n_docs} x {doc_len} + 50), {Hq}/{Hkv} heads, D {D}, {str(dtype)[6:]}", "",
                 f"Block-sparse attention: {total:,} key blocks of {cfg['block_n']} per head in the launch table; "
                 f"default max_blocks {default} ({per_sm} programs per SM counted). The default call timed three "
                 f"times at once (do_bench, ms): {', '.join(firsts)}. Host: {host_ms(call, host_calls):.3f} ms per "
                 f"call; with split tiles merged in the kernel (fused_merge=True) {host_ms(fused, host_calls):.3f}, "
-                f"eager {guarded(lambda: eager(fused))} ms, from a CUDA graph {guarded(lambda: graph(fused))} ms.",
+                f"eager {guarded(lambda: eager(fused))} ms, from a CUDA graph {guarded(lambda: graph(fused))} ms. "
+                f"Every program longest first (launch_order='longest', the order to 5a32a01): eager "
+                f"{guarded(lambda: eager(longest))} ms, from a CUDA graph {guarded(lambda: graph(longest))} ms.",
                 "", "| max_blocks | programs | partial slots | eager ms | CUDA graph ms |",
                 "|---|---|---|---|---|"]
         for mb in sweep + ([default] if default not in sweep else []):

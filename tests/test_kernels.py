@@ -421,6 +421,68 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
         assert sorted(table[table[:, 6] >= 0, 6].tolist()) == list(range(int(groups[:, 3].sum()) if len(groups) else 0))
 
 
+@pytest.mark.parametrize("max_blocks,per_program", [(0, 1), (48, 1), (32, 1), (0, 3), (48, 2)])
+def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
+    """With the tiles' segments, the same programs run: the long ones first, longest first in the order they had
+    before; then those of at most 1/SHORT_SHARE of the longest one's key blocks, each segment's together and
+    longest first, the segments with the longest of them first (then in layout order)."""
+    rng = np.random.default_rng(5)
+    layout = SegmentLayout.from_lengths([(8, rng.integers(1, 60, 30).tolist(), 40), (3, [50, 9, 50], 5),
+                                         (16, [], 20)])
+    rows, block_n = 8, 16
+    tiles = layout.tiles(rows)
+    segments = np.searchsorted(layout.cu_seqlens, tiles[:, 0], side="right") - 1
+    before, groups_before = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program)
+    table, groups = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program, segments)
+    assert (groups == groups_before).all()
+    assert sorted(map(tuple, table.tolist())) == sorted(map(tuple, before.tolist()))
+    cost = table[:, 7]
+    short = cost <= cost.max() // bsa_kernel.SHORT_SHARE
+    n_long = int((~short).sum())
+    assert not short[:n_long].any() and 0 < n_long <= len(table) - 8  # the long ones first; several short ones
+    long_before = before[before[:, 7] > cost.max() // bsa_kernel.SHORT_SHARE]
+    assert (table[:n_long] == long_before).all()  # in their old order: longest first, stable
+    seg_of = np.searchsorted(layout.cu_seqlens, table[n_long:, 0], side="right") - 1
+    seen, prev = [], None
+    for s, c in zip(seg_of.tolist(), cost[n_long:].tolist()):
+        if s != (prev[0] if prev else None):
+            assert s not in seen, f"segment {s}'s short programs are not together"
+            seen.append(s)
+        else:
+            assert c <= prev[1]  # longest first within a segment
+        prev = (s, c)
+    longest = [int(cost[n_long:][seg_of == s].max()) for s in seen]
+    assert [(-x, s) for x, s in zip(longest, seen)] == sorted((-x, s) for x, s in zip(longest, seen))
+    with pytest.raises(ValueError, match="segments"):
+        bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program, segments[:-1])
+    with pytest.raises(ValueError, match="segments"):
+        bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program, segments - 1)
+
+
+@pytest.mark.parametrize("one_loop", [False, True])
+def test_launch_orders_give_the_same_results(one_loop):
+    """The launch order moves programs, not what they compute: both orders give the same bits, and the
+    reference. Many short documents behind a long query tile, so that the orders differ."""
+    layout = SegmentLayout.from_lengths([(8, [20] * 36, 30)])
+    g = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(layout.total_tokens, h, 32, generator=g).to(DEVICE) for h in (4, 2, 2))
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    got = {}
+    for order in ("segments", "longest"):
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((q.shape[0], 4), float("nan"), device=q.device)
+        bsa_kernel.block_sparse_attention(q, k, v, layout, out=out, lse=lse, block_m=16, block_n=16,
+                                          one_loop=one_loop, launch_order=order)
+        close(out, ref_o, 2e-5, 1e-4, f"{order} out")
+        close(lse, ref_l, 2e-5, 1e-4, f"{order} lse")
+        got[order] = out, lse
+    assert all(torch.equal(a, b) for a, b in zip(got["segments"], got["longest"]))
+    tables = [v[0] for key, v in layout.__dict__["_memo"].items() if key[0] == "bsa"]
+    assert len(tables) == 2 and not torch.equal(tables[0], tables[1])  # the orders did differ
+    with pytest.raises(ValueError, match="launch_order"):
+        bsa_kernel.block_sparse_attention(q, k, v, layout, launch_order="shortest")
+
+
 def test_default_split_counts_the_programs_an_sm_holds():
     """Long tiles split at the average load of a program slot, and an SM holds several programs: the
     Hopper default 3 (4 warps of 168 registers), an uncapped 8-warp configuration at least 1. Never below 64
