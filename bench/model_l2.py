@@ -111,7 +111,7 @@ def main() -> None:
         layout = SegmentLayout.from_lengths(prompts)
         tiles = layout.tiles(a.rows)
         max_blocks = split_threshold(total_key_blocks(tiles, a.block_n), hkv, a.sms, a.per_sm)
-        segments = np.searchsorted(layout.cu_seqlens, tiles[:, 0], side="right") - 1
+        segments = layout.segment_ids()[tiles[:, 0]]
         T = layout.total_tokens
         print(f"{name}: {T:,} tokens; unique bytes: query rows {T * hq * a.d * 2 / 1e6:,.0f} MB, keys and values "
               f"{T * hkv * a.d * 4 / 1e6:,.0f} MB; split at {max_blocks} key blocks")

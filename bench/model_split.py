@@ -1,12 +1,13 @@
 """A list-scheduling model of the block-sparse kernel's launch, to choose where long tiles are split
 (kernel.split_threshold) before a GPU times it.
 
-The kernel's launch table (longest first, a row's key/value heads adjacent) becomes programs whose work is their
-key blocks plus a fixed cost. Each SM holds ``per_sm`` programs at once and shares its throughput among them:
-g[k] of its full rate with k resident (1.0 with all slots full), split equally. Programs are handed out in launch
-order, the first wave across the SMs in turn (or filling one SM's slots before the next with --depth-first),
-then each to the slot that frees first. The result is the time of the last program, in units of one key block at
-an SM's full rate, and its ratio to the work divided by the SMs (the lower bound).
+The kernel's launch table (longest first, the order to 5a32a01, which bench/model_l2.py compares with the present
+one; a row's key/value heads adjacent) becomes programs whose work is their key blocks plus a fixed cost. Each SM
+holds ``per_sm`` programs at once and shares its throughput among them: g[k] of its full rate with k resident (1.0
+with all slots full), split equally. Programs are handed out in launch order, the first wave across the SMs in
+turn (or filling one SM's slots before the next with --depth-first), then each to the slot that frees first. The
+result is the time of the last program, in units of one key block at an SM's full rate, and its ratio to the work
+divided by the SMs (the lower bound).
 
   python bench/model_split.py                        # the bench's shapes, thresholds around the default
   python bench/model_split.py --fit 1.59 1.40        # g[1] from measured unsplit / split time ratios

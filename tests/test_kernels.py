@@ -431,7 +431,7 @@ def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
                                          (16, [], 20)])
     rows, block_n = 8, 16
     tiles = layout.tiles(rows)
-    segments = np.searchsorted(layout.cu_seqlens, tiles[:, 0], side="right") - 1
+    segments = layout.segment_ids()[tiles[:, 0]]
     before, groups_before = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program)
     table, groups = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program, segments)
     assert (groups == groups_before).all()
@@ -442,7 +442,7 @@ def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
     assert not short[:n_long].any() and 0 < n_long <= len(table) - 8  # the long ones first; several short ones
     long_before = before[before[:, 7] > cost.max() // bsa_kernel.SHORT_SHARE]
     assert (table[:n_long] == long_before).all()  # in their old order: longest first, stable
-    seg_of = np.searchsorted(layout.cu_seqlens, table[n_long:, 0], side="right") - 1
+    seg_of = layout.segment_ids()[table[n_long:, 0]]
     seen, prev = [], None
     for s, c in zip(seg_of.tolist(), cost[n_long:].tolist()):
         if s != (prev[0] if prev else None):

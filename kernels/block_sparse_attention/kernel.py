@@ -420,8 +420,10 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
     their lengths differ, each wave over every document's keys (bench/model_l2.py)."""
     table = launch_table(tiles, block_n)
     seg = np.zeros(len(table), dtype=np.int64) if segments is None else np.asarray(segments, dtype=np.int64)
-    if seg.shape != (len(table),) or (len(seg) and seg.min() < 0):
-        raise ValueError(f"segments must hold one segment index (>= 0) per tile ({len(table)}), got {segments!r}")
+    if seg.shape != (len(table),):
+        raise ValueError(f"segments must hold one segment per tile ({len(table)}), got shape {seg.shape}")
+    if len(seg) and seg.min() < 0:
+        raise ValueError("segments must be segment indices (>= 0)")
     cost = table[:, 7]
     split = np.flatnonzero(cost > max_blocks) if max_blocks > 0 else np.zeros(0, dtype=np.int64)
     whole = np.setdiff1d(np.arange(len(table)), split)
@@ -604,9 +606,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                      lambda: auto_max_blocks(tiles, block_n, Hkv, q.device, per_sm))
 
         def build():
-            segments = None
-            if launch_order == "segments":
-                segments = np.searchsorted(layout.cu_seqlens, tiles[:, 0], side="right") - 1
+            segments = layout.segment_ids()[tiles[:, 0]] if launch_order == "segments" else None
             table, groups = schedule(tiles, block_n, max_blocks, rows, tiles_per_program, segments)
             return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
                     int(groups[:, 3].sum()) if len(groups) else 0)
