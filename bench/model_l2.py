@@ -49,7 +49,8 @@ def _lengths(seed: int, low: int, high: int, n: int) -> list[int]:
 SHAPES = {"16k: 64 + 100 x 160 + 50": [(64, [160] * 100, 50)],
           "100k: 64 + 500 x 200 + 50": [(64, [200] * 500, 50)],
           "64 + 100 documents of 30-290 + 50": [(64, _lengths(0, 30, 290, 100), 50)],
-          "4 prompts of 32 + 20 x 50-100 + 20": [(32, _lengths(1, 50, 100, 20), 20)] * 4}
+          "4 prompts of 32 + 20 x 50-100 + 20": [(32, _lengths(1, 50, 100, 20), 20)] * 4,
+          "8 prompts of 64 + 19 x 100 + 50": [(64, [100] * 19, 50)] * 8}
 
 
 def program_accesses(row, kvh: int, block_n: int, rows: int, group: int, D: int, elem: int) -> list:

@@ -421,11 +421,12 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
         assert sorted(table[table[:, 6] >= 0, 6].tolist()) == list(range(int(groups[:, 3].sum()) if len(groups) else 0))
 
 
-@pytest.mark.parametrize("max_blocks,per_program", [(0, 1), (48, 1), (32, 1), (0, 3), (48, 2)])
+@pytest.mark.parametrize("max_blocks,per_program", [(0, 1), (48, 1), (32, 1), (0, 3), (48, 2), (200, 1)])
 def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
     """With the tiles' segments, the same programs run: the long ones first, longest first in the order they had
-    before; then those of at most 1/SHORT_SHARE of the longest one's key blocks, each segment's together and
-    longest first, the segments with the longest of them first (then in layout order)."""
+    before; then the short ones (at most 1/SHORT_SHARE of the longest one's key blocks, or of max_blocks where
+    that is more: 200 leaves every tile whole here), each segment's together and longest first, the segments
+    with the longest of them first (then in layout order)."""
     rng = np.random.default_rng(5)
     layout = SegmentLayout.from_lengths([(8, rng.integers(1, 60, 30).tolist(), 40), (3, [50, 9, 50], 5),
                                          (16, [], 20)])
@@ -437,10 +438,10 @@ def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
     assert (groups == groups_before).all()
     assert sorted(map(tuple, table.tolist())) == sorted(map(tuple, before.tolist()))
     cost = table[:, 7]
-    short = cost <= cost.max() // bsa_kernel.SHORT_SHARE
+    short = cost <= max(int(cost.max()), max_blocks) // bsa_kernel.SHORT_SHARE
     n_long = int((~short).sum())
     assert not short[:n_long].any() and 0 < n_long <= len(table) - 8  # the long ones first; several short ones
-    long_before = before[before[:, 7] > cost.max() // bsa_kernel.SHORT_SHARE]
+    long_before = before[before[:, 7] > max(int(cost.max()), max_blocks) // bsa_kernel.SHORT_SHARE]
     assert (table[:n_long] == long_before).all()  # in their old order: longest first, stable
     seg_of = layout.segment_ids()[table[n_long:, 0]]
     seen, prev = [], None

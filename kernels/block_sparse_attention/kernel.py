@@ -51,7 +51,7 @@ from ..layout import SegmentLayout
 
 LOG2E = 1.4426950408889634
 COLS = tl.constexpr(8)  # ints per launch row (schedule)
-SHORT_SHARE = 16  # schedule: programs of at most 1/16 of the longest one's key blocks run grouped by segment
+SHORT_SHARE = 16  # schedule: programs of at most 1/16 of the longest one (or max_blocks) run grouped by segment
 
 
 @triton.jit
@@ -413,11 +413,13 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
     other tiles of a segment run ``per_program`` at a time in one program (tiles of ``rows`` token rows).
 
     Order: programs run longest first. With ``segments`` (int [n_tiles], each tile's segment), programs short
-    enough that their order cannot unbalance the end of the launch (at most 1/SHORT_SHARE of the longest
-    program's key blocks) run after the others grouped by segment, longest first within one: the segments whose
-    longest such program is longest first, then in layout order. A document's tiles then run together and read
-    its keys and values from L2, where longest first across all documents runs its tiles in as many waves as
-    their lengths differ, each wave over every document's keys (bench/model_l2.py)."""
+    enough that their order cannot unbalance the end of the launch run after the others, grouped by segment and
+    longest first within one: the segments whose longest such program is longest first, then in layout order.
+    Short: at most 1/SHORT_SHARE of the longest program's key blocks, or of ``max_blocks`` where that is more
+    (the default split threshold is the average load of a program slot, which the launch takes in any case; the
+    query tiles of a batch of 2k-token prompts are shorter than it and unsplit). A document's tiles then run
+    together and read its keys and values from L2, where longest first across all documents runs its tiles in
+    as many waves as their lengths differ, each wave over every document's keys (bench/model_l2.py)."""
     table = launch_table(tiles, block_n)
     seg = np.zeros(len(table), dtype=np.int64) if segments is None else np.asarray(segments, dtype=np.int64)
     if seg.shape != (len(table),):
@@ -448,7 +450,7 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
     cost = table[:, 7].astype(np.int64)
     order = np.argsort(-cost, kind="stable")
     if segments is not None and len(table):
-        short = cost <= cost.max() // SHORT_SHARE
+        short = cost <= max(int(cost.max()), max_blocks) // SHORT_SHARE
         longest = np.zeros(int(seg.max()) + 1, dtype=np.int64)
         np.maximum.at(longest, seg[short], cost[short])
         # the long programs first, longest first; then the short ones by segment
