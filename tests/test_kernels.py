@@ -478,7 +478,7 @@ def test_launch_orders_give_the_same_results(one_loop):
         close(lse, ref_l, 2e-5, 1e-4, f"{order} lse")
         got[order] = out, lse
     assert all(torch.equal(a, b) for a, b in zip(got["segments"], got["longest"]))
-    tables = [v[0] for key, v in layout.__dict__["_memo"].items() if key[0] == "bsa"]
+    tables = [entry[0] for key, entry in layout.__dict__["_memo"].items() if key[0] == "bsa"]
     assert len(tables) == 2 and not torch.equal(tables[0], tables[1])  # the orders did differ
     with pytest.raises(ValueError, match="launch_order"):
         bsa_kernel.block_sparse_attention(q, k, v, layout, launch_order="shortest")
