@@ -421,7 +421,7 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
         assert sorted(table[table[:, 6] >= 0, 6].tolist()) == list(range(int(groups[:, 3].sum()) if len(groups) else 0))
 
 
-@pytest.mark.parametrize("max_blocks,per_program", [(0, 1), (48, 1), (32, 1), (0, 3), (48, 2), (200, 1)])
+@pytest.mark.parametrize("max_blocks,per_program", [(0, 1), (48, 1), (0, 3), (48, 2), (200, 1)])
 def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
     """With the tiles' segments, the same programs run: the long ones first, longest first in the order they had
     before; then the short ones (at most 1/SHORT_SHARE of the longest one's key blocks, or of max_blocks where
