@@ -415,11 +415,12 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
     Order: programs run longest first. With ``segments`` (int [n_tiles], each tile's segment), programs short
     enough that their order cannot unbalance the end of the launch run after the others, grouped by segment and
     longest first within one: the segments whose longest such program is longest first, then in layout order.
-    Short: at most 1/SHORT_SHARE of the longest program's key blocks, or of ``max_blocks`` where that is more
-    (the default split threshold is the average load of a program slot, which the launch takes in any case; the
-    query tiles of a batch of 2k-token prompts are shorter than it and unsplit). A document's tiles then run
-    together and read its keys and values from L2, where longest first across all documents runs its tiles in
-    as many waves as their lengths differ, each wave over every document's keys (bench/model_l2.py)."""
+    Short: at most 1/SHORT_SHARE of the longest program's key blocks, or of ``max_blocks`` where that is more (the
+    default split threshold is the average load of a program slot, which the launch takes in any case, or 64
+    blocks for small launches; the query tiles of a batch of 2k-token prompts are shorter than it and unsplit). A
+    document's tiles then run together and read its keys and values from L2, where longest first across all
+    documents runs its tiles in as many waves as their lengths differ, each wave over every document's keys
+    (bench/model_l2.py)."""
     table = launch_table(tiles, block_n)
     seg = np.zeros(len(table), dtype=np.int64) if segments is None else np.asarray(segments, dtype=np.int64)
     if seg.shape != (len(table),):
