@@ -112,7 +112,7 @@ def main() -> None:
         layout = SegmentLayout.from_lengths(prompts)
         tiles = layout.tiles(a.rows)
         max_blocks = split_threshold(total_key_blocks(tiles, a.block_n), hkv, a.sms, a.per_sm)
-        segments = layout.segment_ids()[tiles[:, 0]]
+        segments = layout.segment_ids()
         T = layout.total_tokens
         print(f"{name}: {T:,} tokens; unique bytes: query rows {T * hq * a.d * 2 / 1e6:,.0f} MB, keys and values "
               f"{T * hkv * a.d * 4 / 1e6:,.0f} MB; split at {max_blocks} key blocks")

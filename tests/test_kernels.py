@@ -423,7 +423,7 @@ def test_schedule_runs_longest_first_and_chunks_cover_each_tile_once():
 
 @pytest.mark.parametrize("max_blocks,per_program", [(0, 1), (48, 1), (0, 3), (48, 2), (200, 1)])
 def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
-    """With the tiles' segments, the same programs run: the long ones first, longest first in the order they had
+    """With the tokens' segments, the same programs run: the long ones first, longest first in the order they had
     before; then the short ones (at most 1/SHORT_SHARE of the longest one's key blocks, or of max_blocks where
     that is more: 200 leaves every tile whole here), each segment's together and longest first, the segments
     with the longest of them first (then in layout order)."""
@@ -432,7 +432,7 @@ def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
                                          (16, [], 20)])
     rows, block_n = 8, 16
     tiles = layout.tiles(rows)
-    segments = layout.segment_ids()[tiles[:, 0]]
+    segments = layout.segment_ids()
     before, groups_before = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program)
     table, groups = bsa_kernel.schedule(tiles, block_n, max_blocks, rows, per_program, segments)
     assert (groups == groups_before).all()

@@ -412,27 +412,26 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
     most that many blocks, each with its own partial slot. With ``per_program`` > 1 (the one-loop form only) the
     other tiles of a segment run ``per_program`` at a time in one program (tiles of ``rows`` token rows).
 
-    Order: programs run longest first. With ``segments`` (int [n_tiles], each tile's segment), programs short
-    enough that their order cannot unbalance the end of the launch run after the others, grouped by segment and
-    longest first within one: the segments whose longest such program is longest first, then in layout order.
-    Short: at most 1/SHORT_SHARE of the longest program's key blocks, or of ``max_blocks`` where that is more (the
-    default split threshold is the average load of a program slot, which the launch takes in any case, or 64
-    blocks for small launches; the query tiles of a batch of 2k-token prompts are shorter than it and unsplit). A
-    document's tiles then run together and read its keys and values from L2, where longest first across all
-    documents runs its tiles in as many waves as their lengths differ, each wave over every document's keys
-    (bench/model_l2.py)."""
+    Order: programs run longest first. With ``segments`` (int [T], each token's segment:
+    :meth:`SegmentLayout.segment_ids`; a program's segment is its first row's), programs short enough that their
+    order cannot unbalance the end of the launch run after the others, grouped by segment and longest first within
+    one: the segments whose longest such program is longest first, then in layout order. Short: at most
+    1/SHORT_SHARE of the longest program's key blocks, or of ``max_blocks`` where that is more (the default split
+    threshold is the average load of a program slot, which the launch takes in any case, or 64 blocks for small
+    launches; the query tiles of a batch of 2k-token prompts are shorter than it and unsplit). A document's tiles
+    then run together and read its keys and values from L2, where longest first across all documents runs its
+    tiles in as many waves as their lengths differ, each wave over every document's keys (bench/model_l2.py)."""
     table = launch_table(tiles, block_n)
-    seg = np.zeros(len(table), dtype=np.int64) if segments is None else np.asarray(segments, dtype=np.int64)
-    if seg.shape != (len(table),):
-        raise ValueError(f"segments must hold one segment per tile ({len(table)}), got shape {seg.shape}")
-    if len(seg) and seg.min() < 0:
-        raise ValueError("segments must be segment indices (>= 0)")
+    if segments is not None:
+        segments = np.asarray(segments, dtype=np.int64)
+        T = int(table[:, 1].max()) if len(table) else 0
+        if segments.ndim != 1 or len(segments) < T:
+            raise ValueError(f"segments must hold each token's segment (at least {T}), got shape {segments.shape}")
+        if len(segments) and segments.min() < 0:
+            raise ValueError("segments must be segment indices (>= 0)")
     cost = table[:, 7]
     split = np.flatnonzero(cost > max_blocks) if max_blocks > 0 else np.zeros(0, dtype=np.int64)
-    whole = np.setdiff1d(np.arange(len(table)), split)
-    joined = runs(table[whole], rows, per_program)
-    # a run's segment is its first tile's (a prompt without documents may join its instruction and query)
-    rows_out, seg_out, groups = [joined], [seg[whole][np.searchsorted(table[whole, 0], joined[:, 0])]], []
+    rows_out, groups = [runs(table[np.setdiff1d(np.arange(len(table)), split)], rows, per_program)], []
     slot = 0
     for i in split.tolist():
         r0, r1, p0, p1, c0 = table[i, :5].tolist()
@@ -444,13 +443,13 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
             a, b = max(first - n_pre, 0), max(last - n_pre, 0)
             rows_out.append(np.array([[r0, r1, *pre, min(c0 + a * block_n, r1), min(c0 + b * block_n, r1), slot,
                                        last - first]]))
-            seg_out.append(seg[i:i + 1])
             slot += 1
         groups.append((r0, r1, first_slot, slot - first_slot))
-    table, seg = np.concatenate(rows_out), np.concatenate(seg_out)
+    table = np.concatenate(rows_out)
     cost = table[:, 7].astype(np.int64)
     order = np.argsort(-cost, kind="stable")
     if segments is not None and len(table):
+        seg = segments[table[:, 0]]  # (a run may join a prompt's instruction and query: the instruction's)
         short = cost <= max(int(cost.max()), max_blocks) // SHORT_SHARE
         longest = np.zeros(int(seg.max()) + 1, dtype=np.int64)
         np.maximum.at(longest, seg[short], cost[short])
@@ -609,7 +608,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                      lambda: auto_max_blocks(tiles, block_n, Hkv, q.device, per_sm))
 
         def build():
-            segments = layout.segment_ids()[tiles[:, 0]] if launch_order == "segments" else None
+            segments = layout.segment_ids() if launch_order == "segments" else None
             table, groups = schedule(tiles, block_n, max_blocks, rows, tiles_per_program, segments)
             return (torch.as_tensor(table, device=q.device), torch.as_tensor(groups, device=q.device),
                     int(groups[:, 3].sum()) if len(groups) else 0)
