@@ -134,14 +134,31 @@ CONFIGS = [(90, "bf16", 128, False, True, 4, False), (90, "bf16", 128, False, Tr
 
 
 def compile_kernels(tmp_path, mode, configs):
+    """The records of SCRIPT for ``configs``, in their order. The configurations go in consecutive parts to up to
+    four compiler processes at once (one per CPU): ptxas and Triton's passes use one core each."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compiled here, never taken from an earlier cache
-    p = subprocess.run([sys.executable, "-c", SCRIPT, mode, json.dumps(configs)], capture_output=True, text=True,
-                       env=env, timeout=600)
-    if p.returncode == SKIP:
-        pytest.skip("this triton build has no NVIDIA backend or ptxas")
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    n = max(1, min(len(configs), os.cpu_count() or 1, 4))
+    bounds = [len(configs) * i // n for i in range(n + 1)]
+    procs = []
+    for i in range(n):
+        part = json.dumps(configs[bounds[i]:bounds[i + 1]])
+        cache = str(tmp_path / f"cache{i}")  # compiled here, never taken from an earlier cache
+        procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT, mode, part], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=dict(env, TRITON_CACHE_DIR=cache)))
+    done = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            if proc.returncode == SKIP:
+                pytest.skip("this triton build has no NVIDIA backend or ptxas")
+            assert proc.returncode == 0, err[-3000:]
+            done += json.loads(out.strip().splitlines()[-1])
+    finally:  # a failed or skipped part stops the others
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
 
 
 def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
