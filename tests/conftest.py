@@ -52,3 +52,12 @@ try:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # torch is only needed by the kernel and decoding tests, which skip without it
     pass
+
+
+# Files whose tests each take tens of seconds (compilers in subprocesses), run first: under pytest-xdist (the
+# README's test command) they then overlap the many short tests instead of ending the run on one worker.
+FIRST = ("tests/test_kernels_compile.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable: the order within each part is kept
