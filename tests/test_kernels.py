@@ -443,7 +443,7 @@ def test_schedule_groups_short_programs_by_segment(max_blocks, per_program):
     assert not short[:n_long].any() and 0 < n_long <= len(table) - 8  # the long ones first; several short ones
     long_before = before[before[:, 7] > max(int(cost.max()), max_blocks) // bsa_kernel.SHORT_SHARE]
     assert (table[:n_long] == long_before).all()  # in their old order: longest first, stable
-    seg_of = layout.segment_ids()[table[n_long:, 0]]
+    seg_of = segments[table[n_long:, 0]]
     seen, prev = [], None
     for s, c in zip(seg_of.tolist(), cost[n_long:].tolist()):
         if s != (prev[0] if prev else None):

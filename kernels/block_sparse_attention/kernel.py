@@ -447,8 +447,9 @@ def schedule(tiles: np.ndarray, block_n: int, max_blocks: int, rows: int = 1, pe
         groups.append((r0, r1, first_slot, slot - first_slot))
     table = np.concatenate(rows_out)
     cost = table[:, 7].astype(np.int64)
-    order = np.argsort(-cost, kind="stable")
-    if segments is not None and len(table):
+    if segments is None or not len(table):
+        order = np.argsort(-cost, kind="stable")
+    else:
         seg = segments[table[:, 0]]  # (a run may join a prompt's instruction and query: the instruction's)
         short = cost <= max(int(cost.max()), max_blocks) // SHORT_SHARE
         longest = np.zeros(int(seg.max()) + 1, dtype=np.int64)
