@@ -15,8 +15,9 @@ not the compute. The time is the list-scheduling model's (bench/model_split.py) 
 Why: longest first runs the tiles of equal cost together. A 160-token document's ten 16-token tiles visit 3-7
 key blocks of 32 (two of the instruction, then their causal range), so longest first runs them in five waves,
 and each wave reads every document's keys up to its tiles' end: 13-66 MB per wave at 16k (all heads), more
-than the cache keeps between waves once the query and output rows stream through it. Grouped by segment, a document's tiles run together and its keys
-come from the cache after the first. The query segment's long chunks go first in either order.
+than the cache keeps between waves once the query and output rows stream through it. Grouped by segment, a
+document's tiles run together and its keys come from the cache after the first. The query segment's long chunks
+go first in either order.
 
 At the bench's shapes (Mistral-7B's 32/8 heads, D 128, bf16; an H100's 132 SMs x 3 programs, 50 MB of L2) it
 gives DRAM reads of 351 MB (longest first) against 247 MB (segments) at 16k tokens, and 3.00 against 1.65 GB at
