@@ -12,6 +12,11 @@ from .layout import SegmentLayout
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "triton", "torch", "naive")
+# Triton compile options of every kernel launch (and of irforge.kernels._compile): multiply-adds contracted into
+# FMAs (LLVM's fp-contract, ptxas's --fmad), as in every GPU timing of bench/RESULTS.md. Left to its default,
+# triton 3.9 warns once per process that the default turns it off in 3.10. Without it each kernel's SASS has
+# 0.3-7.5% more instructions (sm_80 and sm_90, triton 3.9; the block-sparse key loop on sm_90: 325 against 323).
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout) -> None:

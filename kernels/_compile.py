@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 import triton
 
-from ._checks import padded_d
+from ._checks import COMPILE_OPTIONS, padded_d
 from .block_sparse_attention.kernel import default_lazy_rescale, dot_precision, launch_config
 
 DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -25,7 +25,8 @@ def compile_for(fn: Any, cc: int, pointers: dict, constexprs: dict, options: dic
     """``fn`` compiled for sm_``cc`` as a launch specialises it: the arguments in ``pointers`` typed as given
     (e.g. ``{"Q": "*bf16"}``, or a tensor descriptor's ``"tensordesc<bf16[32, 128]>"``), ``qk_scale`` float32,
     the other run-time arguments int32, and pointers and strides divisible by 16 (as torch's are).
-    ``options``: Triton's launch options (num_warps, num_stages, maxnreg)."""
+    ``options``: Triton's launch options (num_warps, num_stages, maxnreg), with the wrappers' COMPILE_OPTIONS
+    unless given."""
     from triton.backends.compiler import GPUTarget
 
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "fp32" if n == "qk_scale" else "i32")
@@ -33,7 +34,7 @@ def compile_for(fn: Any, cc: int, pointers: dict, constexprs: dict, options: dic
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
              if (n in pointers and pointers[n].startswith("*")) or n.startswith("stride")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
+    return triton.compile(source, target=GPUTarget("cuda", cc, 32), options={**COMPILE_OPTIONS, **options})
 
 
 def tool(cc: int, name: str = "ptxas") -> Path:
@@ -53,7 +54,7 @@ def ptxas_usage(kernel: Any, cc: int) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "kernel.ptx"
         ptx.write_text(kernel.asm["ptx"])
-        arch = "sm_90a" if cc == 90 else f"sm_{cc}"
+        arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"  # as Triton names its targets
         report = subprocess.run([str(tool(cc)), "-v", f"--gpu-name={arch}", str(ptx), "-o", os.devnull],
                                 capture_output=True, text=True).stderr
     return (int(re.search(r"Used (\d+) registers", report).group(1)),

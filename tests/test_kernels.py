@@ -802,6 +802,31 @@ def test_attention_mass_with_forward_lse_and_reductions():
     torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
 
 
+def test_every_launch_pins_the_compile_options(monkeypatch):
+    """Each Triton launch of the wrappers (the block-sparse kernel and its merge, the attention-mass kernel, the
+    normaliser and its merge) passes COMPILE_OPTIONS: multiply-adds contracted into FMAs whatever the Triton
+    release's default (3.10 turns it off), as in every GPU timing."""
+    from irforge.kernels._checks import COMPILE_OPTIONS
+
+    assert COMPILE_OPTIONS == {"enable_fp_fusion": True}
+    launches = []
+    jit = type(bsa_kernel._bsa_fwd)  # triton's JITFunction, or its InterpretedFunction in the interpreter
+    run = jit.run
+
+    def recording_run(self, *args, **kwargs):
+        launches.append((self.fn.__name__, {k: kwargs.get(k) for k in COMPILE_OPTIONS}))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(jit, "run", recording_run)
+    layout, q, k, v = make("long_doc", 32, 6, 2, torch.float32, seed=10)
+    T = layout.total_tokens
+    bsa_kernel.block_sparse_attention(q, k, v, layout, block_m=32, block_n=16, max_blocks=1)  # split tiles
+    rows = torch.tensor([3, 10, 100, 200, 250, T - 3, T - 1, 150, 40])
+    mass_kernel.attention_mass(q[rows.to(DEVICE)], rows, k, layout, block_n=16)  # lse computed over 2 splits
+    assert {name for name, _ in launches} == {"_bsa_fwd", "_merge", "_mass_kernel", "_lse_kernel", "_lse_merge"}
+    assert all(opts == COMPILE_OPTIONS for _, opts in launches), launches
+
+
 def test_bfloat16_on_gpus_without_it_names_float16(monkeypatch):
     """Triton's bfloat16 products need compute capability 8.0: on an older GPU (T4: 7.5) the dispatch says so and
     names float16, and the CLI's --dtype auto picks float16 there (a fake capability: no GPU here)."""

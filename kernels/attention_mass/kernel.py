@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import cdiv, check_launch, next_pow2, padded_d, product_rows
+from .._checks import COMPILE_OPTIONS, cdiv, check_launch, next_pow2, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..block_sparse_attention.kernel import _last_arrival, dot_precision, needs_wide
@@ -342,10 +342,10 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
                                          DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=padded_d(D), BLOCK_M=bm,
                                          BLOCK_N=block_n, WIDE=wide, PREC=prec, FINAL=final, FUSED=fused,
                                          num_warps=num_warps, **({} if num_stages is None else
-                                                                 {"num_stages": num_stages}))
+                                                                 {"num_stages": num_stages}), **COMPILE_OPTIONS)
     if not final and not fused:
         _lse_merge[(n_rb * Hkv,)](pm, pl, lse, R, Hkv, splits, lse.stride(0), lse.stride(1), GROUP=group,
-                                  ROWS=rows_per, BLOCK_M=bm, WIDE=wide, num_warps=1)
+                                  ROWS=rows_per, BLOCK_M=bm, WIDE=wide, num_warps=1, **COMPILE_OPTIONS)
     return lse
 
 
@@ -469,7 +469,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
             scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, next_pow2(group)), ROWS=rows_per,
             DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
             BLOCK_M=product_m, BLOCK_N=block_n, PREC=prec, WIDE=wide,
-            HEAD_DOT=head_dot, WHOLE=bool(whole_blocks), **opts)
+            HEAD_DOT=head_dot, WHOLE=bool(whole_blocks), **opts, **COMPILE_OPTIONS)
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_launch, check_scale, padded_d, product_rows
+from .._checks import COMPILE_OPTIONS, check_launch, check_scale, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..layout import SegmentLayout
@@ -636,11 +636,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                                       GROUP=group, ROWS=rows, D=D, BLOCK_D=block_d, BLOCK_M=block_m,
                                       BLOCK_N=block_n, WIDE=wide, PREC=dot_precision(q.dtype), ONE_LOOP=one_loop,
                                       RUNS=tiles_per_program > 1, Q_AT_SWITCH=query_load == "tile", LAZY=lazy,
-                                      TMA=tma, FUSED=fused, **cfg)
+                                      TMA=tma, FUSED=fused, **cfg, **COMPILE_OPTIONS)
         if len(groups) and not fused:
             _merge[(len(groups) * Hkv,)](part_o, part_l, out, lse, groups, Hkv, out.stride(0), out.stride(1),
                                          lse.stride(0), lse.stride(1), GROUP=group, ROWS=rows, D=D,
-                                         BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide, num_warps=8)
+                                         BLOCK_D=block_d, BLOCK_M=block_m, WIDE=wide, num_warps=8,
+                                         **COMPILE_OPTIONS)
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)
