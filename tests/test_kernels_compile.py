@@ -1,5 +1,5 @@
-"""The Triton kernels compiled for NVIDIA GPUs (sm_80 and sm_90, down to a cubin with the ptxas that the triton
-wheel ships) on a machine without one. The interpreter that runs the kernel tests on the CPU executes the kernels
+"""The Triton kernels compiled for NVIDIA GPUs (Ampere's sm_80 and sm_86/89, Hopper's sm_90, Blackwell's sm_100 and
+sm_120, down to a cubin with the ptxas that the triton wheel ships) on a machine without one. The interpreter that runs the kernel tests on the CPU executes the kernels
 with NumPy, so the GPU compiler's passes (lowering to TTGIR, LLVM and PTX, then ptxas) never run there; this
 runs them for the block-sparse attention and attention-mass kernels in the configurations users launch. The
 compiler runs in a subprocess without TRITON_INTERPRET, which would otherwise turn the kernels into interpreted
@@ -76,7 +76,8 @@ SCRIPT = textwrap.dedent(r"""
             sys.exit(77)
         regs, spills = ptxas_usage(k, cc)
         ptx = k.asm["ptx"]
-        return dict(cp_async="cp.async" in ptx, mma=("wgmma" if cc >= 90 else "mma.sync") in ptx,
+        tensor_cores = "tcgen05.mma" if 100 <= cc < 120 else "wgmma" if cc == 90 else "mma.sync"
+        return dict(cp_async="cp.async" in ptx, mma=tensor_cores in ptx,
                     copies=k.asm["ttgir"].count("async_copy_global_to_local"),
                     tma_copies=k.asm["ttgir"].count("async_tma_copy_global_to_local"),
                     size=len(k.asm["cubin"]), shared=k.metadata.shared, regs=regs, spills=spills,
@@ -124,13 +125,15 @@ SCRIPT = textwrap.dedent(r"""
 # default, compile in test_tensor_memory_loads_compile_to_pipelined_bulk_copies), the second the same with runs of
 # tiles, the third the same
 # default at D 256 (Gemma's heads: 243 registers, 128 KB; the four-loop form spills 40 bytes there); sm_90 fp16
-# D 80 is the Hopper four-loop form (64-key blocks, 2 stages).
+# D 80 is the Hopper four-loop form (64-key blocks, 2 stages). The last two: a B200 (sm_100) and an RTX 50x0
+# (sm_120), which take the defaults of every GPU but Hopper (the four-loop form, pointer loads); compiled, not timed.
 CONFIGS = [(90, "bf16", 128, False, True, 4, False), (90, "bf16", 128, False, True, 4, True),
            (90, "bf16", 256, False, True, 2, False),
            (90, "fp16", 80, True, False, 4, False), (90, "fp32", 64, False, False, 4, False),
            (80, "bf16", 128, False, False, 4, False), (90, "bf16", 64, False, False, 3, False),
            (90, "fp32", 128, False, True, 4, False), (80, "fp32", 128, False, False, 2, False),
-           (80, "bf16", 128, False, True, 4, True)]
+           (80, "bf16", 128, False, True, 4, True), (100, "bf16", 128, False, False, 4, False),
+           (120, "bf16", 128, False, True, 4, False)]
 
 
 def compile_kernels(tmp_path, mode, configs):
@@ -171,7 +174,7 @@ def test_triton_kernels_compile_for_nvidia_gpus(tmp_path):
     assert all(d["spills"] == 0 for d in done if not d["whole"]), [d for d in done if d["spills"]]
     assert all(d["spills"] == 0 for d in done if d["whole"] and d["cc"] == 90 and d["D"] <= 128), done
     # the block-sparse key loop is software-pipelined (asynchronous copies of the next key/value blocks), and
-    # 16-bit products run on tensor cores (wgmma on sm_90, mma.sync on sm_80)
+    # 16-bit products run on tensor cores (tcgen05 on sm_100, wgmma on sm_90, mma.sync on sm_80 and sm_120)
     bsa = [d for d in done if d["kernel"] == "_bsa_fwd"]
     assert all(d["cp_async"] for d in bsa), bsa
     # a pipelined loop copies its key and value blocks both ahead of the loop and in it (4 copies at least; a
@@ -229,16 +232,18 @@ def test_merge_in_the_kernel_compiles_to_an_acquire_release_ticket(tmp_path):
     assert done[0]["maxnreg"] == 168 and done[0]["regs"] <= 168 and fits_h100_sm(done[0], 3), done[0]
 
 
-# shared memory per block that a kernel may use: A100 (sm_80), RTX 30x0 / A10 / L4 / RTX 40x0 (sm_86, sm_89)
-SHARED_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376}
+# shared memory per block that a kernel may use: A100 (sm_80), RTX 30x0 / A10 / L4 / RTX 40x0 (sm_86, sm_89),
+# RTX 50x0 (sm_120)
+SHARED_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376, 120: 101_376}
 
 
 def test_shared_memory_ladder_reaches_a_launchable_configuration(tmp_path):
     """D 256 (Gemma's heads) in 16 bits needs more shared memory by default than an A100 (block-sparse kernel)
-    or an sm_86/89 card (all three kernels) gives; the wrappers' ladder of smaller configurations must reach one
-    that fits, without register spills. D 128 fits those cards as it is."""
+    or an sm_86/89/120 card (all three kernels) gives; the wrappers' ladder of smaller configurations must reach
+    one that fits, without register spills. D 128 fits those cards as it is."""
     cases = [(80, "bf16", 256, False, False, 4, False), (86, "bf16", 256, False, True, 4, True),
-             (89, "fp16", 256, False, False, 2, False), (86, "bf16", 128, False, False, 4, False)]
+             (89, "fp16", 256, False, False, 2, False), (86, "bf16", 128, False, False, 4, False),
+             (120, "bf16", 256, False, False, 4, False)]
     done = compile_kernels(tmp_path, "fit", [c + (SHARED_LIMIT[c[0]],) for c in cases])
     assert len(done) == 3 * len(cases)
     fits = [d for d in done if d["shared"] <= d["limit"]]

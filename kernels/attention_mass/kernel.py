@@ -18,7 +18,9 @@ Shapes: q_rows [R, Hq, D], k [T, Hkv, D], lse [R, Hq] (natural log), weights [R]
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``).
 Timed on: an NVIDIA H200 and an H100 (bench/RESULTS.md, "Kernels on the GPU" and the notes after it); tested
 in the Triton interpreter on the CPU and on both GPUs (_lse_kernel and sliding windows on the H100 only);
-compiled for sm_80 and sm_90 in the tests.
+compiled for sm_80, sm_86/89, sm_90, sm_100 and sm_120 in the tests. Outside the shapes they compile, ptxas (triton
+3.9) spills a few bytes in some of BlockRank's documents mode at fp16: 4-8 bytes in the normaliser's wider tiles
+on sm_120 (D 80 and 128, groups of 3 and 4), 4 bytes in the mass kernel on sm_89 (D 80, groups of 3). Untimed.
 """
 from __future__ import annotations
 

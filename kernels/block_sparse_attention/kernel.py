@@ -32,7 +32,8 @@ two in registers). fp16/bf16/fp32. Returns out [T, Hq, D] (q's dtype) and lse [T
 Offsets are 32-bit unless a tensor holds 2^31 elements or more (then 64-bit: ``WIDE``), so that long packed
 prompts at large shapes (e.g. 524k tokens x 32 heads x 128) address correctly.
 Timed on: an NVIDIA H200 and an H100 (bench/RESULTS.md, "Kernels on the GPU" and the notes after it); tested in
-the Triton interpreter on the CPU and on both GPUs; compiled for sm_80 and sm_90 in the tests.
+the Triton interpreter on the CPU and on both GPUs; compiled for sm_80, sm_86/89, sm_90, sm_100 and sm_120 in the
+tests.
 """
 from __future__ import annotations
 
@@ -710,7 +711,7 @@ def launch_config(dtype: torch.dtype, block_d: int, block_m: Optional[int] = Non
     """Tile sizes and Triton launch options, each taken from the caller when given; ``capability``: the GPU's
     compute capability (None: not known); ``one_loop``: the kernel's form; ``max_registers``: ptxas's limit per
     thread (``maxnreg``). Chosen so that ptxas spills no registers in the shipped configurations
-    (tests/test_kernels_compile.py reads its counts for sm_80 and sm_90):
+    (tests/test_kernels_compile.py reads its counts for sm_80 to sm_120):
     - Products of 64 rows (token rows x the query-head group, padded to a power of two) by 64 keys.
     - Rows of 256 bytes or more (D 128 in 16 bits): on Hopper (sm_90) one warpgroup, 4 warps. In the one-loop
       form 32 keys per block and 3 stages: on an H100, 0.242 ms at 16k tokens against 0.277 at 64 keys and 3
