@@ -802,6 +802,34 @@ def test_attention_mass_with_forward_lse_and_reductions():
     torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
 
 
+def test_kernels_called_under_torch_compile_run_as_eagerly():
+    """Called from code under torch.compile (a model compiled whole), both kernels give their eager results, with
+    gradients where wanted, and TorchDynamo traces none of their operations: it did, and turned the layout's
+    NumPy cumsum of booleans into a torch op that has no CPU kernel for them (NotImplementedError)."""
+    from torch._dynamo.testing import CompileCounter
+
+    layout, q, k, v = make("three_prompts", 32, 4, 2, torch.float32, seed=3)
+    T = layout.total_tokens
+    rows = torch.tensor([T - 6, T - 2, 12, 40])
+    want_o, want_l = block_sparse_attention(q, k, v, layout)
+    want_m = attention_mass(q[rows.to(DEVICE)], rows, k, layout, mode="documents", sum_heads=True)
+    torch._dynamo.reset()
+    traced = CompileCounter()  # a backend that counts the operations of the graphs it is given, then runs them
+    bsa = torch.compile(lambda q, k, v: block_sparse_attention(q, k, v, layout), backend=traced)
+    mass = torch.compile(lambda q_rows, k: attention_mass(q_rows, rows, k, layout, mode="documents", sum_heads=True)
+                         * 2, backend=traced)
+    o, lse = bsa(q, k, v)
+    assert torch.equal(o, want_o) and torch.equal(lse, want_l)
+    assert torch.equal(mass(q[rows.to(DEVICE)], k), 2 * want_m)
+    assert traced.op_count == 1, traced.op_count  # the "* 2" (121 operations where the mass call was traced)
+    qg = q.clone().requires_grad_()  # the PyTorch path, as eagerly
+    bsa(qg, k, v)[0].sum().backward()
+    qe = q.clone().requires_grad_()
+    block_sparse_attention(qe, k, v, layout)[0].sum().backward()
+    assert torch.equal(qg.grad, qe.grad)
+    torch._dynamo.reset()
+
+
 def test_every_launch_pins_the_compile_options(monkeypatch):
     """Each Triton launch of the wrappers (the block-sparse kernel and its merge, the attention-mass kernel, the
     normaliser and its merge) passes COMPILE_OPTIONS: multiply-adds contracted into FMAs whatever the Triton

@@ -18,6 +18,7 @@ __all__ = ["attention_mass"]
 MODES = ("causal", "documents")
 
 
+@torch.compiler.disable
 def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, layout: SegmentLayout,
                    lse: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None, mode: str = "causal",
                    scale: Optional[float] = None, reduce: str = "key", sum_heads: bool = False,
@@ -43,6 +44,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     window : a sliding window, as in Mistral's, Qwen2's or Gemma's windowed layers: a row at position p covers
         only keys j with p - j < window (transformers' sliding-window masks); None: no window. ``lse``, when
         given, must cover the same keys.
+
+    Called from code under torch.compile, it runs as it does eagerly (a graph break): TorchDynamo does not trace
+    its host-side tables (NumPy) and Triton launches.
     """
     for name, x in (("q_rows", q_rows), ("k", k)):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:

@@ -14,6 +14,7 @@ from ..layout import SegmentLayout
 __all__ = ["block_sparse_attention"]
 
 
+@torch.compiler.disable
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
                            scale: Optional[float] = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over packed prompts with the instruction / documents / query rules of :class:`SegmentLayout`.
@@ -30,6 +31,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     Returns
     -------
     out : [T, Hq, D] in q's dtype; lse : [T, Hq] float32, each row's log-sum-exp (natural log) of its scaled scores.
+
+    Called from code under torch.compile, it runs as it does eagerly (a graph break): TorchDynamo does not trace
+    its host-side tables (NumPy) and Triton launches.
     """
     check_qkv(q, k, v, layout)
     check_scale(scale)
