@@ -802,6 +802,29 @@ def test_attention_mass_with_forward_lse_and_reductions():
     torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton", "naive"])
+@pytest.mark.parametrize("view", ["transposed", "every other token"])
+def test_inputs_of_any_strides_give_the_results_of_contiguous_copies(view, backend):
+    """q, k and v as views whose rows of D values are not contiguous (a transpose, as from a [T, D, heads]
+    tensor) or whose tokens are strided: each backend gives the results of contiguous copies. (The PyTorch path
+    passed the transposed views to PyTorch's CPU flash op, which read them as contiguous: wrong outputs, with
+    no error.)"""
+    layout = SegmentLayout.from_lengths(LAYOUTS["three_prompts"])
+    T, D = layout.total_tokens, 64
+    g = torch.Generator().manual_seed(4)
+    make_view = {"transposed": lambda h: torch.randn(T, D, h, generator=g).transpose(1, 2),
+                 "every other token": lambda h: torch.randn(2 * T, h, D, generator=g)[::2]}[view]
+    q, k, v = (make_view(h).to(DEVICE) for h in (4, 2, 2))
+    assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
+    want_o, want_l = block_sparse_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout, backend=backend)
+    got_o, got_l = block_sparse_attention(q, k, v, layout, backend=backend)
+    close(got_o, want_o, 1e-6, 1e-6, f"{view} out")
+    close(got_l, want_l, 1e-6, 1e-6, f"{view} lse")
+    rows = torch.tensor([T - 1, T - 4, 3, 50])
+    want_m = attention_mass(q.contiguous()[rows.to(DEVICE)], rows, k.contiguous(), layout, backend=backend)
+    close(attention_mass(q[rows.to(DEVICE)], rows, k, layout, backend=backend), want_m, 1e-7, 1e-6, f"{view} mass")
+
+
 def test_kernels_called_under_torch_compile_run_as_eagerly():
     """Called from code under torch.compile (a model compiled whole), both kernels give their eager results, with
     gradients where wanted, and TorchDynamo traces none of their operations: it did, and turned the layout's

@@ -165,6 +165,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     T, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    # PyTorch's CPU flash op, called directly, reads each row of D values as contiguous: SDPA's own checks, which
+    # copy other strides, are bypassed. (A view with another stride there, such as a transpose, gave garbage.)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out = torch.empty(T + 1, Hq, D, dtype=q.dtype, device=q.device)  # row T: padding rows' scratch
     lse = torch.empty(T + 1, Hq, dtype=torch.float32, device=q.device)
     chunked: dict[tuple, list] = {}  # (prefix start, prefix end) -> [(segment start, length)]
