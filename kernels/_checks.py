@@ -47,6 +47,21 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Segment
         raise ValueError(f"head dimension {q.shape[2]} is above the supported 256")
 
 
+def check_output(name: str, x: Any, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
+    """A tensor given to be written in place (``out``, ``lse``): ``shape``, ``dtype``, on ``device``, contiguous.
+    The kernels write it by its row strides, unchecked: a smaller one would be written past its end."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(x.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on {device}, got {x.device}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
 def check_scale(scale) -> None:
     """A softmax scale: None (the default, 1/sqrt(D)) or a finite positive number."""
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)

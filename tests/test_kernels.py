@@ -1016,6 +1016,31 @@ def test_bad_inputs(monkeypatch):
     for bad in (dict(block_n=100), dict(block_m=0), dict(num_warps=6), dict(num_stages=1.5), dict(head_sum="sum")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             mass_kernel.attention_mass(q[:2], torch.tensor([0, 1]), k, layout, **bad)
+    # The kernels' own entries (with their launch options) check what the public functions check, and the
+    # tensors given to be written in place: unchecked, a short q or a small out or lse was read or written past
+    # its end (in the interpreter: "free(): invalid size", the process killed).
+    T = layout.total_tokens
+    with pytest.raises(ValueError, match="must share T"):
+        bsa_kernel.block_sparse_attention(q[:-10], k, v, layout)
+    with pytest.raises(ValueError, match="multiple"):
+        bsa_kernel.block_sparse_attention(q[:, :3], k, v, layout)
+    with pytest.raises(ValueError, match="k has 163 tokens"):
+        mass_kernel.attention_mass(q[:2], torch.tensor([0, 1]), k[:-10], layout)
+    for kw, err, match in ((dict(out=torch.empty(T - 10, 4, 64)), ValueError, r"out must have shape \[173, 4, 64\]"),
+                           (dict(out=torch.empty(T, 4, 64, dtype=torch.float16)), TypeError, "out must have dtype"),
+                           (dict(out=torch.empty(T, 64, 4).transpose(1, 2)), ValueError, "out must be contiguous"),
+                           (dict(lse=torch.empty(T, 2)), ValueError, r"lse must have shape \[173, 4\]"),
+                           (dict(lse=torch.empty(T, 4, dtype=torch.float64)), TypeError, "lse must have dtype"),
+                           (dict(lse=torch.empty(T, 4, device="meta")), ValueError, "lse must be on")):
+        kw = {name: x if x.is_meta else x.to(DEVICE) for name, x in kw.items()}
+        with pytest.raises(err, match=match):
+            bsa_kernel.block_sparse_attention(q, k, v, layout, **kw)
+    for out, err, match in ((torch.empty(T - 10, 4), ValueError, r"out must have shape \[173, 4\]"),
+                            (torch.empty(T, 4, dtype=torch.float16), TypeError, "out must have dtype"),
+                            ([0.0] * (4 * T), TypeError, "out must be a torch.Tensor")):
+        with pytest.raises(err, match=match):
+            mass_kernel.attention_mass(q[:2], torch.tensor([0, 1]), k, layout,
+                                       out=out.to(DEVICE) if isinstance(out, torch.Tensor) else out)
     rows = torch.tensor([0, 3])
     with pytest.raises(IndexError):
         attention_mass(q[rows], torch.tensor([0, 10_000]), k, layout)

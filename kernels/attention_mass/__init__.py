@@ -5,17 +5,15 @@
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 
-from .._checks import DTYPES, check_scale, pick_backend, wants_grad
+from .._checks import pick_backend, wants_grad
 from ..layout import SegmentLayout
-from .common import to_device
+from .common import check_mass_args, to_device
 
 __all__ = ["attention_mass"]
-MODES = ("causal", "documents")
 
 
 @torch.compiler.disable
@@ -48,62 +46,23 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     Called from code under torch.compile, it runs as it does eagerly (a graph break): TorchDynamo does not trace
     its host-side tables (NumPy) and Triton launches.
     """
-    for name, x in (("q_rows", q_rows), ("k", k)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            raise ValueError(f"{name} must be a 3-D tensor [n, heads, D]")
-        if x.dtype not in DTYPES:
-            raise TypeError(f"{name} has dtype {x.dtype}; use float16, bfloat16 or float32")
-    if not isinstance(layout, SegmentLayout):
-        raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
-    R, Hq, D = q_rows.shape
-    if min(Hq, k.shape[1], D) == 0:
-        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)} need at least one head and D of at "
-                         "least 1")
-    if k.shape[2] != D or Hq % k.shape[1] != 0:
-        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple of Hkv")
-    if q_rows.dtype != k.dtype:
-        raise TypeError(f"q_rows and k dtypes differ: {q_rows.dtype}, {k.dtype}")
-    if q_rows.device != k.device:
-        raise ValueError(f"q_rows and k must be on one device, got {q_rows.device} and {k.device}")
-    if D > 256:
-        raise ValueError(f"head dimension {D} is above the supported 256")
-    check_scale(scale)
-    if k.shape[0] != layout.total_tokens:
-        raise ValueError(f"k has {k.shape[0]} tokens but the layout covers {layout.total_tokens}")
-    if (not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.shape[0] != R or rows.dtype.is_floating_point
-            or rows.dtype.is_complex or rows.dtype == torch.bool):
-        raise ValueError(f"rows must be an integer tensor of shape [{R}]")
-    if lse is not None:
-        if not isinstance(lse, torch.Tensor) or not lse.dtype.is_floating_point:
-            raise TypeError(f"lse must be a floating-point tensor, got {getattr(lse, 'dtype', type(lse).__name__)}")
-        if lse.shape != (R, Hq):
-            raise ValueError(f"lse must have shape [{R}, {Hq}], got {tuple(lse.shape)}")
-        if lse.device != q_rows.device:
-            raise ValueError(f"lse must be on q_rows' device ({q_rows.device}), got {lse.device}")
-    if weights is not None and not isinstance(weights, torch.Tensor):
-        raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
-    if weights is not None and (weights.shape != (R,)):
-        raise ValueError(f"weights must have shape [{R}], got {tuple(weights.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
-    if window is not None:
-        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window <= 0:
-            raise ValueError(f"window must be a positive int or None, got {window!r}")
-        window = min(int(window), layout.total_tokens + 1)  # a window past the prompt is no window (and fits int64)
+    window = check_mass_args(q_rows, rows, k, layout, lse, weights, mode, scale, window)
     if reduce not in ("key", "segment"):
         raise ValueError(f"unknown reduce {reduce!r}; choose 'key' or 'segment'")
     which = pick_backend(backend, q_rows.device, q_rows.dtype, grad=wants_grad(q_rows, k, lse, weights))
     if weights is not None and which != "triton":  # the Triton path keeps host weights with its row tables
         weights = to_device(weights.float(), q_rows.device)
+    checked = {}
     if which == "naive":
         from .naive import attention_mass as impl
     elif which == "torch":
         from .cpu import attention_mass as impl
     else:
         from .kernel import attention_mass as impl
-    mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale, window=window)
+        checked = {"_checked": True}  # (its own checks are the ones above)
+    mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale, window=window, **checked)
     if reduce == "segment":
         seg = layout.memo(("segment_ids", str(mass.device)), lambda: to_device(layout.segment_ids(), mass.device))
-        out = torch.zeros(len(layout.kinds), Hq, dtype=mass.dtype, device=mass.device)
+        out = torch.zeros(len(layout.kinds), mass.shape[1], dtype=mass.dtype, device=mass.device)
         mass = out.index_add_(0, seg, mass)
     return mass.sum(-1) if sum_heads else mass

@@ -1,12 +1,65 @@
 """Row metadata and host-to-device copies shared by the attention-mass implementations."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .._checks import DTYPES, check_scale
 from ..layout import DOCUMENT, SegmentLayout
+
+MODES = ("causal", "documents")
+
+
+def check_mass_args(q_rows, rows, k, layout, lse, weights, mode, scale, window) -> Optional[int]:
+    """The attention mass's arguments, as :func:`irforge.kernels.attention_mass` documents them: TypeError or
+    ValueError naming the first one that is wrong (row positions out of range: IndexError, where they are read).
+    Returns ``window`` as an int no longer than the prompt (a window past the prompt is no window), or None."""
+    for name, x in (("q_rows", q_rows), ("k", k)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"{name} must be a 3-D tensor [n, heads, D]")
+        if x.dtype not in DTYPES:
+            raise TypeError(f"{name} has dtype {x.dtype}; use float16, bfloat16 or float32")
+    if not isinstance(layout, SegmentLayout):
+        raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
+    R, Hq, D = q_rows.shape
+    if min(Hq, k.shape[1], D) == 0:
+        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)} need at least one head and D of at "
+                         "least 1")
+    if k.shape[2] != D or Hq % k.shape[1] != 0:
+        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple of Hkv")
+    if q_rows.dtype != k.dtype:
+        raise TypeError(f"q_rows and k dtypes differ: {q_rows.dtype}, {k.dtype}")
+    if q_rows.device != k.device:
+        raise ValueError(f"q_rows and k must be on one device, got {q_rows.device} and {k.device}")
+    if D > 256:
+        raise ValueError(f"head dimension {D} is above the supported 256")
+    check_scale(scale)
+    if k.shape[0] != layout.total_tokens:
+        raise ValueError(f"k has {k.shape[0]} tokens but the layout covers {layout.total_tokens}")
+    if (not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.shape[0] != R or rows.dtype.is_floating_point
+            or rows.dtype.is_complex or rows.dtype == torch.bool):
+        raise ValueError(f"rows must be an integer tensor of shape [{R}]")
+    if lse is not None:
+        if not isinstance(lse, torch.Tensor) or not lse.dtype.is_floating_point:
+            raise TypeError(f"lse must be a floating-point tensor, got {getattr(lse, 'dtype', type(lse).__name__)}")
+        if lse.shape != (R, Hq):
+            raise ValueError(f"lse must have shape [{R}, {Hq}], got {tuple(lse.shape)}")
+        if lse.device != q_rows.device:
+            raise ValueError(f"lse must be on q_rows' device ({q_rows.device}), got {lse.device}")
+    if weights is not None and not isinstance(weights, torch.Tensor):
+        raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
+    if weights is not None and (weights.shape != (R,)):
+        raise ValueError(f"weights must have shape [{R}], got {tuple(weights.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window <= 0:
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        window = min(int(window), layout.total_tokens + 1)  # (and fits int64)
+    return window
 
 
 def to_device(x, device: torch.device) -> torch.Tensor:

@@ -32,12 +32,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import COMPILE_OPTIONS, cdiv, check_launch, next_pow2, padded_d, product_rows
+from .._checks import COMPILE_OPTIONS, cdiv, check_launch, check_output, next_pow2, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..block_sparse_attention.kernel import _last_arrival, dot_precision, needs_wide
 from ..layout import SegmentLayout
-from .common import document_keys, first_keys, row_meta, to_device
+from .common import check_mass_args, document_keys, first_keys, row_meta, to_device
 
 LOG2E = 1.4426950408889634
 
@@ -399,12 +399,15 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
                    block_n: Optional[int] = None, out: Optional[torch.Tensor] = None, wide: Optional[bool] = None,
                    num_warps: Optional[int] = None, num_stages: Optional[int] = None,
                    head_sum: Optional[str] = None, whole_blocks: bool = False,
-                   fused_merge: bool = False) -> torch.Tensor:
-    """``out`` [T, Hq] float32 may be given (contiguous) to be written in place. ``wide``: 64-bit element
-    offsets (default: when a tensor holds 2^31 elements or more). ``block_m``: rows of each product
-    (block_m // group selected rows x the group of query heads per key/value head); ``block_n``: keys per
-    program. Defaults 64 x 64; for full-precision float32, whose FMA products need more registers, 16 x 64
-    (16 x 16 from a padded D of 128): ptxas spills above that (checked by tests/test_kernels_compile.py).
+                   fused_merge: bool = False, *, _checked: bool = False) -> torch.Tensor:
+    """The Triton kernel's entry, with its launch options; the arguments up to ``window`` as the public
+    :func:`irforge.kernels.attention_mass` takes them, and checked as it checks them (``_checked``: by the caller,
+    which that function is). ``out`` [T, Hq] float32 may be given (contiguous, on q_rows' device) to be written
+    in place. ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more).
+    ``block_m``: rows of each product (block_m // group selected rows x the group of query heads per key/value
+    head); ``block_n``: keys per program. Defaults 64 x 64; for full-precision float32, whose FMA products need
+    more registers, 16 x 64 (16 x 16 from a padded D of 128): ptxas spills above that (checked by
+    tests/test_kernels_compile.py).
     ``num_warps`` (default 4; 8 for full-precision float32) and ``num_stages``: Triton launch options. The
     rows' log-sum-exp kernel (``lse`` not given) takes the same, or wider tiles by default (:func:`lse_launch`).
     ``head_sum``: how each program sums its probabilities per query head: "dot" (one product of the
@@ -423,6 +426,10 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     fewer; the same result, folded in split order; as the block-sparse kernel's ``fused_merge``); off by
     default until a GPU times it. A default configuration that the GPU's shared memory cannot hold falls back
     to smaller ones (kernels/_shared_memory.py)."""
+    if not _checked:
+        window = check_mass_args(q_rows, rows, k, layout, lse, weights, mode, scale, window)
+    if out is not None:
+        check_output("out", out, (k.shape[0], q_rows.shape[1]), torch.float32, q_rows.device)
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     if head_sum not in (None, "loop", "dot"):
         raise ValueError(f"head_sum must be 'loop' or 'dot', got {head_sum!r}")

@@ -43,5 +43,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     elif which == "torch":
         from .cpu import block_sparse_attention as impl
     else:
-        from .kernel import block_sparse_attention as impl
+        from .kernel import block_sparse_attention as triton_impl
+        return triton_impl(q, k, v, layout, scale, _checked=True)  # (its own checks are the ones above)
     return impl(q, k, v, layout, scale)

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import COMPILE_OPTIONS, check_launch, check_scale, padded_d, product_rows
+from .._checks import COMPILE_OPTIONS, check_launch, check_output, check_qkv, check_scale, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..layout import SegmentLayout
@@ -506,9 +506,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            one_loop: Optional[bool] = None, tiles_per_program: int = 1,
                            query_load: str = "block", lazy_rescale: Optional[bool] = None,
                            max_registers: Optional[int] = None, tma: Optional[bool] = None,
-                           fused_merge: bool = False, launch_order: str = "segments"
+                           fused_merge: bool = False, launch_order: str = "segments", *, _checked: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out`` [T, Hq, D] and ``lse`` [T, Hq] float32 may be given (contiguous) to be written in place.
+    """The Triton kernel's entry, with its launch options; q, k, v and layout as the public
+    :func:`irforge.kernels.block_sparse_attention` takes them, and checked as it checks them (``_checked``: by the
+    caller, which that function is). ``out`` [T, Hq, D] (q's dtype) and ``lse`` [T, Hq] float32 may be given
+    (contiguous, on q's device) to be written in place.
     ``wide``: 64-bit element offsets (default: when a tensor holds 2^31 elements or more). ``max_blocks``: key
     blocks per program before a tile is split (None: from the GPU's SM count and the programs each SM holds,
     :func:`split_threshold`; 0: never). ``num_warps`` and
@@ -558,6 +561,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     first (:func:`schedule`). A model of the L2 cache (bench/model_l2.py) puts the bench's memory reads at 247
     against 351 MB at 16k tokens and 1.65 against 3.00 GB at 100k, for a list-scheduling time within 1%; not
     yet timed on a GPU. The results are the same in either order."""
+    if not _checked:
+        check_qkv(q, k, v, layout)
+    if out is not None:
+        check_output("out", out, q.shape, q.dtype, q.device)
+    if lse is not None:
+        check_output("lse", lse, q.shape[:2], torch.float32, q.device)
     check_launch(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                  max_blocks=max_blocks, tiles_per_program=tiles_per_program, max_registers=max_registers)
     if query_load not in ("block", "tile"):
