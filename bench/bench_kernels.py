@@ -131,7 +131,7 @@ def sampled_rows_error(q, k, v, layout: SegmentLayout, out, lse) -> tuple[float,
     T, Hq, D = q.shape
     g = torch.Generator().manual_seed(1)
     rng = layout.row_ranges()
-    edges = torch.as_tensor(layout.cu_seqlens[1:-1], dtype=torch.long)
+    edges = torch.tensor(layout.cu_seqlens[1:-1], dtype=torch.long)
     pick = torch.cat([torch.arange(T - 50, T), edges[:80], edges[:80] - 1, torch.randint(0, T, (46,), generator=g)])
     rows = torch.unique(pick.clamp(0, T - 1)).to(q.device)
     r = torch.as_tensor(rng, device=q.device)[rows]

@@ -30,6 +30,10 @@ class SegmentLayout:
     cu_seqlens : int64 [S + 1], increasing from 0 to T: segment s covers tokens [cu_seqlens[s], cu_seqlens[s+1]).
     kinds      : int64 [S], per segment INSTRUCTION (0), DOCUMENT (1) or QUERY (2); each prompt is one instruction
                  segment, zero or more document segments, one query segment. Any segment may be empty.
+    Both are kept as read-only copies: the kernels keep tables built from a layout (:meth:`memo`), which an edit
+    in place would leave describing another layout (on a GPU, tiles past the tensors' ends). Build a new layout
+    instead; ``torch.tensor(layout.cu_seqlens)`` copies them into a tensor (``torch.as_tensor`` would share the
+    read-only memory, and PyTorch warns about that once).
     """
 
     cu_seqlens: np.ndarray
@@ -57,6 +61,8 @@ class SegmentLayout:
             expect_instruction = k == QUERY
         if not expect_instruction:
             raise ValueError("the last prompt has no query segment")
+        for a in (cu, kinds):  # copies of what was given; read-only, since the kernels keep tables built from them
+            a.setflags(write=False)
         object.__setattr__(self, "cu_seqlens", cu)
         object.__setattr__(self, "kinds", kinds)
 

@@ -549,6 +549,23 @@ def test_tiles_never_straddle_segments_and_skip_masked_blocks():
     assert allowed < visited < 1.3 * allowed < 0.4 * dense_causal
 
 
+def test_layout_arrays_are_read_only_copies():
+    """A layout's arrays cannot be edited in place, so the tables the kernels keep on it (built on the first call)
+    always describe it; the caller's own arrays stay theirs and writable."""
+    cu, kinds = np.array([0, 4, 9, 15, 18]), np.array([0, 1, 1, 2])
+    layout = SegmentLayout(cu, kinds)
+    q, k, v = (torch.randn(18, h, 16, generator=torch.Generator().manual_seed(5)).to(DEVICE) for h in (2, 1, 1))
+    want = block_sparse_attention(q, k, v, layout, backend="naive")[0]
+    close(block_sparse_attention(q, k, v, layout)[0], want, 2e-5, 1e-4, "first call")
+    for name in ("cu_seqlens", "kinds"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(layout, name)[1] = 3
+    cu[1], kinds[1] = 3, 2  # the caller's arrays: copied, not shared
+    assert layout.cu_seqlens.tolist() == [0, 4, 9, 15, 18] and layout.kinds.tolist() == [0, 1, 1, 2]
+    assert SegmentLayout.from_lengths([(4, [5, 6], 3)]).cu_seqlens.flags.writeable is False
+    close(block_sparse_attention(q, k, v, layout)[0], want, 2e-5, 1e-4, "second call")
+
+
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("layout_name", ["odd", "two_prompts", "three_prompts", "many_tiny_docs", "empty_query"])
 @pytest.mark.parametrize("D,hq,hkv", [(64, 4, 2), (80, 3, 1)])
