@@ -70,7 +70,12 @@ class SegmentLayout:
     def from_lengths(cls, prompts: Sequence[tuple[int, Sequence[int], int]]) -> "SegmentLayout":
         """From (instruction length, [document lengths], query length) per prompt."""
         lens, kinds = [], []
-        for inst, docs, query in prompts:
+        for n, prompt in enumerate(prompts):
+            if (not isinstance(prompt, Sequence) or isinstance(prompt, str) or len(prompt) != 3
+                    or not isinstance(prompt[1], (Sequence, np.ndarray)) or isinstance(prompt[1], str)):
+                raise TypeError(f"prompt {n} must be (instruction length, [document lengths], query length), got "
+                                f"{prompt!r}")
+            inst, docs, query = prompt
             lens += [inst, *docs, query]
             kinds += [INSTRUCTION] + [DOCUMENT] * len(docs) + [QUERY]
         for x in lens:
@@ -124,8 +129,8 @@ class SegmentLayout:
     def tiles(self, block_m: int) -> np.ndarray:
         """Query tiles that never straddle a segment: int32 [n_tiles, 5] of
         (row start, row end, prefix start, prefix end, causal start)."""
-        if block_m < 1:
-            raise ValueError(f"block_m must be positive, got {block_m}")
+        if isinstance(block_m, bool) or not isinstance(block_m, numbers.Integral) or block_m < 1:
+            raise ValueError(f"block_m must be a positive int, got {block_m!r}")
         a, b = self.cu_seqlens[:-1], self.cu_seqlens[1:]
         per_seg = -(-(b - a) // block_m)
         seg = np.repeat(np.arange(len(a)), per_seg)

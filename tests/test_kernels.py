@@ -1016,6 +1016,12 @@ def test_bad_inputs(monkeypatch):
         with pytest.raises(TypeError, match="segment lengths must be ints"):
             SegmentLayout.from_lengths([(2, [bad], 1)])
     assert SegmentLayout.from_lengths([(np.int32(2), np.array([3, 0]), 1)]).total_tokens == 6
+    for bad in ([(4, 5, 3)], [(4, [5])], "abc", [(4, "56", 3)]):  # a document length where a list belongs, ...
+        with pytest.raises(TypeError, match=r"prompt 0 must be \(instruction length, \[document lengths\]"):
+            SegmentLayout.from_lengths(bad)
+    for bad in (0, 2.5, "16", True):
+        with pytest.raises(ValueError, match="block_m must be a positive int"):
+            layout.tiles(bad)
     with pytest.raises(ValueError, match="at least one head and D"):
         block_sparse_attention(q[..., :0], k[..., :0], v[..., :0], layout)
     with pytest.raises(ValueError, match="at least one head and D"):
