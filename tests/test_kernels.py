@@ -829,9 +829,9 @@ def test_inputs_of_any_strides_give_the_results_of_contiguous_copies(view, backe
     layout = SegmentLayout.from_lengths(LAYOUTS["three_prompts"])
     T, D = layout.total_tokens, 64
     g = torch.Generator().manual_seed(4)
-    make_view = {"transposed": lambda h: torch.randn(T, D, h, generator=g).transpose(1, 2),
-                 "every other token": lambda h: torch.randn(2 * T, h, D, generator=g)[::2]}[view]
-    q, k, v = (make_view(h).to(DEVICE) for h in (4, 2, 2))
+    make_view = {"transposed": lambda h: torch.randn(T, D, h, generator=g).to(DEVICE).transpose(1, 2),
+                 "every other token": lambda h: torch.randn(2 * T, h, D, generator=g).to(DEVICE)[::2]}[view]
+    q, k, v = (make_view(h) for h in (4, 2, 2))  # (views made on the device: a copy there could be contiguous)
     assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
     want_o, want_l = block_sparse_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout, backend=backend)
     got_o, got_l = block_sparse_attention(q, k, v, layout, backend=backend)
