@@ -59,7 +59,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         from .cpu import attention_mass as impl
     else:
         from .kernel import attention_mass as impl
-        checked = {"_checked": True}  # (its own checks are the ones above)
+        checked = {"_checked": True}  # (the checks above are its own)
     mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale, window=window, **checked)
     if reduce == "segment":
         seg = layout.memo(("segment_ids", str(mass.device)), lambda: to_device(layout.segment_ids(), mass.device))

@@ -38,11 +38,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     check_qkv(q, k, v, layout)
     check_scale(scale)
     which = pick_backend(backend, q.device, q.dtype, grad=wants_grad(q, k, v))
+    checked = {}
     if which == "naive":
         from .naive import block_sparse_attention as impl
     elif which == "torch":
         from .cpu import block_sparse_attention as impl
     else:
-        from .kernel import block_sparse_attention as triton_impl
-        return triton_impl(q, k, v, layout, scale, _checked=True)  # (its own checks are the ones above)
-    return impl(q, k, v, layout, scale)
+        from .kernel import block_sparse_attention as impl
+        checked = {"_checked": True}  # (the checks above are its own)
+    return impl(q, k, v, layout, scale, **checked)

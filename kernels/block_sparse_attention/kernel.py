@@ -535,8 +535,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     configuration swept. ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
     registers, 104 KB of shared memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x
     32 keys). In the one-loop default at fp16 D 80 under groups of 3 (sm_90, 32 keys, 3 stages, 168 registers),
-    runs spill 92 bytes, and 212 with 64-bit offsets. A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
-    (kernels/_shared_memory.py). ``lazy_rescale``: the output accumulator is rescaled only when a row's running
+    runs spill 92 bytes, and 212 with 64-bit offsets. A default configuration that the GPU's shared memory
+    cannot hold falls back to smaller ones (kernels/_shared_memory.py). ``lazy_rescale``: the output accumulator is rescaled only when a row's running
     maximum grows by more than a factor of 2^8, not after every key block (see ``_softmax_step``); None: where
     :func:`default_lazy_rescale` says. ``max_registers``: ptxas's register limit per thread (Triton's
     ``maxnreg``, NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs
