@@ -2,7 +2,8 @@
 
 The default tiles and pipeline stages are sized for an A100 or H100 (up to 163 or 227 KB of shared memory per
 block). Some shapes need more than a GPU offers: D 256 (Gemma's heads) needs 168 KB for the block-sparse kernel's
-default on sm_80, and 116 KB for the attention-mass kernel's, where RTX 30x0/40x0/50x0 cards (sm_86/89/120) give 99 KB.
+default on sm_80, and 116 KB for the attention-mass kernel's, where RTX 30x0/40x0/50x0 cards (sm_86/89/120) give
+99 KB.
 Triton compiles a kernel and then refuses to launch it with OutOfResources, before anything runs. So a kernel
 launched with its default configuration tries a short ladder of smaller ones in turn (fewer stages, then fewer
 keys per block, then fewer rows) and remembers, per device and shape, the first that launched.

@@ -1,9 +1,10 @@
-"""The Triton kernels compiled for NVIDIA GPUs (Ampere's sm_80 and sm_86/89, Hopper's sm_90, Blackwell's sm_100 and
-sm_120, down to a cubin with the ptxas that the triton wheel ships) on a machine without one. The interpreter that runs the kernel tests on the CPU executes the kernels
-with NumPy, so the GPU compiler's passes (lowering to TTGIR, LLVM and PTX, then ptxas) never run there; this
-runs them for the block-sparse attention and attention-mass kernels in the configurations users launch. The
-compiler runs in a subprocess without TRITON_INTERPRET, which would otherwise turn the kernels into interpreted
-functions when their modules are imported."""
+"""The Triton kernels compiled for NVIDIA GPUs (Ampere's sm_80 and sm_86, Ada's sm_89, Hopper's sm_90, Blackwell's
+sm_100 and sm_120, down to a cubin with the ptxas that the triton wheel ships) on a machine without one. The
+interpreter that runs the kernel tests on the CPU executes the kernels with NumPy, so the GPU compiler's passes
+(lowering to TTGIR, LLVM and PTX, then ptxas) never run there; this runs them for the block-sparse attention and
+attention-mass kernels in the configurations users launch. The compiler runs in a subprocess without
+TRITON_INTERPRET, which would otherwise turn the kernels into interpreted functions when their modules are
+imported."""
 from __future__ import annotations
 
 import json

@@ -29,7 +29,8 @@ def check_mass_args(q_rows, rows, k, layout, lse, weights, mode, scale, window) 
         raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)} need at least one head and D of at "
                          "least 1")
     if k.shape[2] != D or Hq % k.shape[1] != 0:
-        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple of Hkv")
+        raise ValueError(f"q_rows {tuple(q_rows.shape)} and k {tuple(k.shape)}: D must match and Hq be a multiple "
+                         "of Hkv")
     if q_rows.dtype != k.dtype:
         raise TypeError(f"q_rows and k dtypes differ: {q_rows.dtype}, {k.dtype}")
     if q_rows.device != k.device:

@@ -530,17 +530,17 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     rows load ahead with the key and value blocks (``query_load="block"``): half again the traffic from L2 of
     the key and value blocks alone.
     ``query_load="tile"`` loads them only with a tile's first block and holds them in registers instead.
-    Neither is the default: on an H100 runs of 2-16 tiles took 0.287-0.293 ms at 16k tokens against 0.242 for
-    one tile per program in the default configuration, and "tile" was slower than "block" in every
-    configuration swept. ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252
-    registers, 104 KB of shared memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x
-    32 keys). In the one-loop default at fp16 D 80 under groups of 3 (sm_90, 32 keys, 3 stages, 168 registers),
-    runs spill 92 bytes, and 212 with 64-bit offsets. A default configuration that the GPU's shared memory
-    cannot hold falls back to smaller ones (kernels/_shared_memory.py). ``lazy_rescale``: the output accumulator is rescaled only when a row's running
+    Neither is the default: on an H100 runs of 2-16 tiles took 0.287-0.293 ms at 16k tokens against 0.242 for one
+    tile per program in the default configuration, and "tile" was slower than "block" in every configuration swept.
+    ptxas (triton 3.9, bf16, D 128, 64 x 64, sm_90, 4 warps, 2 stages): "block" 252 registers, 104 KB of shared
+    memory (two programs per SM), no spills; "tile" spills 36 bytes (none at 64 x 32 keys). In the one-loop default
+    at fp16 D 80 under groups of 3 (sm_90, 32 keys, 3 stages, 168 registers), runs spill 92 bytes, and 212 with
+    64-bit offsets. A default configuration that the GPU's shared memory cannot hold falls back to smaller ones
+    (kernels/_shared_memory.py). ``lazy_rescale``: the output accumulator is rescaled only when a row's running
     maximum grows by more than a factor of 2^8, not after every key block (see ``_softmax_step``); None: where
-    :func:`default_lazy_rescale` says. ``max_registers``: ptxas's register limit per thread (Triton's
-    ``maxnreg``, NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs
-    fit an SM whatever registers a Triton version's compiler would otherwise take), else the compiler's choice.
+    :func:`default_lazy_rescale` says. ``max_registers``: ptxas's register limit per thread (Triton's ``maxnreg``,
+    NVIDIA only); None: :func:`launch_config`'s (168 for the Hopper default, so that three programs fit an SM
+    whatever registers a Triton version's compiler would otherwise take), else the compiler's choice.
     ``tma``: key and value blocks loaded by the Tensor Memory Accelerator through host-made tensor descriptors
     (NVIDIA compute capability 9.0 and later, and the Triton interpreter), not by per-thread addresses: 14-28
     fewer instructions per key block on sm_90 under triton 3.6-3.9 (bench/count_sass.py --tma). D must be a
