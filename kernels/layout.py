@@ -23,7 +23,7 @@ __all__ = ["SegmentLayout", "INSTRUCTION", "DOCUMENT", "QUERY"]
 INSTRUCTION, DOCUMENT, QUERY = 0, 1, 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SegmentLayout:
     """Segments of packed prompts.
 
@@ -33,7 +33,8 @@ class SegmentLayout:
     Both are kept as read-only copies: the kernels keep tables built from a layout (:meth:`memo`), which an edit
     in place would leave describing another layout (on a GPU, tiles past the tensors' ends). Build a new layout
     instead; ``torch.tensor(layout.cu_seqlens)`` copies them into a tensor (``torch.as_tensor`` would share the
-    read-only memory, and PyTorch warns about that once).
+    read-only memory, and PyTorch warns about that once). Layouts of equal arrays are equal and hash alike; a
+    copy or a pickle carries the arrays only, not the kept tables (which may hold GPU tensors).
     """
 
     cu_seqlens: np.ndarray
@@ -86,6 +87,19 @@ class SegmentLayout:
         if sum(lens) >= 2**62:  # int64 offsets
             raise ValueError(f"the segments hold {sum(lens)} tokens, beyond the 2**62 that int64 offsets allow")
         return cls(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.asarray(kinds, dtype=np.int64))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SegmentLayout):
+            return NotImplemented
+        return np.array_equal(self.cu_seqlens, other.cu_seqlens) and np.array_equal(self.kinds, other.kinds)
+
+    def __hash__(self) -> int:
+        return hash((self.cu_seqlens.tobytes(), self.kinds.tobytes()))
+
+    def __reduce__(self):
+        """Copies and pickles rebuild the layout from its arrays (checked again, read-only again), without the
+        tables the kernels keep on it."""
+        return type(self), (self.cu_seqlens, self.kinds)
 
     @property
     def total_tokens(self) -> int:

@@ -566,6 +566,27 @@ def test_layout_arrays_are_read_only_copies():
     close(block_sparse_attention(q, k, v, layout)[0], want, 2e-5, 1e-4, "second call")
 
 
+def test_layouts_compare_hash_copy_and_pickle_by_their_arrays():
+    """Layouts of equal arrays are equal and hash alike (comparing two raised ValueError: the dataclass compared
+    the arrays with ==); copies and pickles rebuild the layout from its arrays, read-only again, without the
+    tables the kernels kept on it (device tensors, on a GPU)."""
+    import copy
+    import pickle
+
+    layout = SegmentLayout.from_lengths([(4, [5, 6], 3)])
+    q, k, v = (torch.randn(18, h, 16, generator=torch.Generator().manual_seed(6)).to(DEVICE) for h in (2, 1, 1))
+    want = block_sparse_attention(q, k, v, layout, backend="triton")[0]
+    assert layout.__dict__.get("_memo")  # tables kept after the call (the Triton path's tiles and launch table)
+    for other in (pickle.loads(pickle.dumps(layout)), copy.deepcopy(layout), copy.copy(layout)):
+        assert other == layout and hash(other) == hash(layout) and {layout: 1}[other] == 1
+        assert not other.cu_seqlens.flags.writeable and not other.kinds.flags.writeable
+        assert "_memo" not in other.__dict__
+        assert torch.equal(block_sparse_attention(q, k, v, other, backend="triton")[0], want)
+    changed = SegmentLayout.from_lengths([(4, [5, 7], 3)])
+    assert layout != changed and not layout == changed and layout != "a layout"
+    assert SegmentLayout(layout.cu_seqlens, [0, 2, 0, 2]) != layout  # the same boundaries, other kinds
+
+
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("layout_name", ["odd", "two_prompts", "three_prompts", "many_tiny_docs", "empty_query"])
 @pytest.mark.parametrize("D,hq,hkv", [(64, 4, 2), (80, 3, 1)])
