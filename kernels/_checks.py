@@ -1,9 +1,12 @@
 """Argument checks shared by the kernels' dispatch functions, and the host-side integer helpers of their wrappers."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import numbers
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -81,16 +84,29 @@ def check_backend(backend: Any) -> str:
     return backend
 
 
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    """Whether the triton package is there to import (a CUDA build of torch on Windows comes without it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
                  grad: bool = False) -> str:
     """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. The Triton kernels are forward only:
     where a gradient is wanted (``grad``), "auto" runs PyTorch and "triton" raises ValueError (their outputs
     would carry no gradient, and a model's residual stream would hide that: the gradients would be silently
     wrong). Without CUDA, "triton" runs only in Triton's interpreter (TRITON_INTERPRET=1), else ValueError.
-    Triton's bfloat16 products need a GPU of compute capability 8.0 or newer (a T4 or V100 has none):
-    TypeError there, naming float16 instead."""
+    Without the triton package, "auto" runs PyTorch on CUDA too, with a RuntimeWarning, and "triton" raises
+    ImportError. Triton's bfloat16 products need a GPU of compute capability 8.0 or newer (a T4 or V100 has
+    none): TypeError there, naming float16 instead."""
     check_backend(backend)
     which = ("triton" if device.type == "cuda" and not grad else "torch") if backend == "auto" else backend
+    if which == "triton" and not triton_installed():
+        if backend == "triton":
+            raise ImportError("backend 'triton' needs the triton package (pip install triton)")
+        warnings.warn("the triton package is not installed: the kernels run their PyTorch path on the GPU, "
+                      "slower (pip install triton for the Triton kernels)", RuntimeWarning, stacklevel=3)
+        which = "torch"
     if which == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"backend 'triton' needs CUDA tensors, got tensors on {device} (the Triton interpreter "
                          "runs CPU tensors when TRITON_INTERPRET=1 is set before irforge.kernels is imported)")

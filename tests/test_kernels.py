@@ -957,6 +957,29 @@ def test_gradients_never_go_through_the_forward_only_triton_kernels():
         attention_mass(q[rows], rows, k, layout, backend="triton")
 
 
+def test_without_triton_auto_runs_pytorch_on_cuda_and_triton_names_the_package(monkeypatch):
+    """A CUDA build of torch may come without the triton package (Windows): "auto" then runs the PyTorch path on
+    the GPU, with a warning, instead of failing on the import; "triton" raises ImportError naming the package.
+    The PyTorch path off the CPU takes the explicit softmax without trying the CPU flash op (a fake CUDA device:
+    no GPU here; the op is counted)."""
+    from irforge.kernels import _checks
+    from irforge.kernels.block_sparse_attention import cpu as bsa_cpu
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(_checks, "triton_installed", lambda: False)
+    with pytest.warns(RuntimeWarning, match="triton package is not installed"):
+        assert _checks.pick_backend("auto", cuda, torch.bfloat16) == "torch"
+    with pytest.raises(ImportError, match="needs the triton package"):
+        _checks.pick_backend("triton", cuda, torch.float16)
+    assert _checks.pick_backend("auto", torch.device("cpu"), torch.float32) == "torch"  # no warning on the CPU
+    calls = []
+    monkeypatch.setattr(bsa_cpu, "_flash_op", lambda: lambda *a, **kw: calls.append(1))
+    layout, q, k, v = make("two_prompts", 16, 4, 2, torch.float32)
+    meta = [x.to("meta") for x in (q, k, v)]  # another device than the CPU, shapes only
+    o, lse = bsa_cpu.block_sparse_attention(*meta, layout)
+    assert o.device.type == "meta" and o.shape == q.shape and lse.shape == q.shape[:2] and not calls
+
+
 class SmallGPU:
     """A kernel launcher that refuses, as Triton does for lack of shared memory, blocks of more than 16 keys."""
 

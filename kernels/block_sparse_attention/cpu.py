@@ -68,8 +68,10 @@ def _flash(q, k, v, causal, scale, mask=None):
     [B, Hq, L], float32. PyTorch's CPU flash op takes the grouped key/value heads as they are; where it does not
     (older builds), they are repeated for it. When a gradient is wanted the explicit softmax runs instead: the
     flash op passes no gradient through its log-sum-exp, and the merge of a document's two parts needs one
-    (without it the gradients of q and k are wrong, e.g. when fine-tuning with BlockRank's loss)."""
-    op = None if wants_grad(q, k, v) else _flash_op()
+    (without it the gradients of q and k are wrong, e.g. when fine-tuning with BlockRank's loss). So do tensors
+    on another device (a GPU without Triton, or gradients wanted there): the op is the CPU's, and calling it
+    there raised and caught two errors per call."""
+    op = None if wants_grad(q, k, v) or q.device.type != "cpu" else _flash_op()
     for attempt in (lambda: (k, v), lambda: _repeat_heads(q, k, v)) if op is not None else ():
         try:
             return op(q, *attempt(), 0.0, causal, attn_mask=mask, scale=scale)[:2]
