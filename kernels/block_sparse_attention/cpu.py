@@ -69,7 +69,7 @@ def _flash(q, k, v, causal, scale, mask=None):
     (older builds), they are repeated for it. When a gradient is wanted the explicit softmax runs instead: the
     flash op passes no gradient through its log-sum-exp, and the merge of a document's two parts needs one
     (without it the gradients of q and k are wrong, e.g. when fine-tuning with BlockRank's loss). So do tensors
-    on another device (a GPU without Triton, or gradients wanted there): the op is the CPU's, and calling it
+    on another device (a GPU without Triton, or backend="torch" there): the op is the CPU's, and calling it
     there raised and caught two errors per call."""
     op = None if wants_grad(q, k, v) or q.device.type != "cpu" else _flash_op()
     for attempt in (lambda: (k, v), lambda: _repeat_heads(q, k, v)) if op is not None else ():
