@@ -105,7 +105,7 @@ def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype
         if backend == "triton":
             raise ImportError("backend 'triton' needs the triton package (pip install triton)")
         warnings.warn("the triton package is not installed: the kernels run their PyTorch path on the GPU, "
-                      "slower (pip install triton for the Triton kernels)", RuntimeWarning, stacklevel=3)
+                      "slower (pip install triton for the Triton kernels)", RuntimeWarning, stacklevel=2)
         which = "torch"
     if which == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"backend 'triton' needs CUDA tensors, got tensors on {device} (the Triton interpreter "
