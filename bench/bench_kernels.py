@@ -97,6 +97,8 @@ def cpu_case(spec, label: str) -> list[str]:
                      wall(lambda: flex(qb, kb, vb, block_mask=bm, enable_gqa=True), REPS)))
     except Exception as e:  # noqa: BLE001 - report, do not hide
         rows.append((f"FlexAttention, compiled: {failed(e)}", float("nan")))
+    rows.append(("float64 reference (naive.py: explicit T x T mask)",  # slow: 3 runs
+                 wall(lambda: block_sparse_attention(q, k, v, layout, backend="naive"), 3)))
     ref, _ = block_sparse_attention(q, k, v, layout, backend="naive")
     got, got_lse = block_sparse_attention(q, k, v, layout, backend="torch")
     err = (got.double() - ref.double()).abs().max().item()
@@ -240,6 +242,12 @@ def gpu_section() -> list[str]:
             mask = layout.dense_mask(device=dev)
             res.append(("SDPA with the mask", bench(lambda: torch.nn.functional.scaled_dot_product_attention(
                 qb, kb, vb, attn_mask=mask, enable_gqa=True))))
+            del mask
+        # the float64 reference (naive.py): [Hq, T, T] scores and probabilities and a [T, T] mask, in float64
+        ref_bytes, free = (2 * Hq + 1) * T * T * 8, torch.cuda.mem_get_info(dev)[0]
+        res.append(("float64 reference (naive.py: explicit T x T mask)",
+                    untried(lambda: block_sparse_attention(q, k, v, layout, backend="naive")) if ref_bytes < 0.8 * free
+                    else f"not run: it needs {ref_bytes / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free"))
         from torch.nn.attention.flex_attention import flex_attention
 
         make_mask, mask_how = flex_setup(layout, dev), ""
