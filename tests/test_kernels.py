@@ -1130,6 +1130,15 @@ def test_bad_inputs(monkeypatch):
         attention_mass(q[rows], rows, k, layout, lse=torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="lse"):
         attention_mass(q[rows], rows, k, layout, lse=torch.zeros(2, 3))
+    # wide=False where a tensor needs 64-bit offsets is refused, not run with offsets that wrap (faked: 2^31
+    # elements do not fit this test); given where it is not needed, it runs
+    bsa_kernel.block_sparse_attention(q, k, v, layout, wide=False)
+    for module in (bsa_kernel, mass_kernel):
+        monkeypatch.setattr(module, "needs_wide", lambda *tensors: True)
+    with pytest.raises(ValueError, match="wide=False, but a tensor holds 2"):
+        bsa_kernel.block_sparse_attention(q, k, v, layout, wide=False)
+    with pytest.raises(ValueError, match="wide=False, but a tensor holds 2"):
+        mass_kernel.attention_mass(q[rows], rows, k, layout, wide=False)
 
 
 @gpu
