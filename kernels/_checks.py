@@ -123,7 +123,7 @@ def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype
 
 def check_launch(**sizes) -> None:
     """Launch options of the Triton kernels: tile sizes (``block_*``) powers of two of at least 16 (tl.dot's
-    minimum), ``num_warps`` a power of two, ``num_stages`` and ``tiles_per_program`` positive ints,
+    minimum), ``num_warps`` a power of two up to 32, ``num_stages`` and ``tiles_per_program`` positive ints,
     ``max_blocks`` a non-negative int, ``max_registers`` an int from 24 to 255 (ptxas's range per thread); None
     means the default."""
     for name, val in sizes.items():
@@ -142,8 +142,10 @@ def check_launch(**sizes) -> None:
                 raise ValueError(f"max_blocks must be a non-negative int (0: never split), got {val!r}")
             continue
         low = 1 if name == "num_warps" else 16
-        if not isinstance(val, int) or val < low or val & (val - 1):
+        if not isinstance(val, int) or isinstance(val, bool) or val < low or val & (val - 1):
             raise ValueError(f"{name} must be a power of two of at least {low}, got {val!r}")
+        if name == "num_warps" and val > 32:  # a block of at most 1,024 threads
+            raise ValueError(f"num_warps must be at most 32 (1,024 threads), got {val}")
 
 
 def next_pow2(n: int) -> int:
