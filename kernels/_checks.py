@@ -138,7 +138,7 @@ def check_launch(**sizes) -> None:
                 raise ValueError(f"max_registers must be an int from 24 to 255, got {val!r}")
             continue
         if name == "max_blocks":
-            if not isinstance(val, int) or val < 0:
+            if not isinstance(val, int) or isinstance(val, bool) or val < 0:
                 raise ValueError(f"max_blocks must be a non-negative int (0: never split), got {val!r}")
             continue
         low = 1 if name == "num_warps" else 16

@@ -1076,7 +1076,7 @@ def test_bad_inputs(monkeypatch):
             with pytest.raises(ValueError, match="needs CUDA tensors"):
                 block_sparse_attention(q, k, v, layout, backend="triton")
     for bad in (dict(block_n=48), dict(block_m=8), dict(num_warps=3), dict(num_warps=64), dict(num_warps=True),
-                dict(block_n=True), dict(max_blocks=-1), dict(num_stages=0),
+                dict(block_n=True), dict(max_blocks=-1), dict(max_blocks=True), dict(num_stages=0),
                 dict(max_registers=300), dict(max_registers=16), dict(max_registers=True), dict(max_registers=128.0),
                 dict(scale=-0.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
