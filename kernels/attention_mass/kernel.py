@@ -35,7 +35,7 @@ import triton.language as tl
 from .._checks import COMPILE_OPTIONS, cdiv, check_launch, check_output, next_pow2, padded_d, product_rows
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
-from ..block_sparse_attention.kernel import _last_arrival, check_wide, dot_precision, needs_wide
+from ..block_sparse_attention.kernel import _last_arrival, check_wide, dot_precision
 from ..layout import SegmentLayout
 from .common import check_mass_args, document_keys, first_keys, row_meta, to_device
 
@@ -448,7 +448,7 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     # which keys are document tokens: read only in "documents" mode
     doc = document_keys(layout, dev) if mode == "documents" else torch.empty(0, dtype=torch.bool, device=dev)
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
-    wide = check_wide(wide, needs_wide(q_rows, k, mass))
+    wide = check_wide(wide, q_rows, k, mass)
     group = Hq // Hkv
     head_dot = head_sum == "dot" if head_sum is not None else prec != "ieee"
     pinned = any(x is not None for x in (block_m, block_n, num_warps, num_stages))

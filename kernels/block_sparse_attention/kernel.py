@@ -602,7 +602,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                         max_registers)
     lazy = (default_lazy_rescale(q.dtype, block_d, capability, cfg["num_warps"], one_loop)
             if lazy_rescale is None else bool(lazy_rescale))
-    wide = check_wide(wide, needs_wide(q, k, v, out))
+    wide = check_wide(wide, q, k, v, out)
     tma = bool(tma) and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0  # (rows of 2^k >= 16 elements are)
     given_max_blocks = max_blocks
 
@@ -767,9 +767,10 @@ def needs_wide(*tensors: torch.Tensor) -> bool:
     return max(t.numel() for t in tensors) >= 2**31 - 1
 
 
-def check_wide(wide: Optional[bool], needed: bool) -> bool:
-    """The kernels' ``wide`` option: 64-bit offsets where ``needed`` when not given (None); ``wide=False`` where
-    they are needed is a ValueError, not offsets that wrap into other memory."""
+def check_wide(wide: Optional[bool], *tensors: torch.Tensor) -> bool:
+    """The kernels' ``wide`` option for these tensors: 64-bit offsets where :func:`needs_wide` says when not
+    given (None); ``wide=False`` where they are needed is a ValueError, not offsets that wrap into other memory."""
+    needed = needs_wide(*tensors)
     if wide is not None and not wide and needed:
         raise ValueError("wide=False, but a tensor holds 2^31 elements or more: 32-bit offsets would wrap")
     return needed if wide is None else bool(wide)
