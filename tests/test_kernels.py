@@ -840,6 +840,34 @@ def test_attention_mass_with_forward_lse_and_reductions():
     torch.testing.assert_close(docs.sum(0), torch.ones(4, device=DEVICE), atol=1e-5, rtol=1e-5)
 
 
+def test_segment_sums_add_each_segments_keys_and_repeat_bit_for_bit():
+    """reduce="segment" sums the per-key mass over each segment's tokens: in two steps (pieces of a segment, then
+    its pieces), here with a 4,200-token segment (pieces of 65 tokens), one-token and empty segments, against
+    float64 sums of the same values. Two calls give the same bits: on a GPU, index_add_'s atomic adds (the sum
+    before) did not."""
+    from irforge.kernels.attention_mass.common import segment_sums
+
+    layout = SegmentLayout.from_lengths([(3, [1, 300, 0, 65], 0), (4200, [7, 1], 2), (0, [129], 0)])
+    cu = torch.as_tensor(layout.cu_seqlens.copy())
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        mass = torch.rand(layout.total_tokens, 3, generator=gen, dtype=dtype).to(DEVICE)
+        got = segment_sums(mass, layout)
+        total = torch.cat((torch.zeros(1, 3, dtype=torch.float64), mass.double().cpu().cumsum(0)))
+        want = total[cu[1:]] - total[cu[:-1]]
+        assert got.shape == (len(layout.kinds), 3) and got.dtype == dtype
+        close(got.double().cpu(), want, 1e-12 if dtype == torch.float64 else 1e-6, 1e-6, f"segment sums, {dtype}")
+        empty = torch.as_tensor(np.diff(layout.cu_seqlens) == 0)
+        assert torch.equal(got[empty.to(DEVICE)].cpu(), torch.zeros(4, 3, dtype=dtype))  # 4 empty segments
+        assert torch.equal(segment_sums(mass, layout), got)
+    rows = torch.arange(layout.total_tokens - 200, layout.total_tokens, device=DEVICE)  # the last two prompts' ends
+    q, k = (torch.randn(n, 2, 16, generator=gen).to(DEVICE) for n in (len(rows), layout.total_tokens))
+    per_key = attention_mass(q, rows, k, layout, backend="torch").double().cpu()
+    per_seg = attention_mass(q, rows, k, layout, reduce="segment", backend="torch")
+    total = torch.cat((torch.zeros(1, 2, dtype=torch.float64), per_key.cumsum(0)))
+    close(per_seg, total[cu[1:]] - total[cu[:-1]], 1e-6, 1e-5, "reduce='segment'")
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton", "naive"])
 @pytest.mark.parametrize("view", ["transposed", "every other token"])
 def test_inputs_of_any_strides_give_the_results_of_contiguous_copies(view, backend):
@@ -1314,7 +1342,8 @@ def test_gpu_attention_mass_normaliser_kernel_one_launch_and_split(mode):
 
 
 def test_cpu_path_repeats_grouped_heads_where_the_flash_op_rejects_them(monkeypatch):
-    """Builds of the CPU flash op that need as many key/value heads as query heads get them repeated."""
+    """Builds of the CPU flash op that need as many key/value heads as query heads get them repeated. (The op
+    runs on CPU tensors only: on a GPU machine the tensors are moved to the CPU.)"""
     from irforge.kernels.block_sparse_attention import cpu
 
     real = cpu._flash_op()
@@ -1327,7 +1356,8 @@ def test_cpu_path_repeats_grouped_heads_where_the_flash_op_rejects_them(monkeypa
         return real(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(cpu, "_flash_op", lambda: strict)
-    layout, q, k, v = make("two_prompts", 64, 4, 2, torch.float32)
+    layout, *qkv = make("two_prompts", 64, 4, 2, torch.float32)
+    q, k, v = (t.cpu() for t in qkv)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     o, l = block_sparse_attention(q, k, v, layout, backend="torch")
     close(o, ref_o, 2e-5, 1e-4, "repeated-heads out")

@@ -11,7 +11,7 @@ import torch
 
 from .._checks import pick_backend, wants_grad
 from ..layout import SegmentLayout
-from .common import check_mass_args, to_device
+from .common import check_mass_args, segment_sums, to_device
 
 __all__ = ["attention_mass"]
 
@@ -62,7 +62,5 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         checked = {"_checked": True}  # (the checks above are its own)
     mass = impl(q_rows, rows, k, layout, lse, weights, mode, scale, window=window, **checked)
     if reduce == "segment":
-        seg = layout.memo(("segment_ids", str(mass.device)), lambda: to_device(layout.segment_ids(), mass.device))
-        out = torch.zeros(len(layout.kinds), mass.shape[1], dtype=mass.dtype, device=mass.device)
-        mass = out.index_add_(0, seg, mass)
+        mass = segment_sums(mass, layout)
     return mass.sum(-1) if sum_heads else mass

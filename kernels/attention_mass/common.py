@@ -92,3 +92,28 @@ def first_keys(pos: np.ndarray, prompt_start: np.ndarray, window: Optional[int])
 def document_keys(layout: SegmentLayout, device: torch.device) -> torch.Tensor:
     """Whether each token is a document token, bool [T] on ``device``; built once per layout and device."""
     return layout.memo(("documents", str(device)), lambda: to_device(layout.key_kinds() == DOCUMENT, device))
+
+
+def segment_sums(mass: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
+    """``mass`` [T, H] summed over each segment's tokens: [S, H], the same bits on every call.
+
+    Summing by segment index (``index_add_``) adds by atomics on a GPU, in an order that changes from call to
+    call, so two calls on the same inputs differed in the last bits. ``torch.segment_reduce`` adds each
+    (segment, head) in one thread, in token order, but one thread per segment is slow for long segments, so the
+    sum runs in two such steps: first over pieces of each segment of at most ``piece`` tokens, then over each
+    segment's pieces. ``piece`` is the square root of the longest segment (at least 64), so neither step loops
+    over more than about that many values. The tables (piece boundaries, each segment's first piece) are built
+    once per layout and device."""
+    def tables():
+        lengths = np.diff(layout.cu_seqlens)
+        piece = max(64, int(np.ceil(np.sqrt(lengths.max(initial=0)))))
+        per_seg = -(-lengths // piece)  # pieces per segment (none for an empty one)
+        first = np.concatenate(([0], np.cumsum(per_seg)))
+        seg = np.repeat(np.arange(len(lengths)), per_seg)
+        starts = layout.cu_seqlens[:-1][seg] + (np.arange(first[-1]) - first[:-1][seg]) * piece
+        bounds = np.concatenate((starts, [layout.total_tokens])).astype(np.int64)
+        return to_device(bounds, mass.device), to_device(first.astype(np.int64), mass.device)
+
+    bounds, first = layout.memo(("segment_sums", str(mass.device)), tables)
+    pieces = torch.segment_reduce(mass, "sum", offsets=bounds, unsafe=True)
+    return torch.segment_reduce(pieces, "sum", offsets=first, unsafe=True)
