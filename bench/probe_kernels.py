@@ -14,6 +14,9 @@ measurements that tell one cause from another when a timing misses its predictio
 3. Each call's host time: the mean wall time of 200 calls launched without a synchronisation (the GPU runs
    behind), against its GPU time: where the host's is the larger, the eager figure is the host's; and where
    the host's time goes, by function (cProfile).
+4. The per-segment sums of reduce="segment" (attention_mass.common.segment_sums, two torch.segment_reduce
+   steps) against the index_add_ they replaced, on layouts of short and long segments: eager and from a CUDA
+   graph, whether two calls give the same bits, and the largest difference between the two sums.
 """
 from __future__ import annotations
 
@@ -194,6 +197,34 @@ def probe(shapes, gpu: bool, dev: str, dtype: torch.dtype, heads=(32, 8), D: int
     return out
 
 
+def segment_sum_probe(layouts, gpu: bool, dev: str, heads: int = 32) -> list[str]:
+    """Section 4 of the module docstring: one table row per layout (a list of from_lengths prompts)."""
+    from irforge.kernels.attention_mass.common import segment_sums
+
+    eager, graph = timers(gpu)
+    out = ["### Per-segment sums of the attention mass (reduce='segment')", "",
+           f"The mass of every token [T, {heads}] (float32) summed per segment: index_add_ (atomic adds on a GPU, "
+           "the sum before 06aa860) against segment_sums (its two torch.segment_reduce steps, the sum since); ms.",
+           "",
+           "| layout | tokens | segments | index_add_ eager | segment_sums eager | segment_sums, CUDA graph | "
+           "same bits twice: index_add_, segment_sums | largest difference |", "|---|---|---|---|---|---|---|---|"]
+    for spec in layouts:
+        layout = SegmentLayout.from_lengths(spec)
+        T, S = layout.total_tokens, len(layout.kinds)
+        mass = torch.rand(T, heads, device=dev)
+        seg = torch.as_tensor(layout.segment_ids().copy(), device=dev)
+        old = lambda: torch.zeros(S, heads, device=dev).index_add_(0, seg, mass)  # noqa: E731
+        new = lambda: segment_sums(mass, layout)  # noqa: E731
+        same = [all(torch.equal(f(), f()) for _ in range(20)) for f in (old, new)]
+        diff = (new().double() - old().double()).abs().max().item()
+        name = " + ".join(f"{n} + {len(d)} x {d[0]} + {m}" if len(set(d)) == 1 else f"{n} + {d} + {m}"
+                          for n, d, m in spec)
+        out.append(f"| {name} | {T:,} | {S:,} | {guarded(lambda: eager(old))} | {guarded(lambda: eager(new))} | "
+                   f"{guarded(lambda: graph(new)) if gpu else 'no graph off a GPU'} | {same[0]}, {same[1]} | "
+                   f"{diff:.1e} |")
+    return out + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write")
@@ -205,6 +236,7 @@ def main() -> None:
     meta = machine()
     if args.cpu_check:
         body = probe([(3, 40, [0, 2])], False, "cpu", torch.float32, heads=(4, 2), D=32, host_calls=2)
+        body += segment_sum_probe([[(4, [30] * 3, 2)], [(4, [300], 2)]], False, "cpu", heads=4)
         where = f"Machine: {meta['cpu']} (Triton's interpreter; wall-clock times, not GPU figures)."
     else:
         if not torch.cuda.is_available():
@@ -214,6 +246,9 @@ def main() -> None:
         # the split rules of bd5779e (71, 506) and of 82d3095 (213, 1516) twice around the default, for the noise
         body = probe([(100, 160, [71, 213, 71, 213]), (500, 200, [506, 1516, 506, 1516])], True, "cuda",
                      torch.bfloat16)
+        # the benchmark's two shapes, a 100k-token document, and eight of 4,000 tokens after an 8,000-token prefix
+        body += segment_sum_probe([[(64, [160] * 100, 50)], [(64, [200] * 500, 50)], [(64, [100000], 50)],
+                                   [(8000, [4000] * 8, 50)]], True, "cuda")
         where = f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}."
     marker = "## Kernel probes"
     text = "\n".join([f"{marker} (bench/probe_kernels.py)", "", f"{where} Date: {meta['date']}; irforge git "
