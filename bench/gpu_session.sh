@@ -3,17 +3,15 @@
 # bench_kernels.py --gpu-only, the kernels' launch-configuration sweeps, bench_rerank.py on the GPU, a
 # torch.profiler run of the rerankers (profile_rerank.py), then the whole kernel test file on the GPU (it
 # compiles many kernel variants). The least-needed step comes last, so a run that reaches its limit loses it
-# first. The default steps (below) take about 520 s on an H100 by the timings here and the last runs' (probe
-# about 35, sweep-one-loop with its 15 configurations and two shapes about 60). On an H200 all but the profile took 280 s with
-# the build (build 30, tests 25, kernels 30, sweep 30 with 9 configurations, rerank 100, kernel tests 65). On an
-# H100 (8265aa6, 158d652): build about 35, tests 41, kernels 38, sweep 42 (18 configurations), rerank 118,
-# profile 38; the kernel test file (253 tests, many compiled variants) reached its limit of 150 s after 224 had
-# passed, so the limit is now 240 s: about 550 s for all the steps. The kernel test file (339 tests in 179 s on
-# an H100 at ea1b624, bound by the host's Triton compiles) runs on 8 processes with pytest-xdist, which the GPU
-# image holds: 379 tests in 74 s on an H100 at df050f3. The GPU-marked tests ran serially there and reached
-# their limit of 90 s after 11 tests; they now run on 8 processes too. Each step has its own time limit (a step
-# that runs out is reported and the next one starts); a second call on the still-warm machine can run steps
-# again without the build:
+# first. The default steps (below) took 338 s on an H100 at df050f3, with the build (install 44, tests 90 at
+# their limit, kernels 65, probe 33, sweep-one-loop 25, kernel tests 81). There the kernel test file ran on 8
+# processes with pytest-xdist, which the GPU image holds: 379 tests in 74 s (serially, 339 tests took 179 s at
+# ea1b624, bound by the host's Triton compiles). The GPU-marked tests ran serially there and reached their limit
+# of 90 s after 11 tests; on 8 processes they took 41 s at 06aa860 (16 tests). Earlier step times: on an H200,
+# all but the profile took 280 s with the build (build 30, tests 25, kernels 30, sweep 30 with 9 configurations,
+# rerank 100, kernel tests 65); on an H100 (8265aa6, 158d652) rerank 118 and profile 38. Each step has its own
+# time limit (a step that runs out is reported and the next one starts); a second call on the still-warm machine
+# can run steps again without the build:
 # `IRFORGE_SKIP_INSTALL=1 bash bench/gpu_session.sh sweep`.
 # Results land in $OUT: RESULTS.md (the tree's bench/RESULTS.md with the GPU sections written in, copied
 # after every step) and one log per step (install.log also names the card and versions): 8 files, the most
@@ -22,9 +20,8 @@
 # Here first:  python bench/gpu_prepare.py      (.gpu/: SciFact and SmolLM2's tokenizer)
 # There:       bash bench/gpu_session.sh [STEP ...]   (device run with carry [".gpu"], timeout_s 600)
 #              STEP: tests, kernels, sweep-one-loop, sweep, probe, rerank, profile, kernel-tests (default: tests,
-#              kernels, probe, sweep-one-loop, kernel-tests: what issue #4 still needs, about 520 s on an H100 by
-#              the last runs' step times with the kernel test file run serially, about 400 s predicted with it
-#              on 8 processes; the rerankers' steps ran on an H100 at 8265aa6 and are asked for by name)
+#              kernels, probe, sweep-one-loop, kernel-tests: what issue #4 still needs, 338 s on an H100 at
+#              df050f3; the rerankers' steps ran on an H100 at 8265aa6 and are asked for by name)
 #
 # The machine reaches no network: irforge is built from the tree with the image's own torch, triton,
 # transformers, pybind11, scikit-build-core, cmake and ninja (pip --no-index --no-build-isolation).

@@ -35,7 +35,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     weights : [R] per-row weights (default 1/R: the mean over rows).
     mode : "causal" (ICR: a row's softmax covers every earlier key of its prompt) or "documents" (BlockRank:
         a softmax over the prompt's document keys before the row only).
-    reduce : "key" -> [T, Hq] (or [T]); "segment" -> [S, Hq] (or [S]), summed over each segment's keys.
+    reduce : "key" -> [T, Hq] (or [T]); "segment" -> [S, Hq] (or [S]), summed over each segment's keys in a
+        fixed order (the same bits on every call, on a GPU too).
     sum_heads : sum over query heads.
     backend : "auto" (Triton on CUDA, PyTorch otherwise and wherever autograd needs a gradient: the Triton
         kernel is forward only), "triton", "torch" or "naive" (float64, O(R*T) memory).

@@ -417,15 +417,18 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     group; the default for full-precision float32, where the product would run on FMA units). ``window``: a
     sliding window, as in the public :func:`irforge.kernels.attention_mass`. ``whole_blocks``: the row blocks
     that see a program's whole key block (by a host table per key block) skip the per-score mask and fold the
-    scale and normaliser into one multiply-add, as the normaliser's kernel does (35% faster there on an H100);
-    off by default until a GPU times it here (a branch per row block for the same end made the kernel 31-35%
-    slower: bench/RESULTS.md). Its three loops take more registers: 231 per thread on sm_90 at D 128 in 16
-    bits in "documents" mode (219 without), and ptxas spills 100 bytes on sm_80 at D 128 and 4 on sm_90 at D 256
-    (tests/test_kernels_compile.py). ``fused_merge`` (``lse`` not given): the normaliser's key splits are merged
-    by the last split of each row block to finish, in its own launch, instead of by _lse_merge (one launch
-    fewer; the same result, folded in split order; as the block-sparse kernel's ``fused_merge``); off by
-    default until a GPU times it. A default configuration that the GPU's shared memory cannot hold falls back
-    to smaller ones (kernels/_shared_memory.py)."""
+    scale and normaliser into one multiply-add, as the normaliser's kernel does (35% faster there on an H100).
+    Off by default: in two H100 runs (bench/RESULTS.md, 2026-11-27; CUDA graphs) it took 0.068-0.069 ms against
+    the default's 0.067-0.068 at 16k tokens and 0.370-0.376 against 0.368-0.372 at 100k, no faster (a branch per
+    row block for the same end had made the kernel 31-35% slower). Its three loops take more registers: 231 per
+    thread on sm_90 at D 128 in 16 bits in "documents" mode (219 without), and ptxas spills 100 bytes on sm_80 at
+    D 128 and 4 on sm_90 at D 256 (tests/test_kernels_compile.py). ``fused_merge`` (``lse`` not given): the
+    normaliser's key splits are merged by the last split of each row block to finish, in its own launch, instead
+    of by _lse_merge (one launch fewer; the same result, folded in split order; as the block-sparse kernel's
+    ``fused_merge``). Off by default: in two H100 runs (2026-11-27) it was within 1% of the default from CUDA
+    graphs (0.092-0.093 ms at 16k tokens, 0.518-0.522 at 100k); one launch fewer cut the host's time per call from
+    0.246 to 0.207 ms at 16k, but the eager call took 0.207 ms against 0.191. A default configuration that the GPU's
+    shared memory cannot hold falls back to smaller ones (kernels/_shared_memory.py)."""
     if not _checked:
         window = check_mass_args(q_rows, rows, k, layout, lse, weights, mode, scale, window)
     if out is not None:

@@ -552,15 +552,21 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     per tile and key/value head, counted by an atomic add), instead of by a second kernel: one launch fewer per
     call (host time, and the second kernel's start on the GPU). The result is the same either way: the merge
     reads the chunks in their order. The counters are kept per CUDA stream, zero between calls, or made in the
-    captured work under CUDA-graph capture (kernels/_tickets.py). Off by default: not yet timed on a GPU. The
+    captured work under CUDA-graph capture (kernels/_tickets.py). Off by default: in two H100 runs
+    (bench/RESULTS.md, 2026-11-27), from CUDA graphs it took 1% longer than the merge kernel at 16k tokens
+    (0.207 and 0.216 ms against 0.205 and 0.214) and 3% longer to 1% shorter at 100k (1.430 and 1.422 against
+    1.384 and 1.432); eagerly it was faster in three of four timings (0.251 and 0.209 ms against 0.339 and 0.221
+    at 16k, 1.403 and 1.384 against 1.396 and 1.443 at 100k), but the default's were the first timings of their
+    runs (bench_kernels.py now warms up and times the default again). The
     merge adds registers to the kernel: the Hopper default holds its 168 without spills (143 without the
     merge), and at D 256 on sm_90 ptxas spills 228 bytes (tests/test_kernels_compile.py).
     ``launch_order``: "segments" (the default) runs the long programs longest first, then the short ones (a
     document's tiles, in practice) grouped by segment, so that a document's keys and values are read from
     memory about once, not once per wave of tiles of one length; "longest" (the order before) runs all longest
     first (:func:`schedule`). A model of the L2 cache (bench/model_l2.py) puts the bench's memory reads at 247
-    against 351 MB at 16k tokens and 1.65 against 3.00 GB at 100k, for a list-scheduling time within 1%; not
-    yet timed on a GPU. The results are the same in either order."""
+    against 351 MB at 16k tokens and 1.65 against 3.00 GB at 100k, for a list-scheduling time within 1%. In two
+    H100 runs (2026-11-27, CUDA graphs) "segments" took 0.205 and 0.214 ms against 0.225 and 0.230 at 16k
+    tokens, and 1.384 and 1.432 against 1.793 and 1.761 at 100k. The results are the same in either order."""
     if not _checked:
         check_qkv(q, k, v, layout)
     if out is not None:
