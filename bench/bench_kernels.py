@@ -286,8 +286,8 @@ def gpu_section() -> list[str]:
         # whole of do_bench_cudagraph, capture and ten 20 ms replays, once: 203 and 215 ms.)
         res.insert(1, ("irforge Triton, replayed from a CUDA graph", untried(
             lambda: block_sparse_attention(q, k, v, layout, backend="triton"), graph_bench)))
-        # split tiles merged by their last chunk in the same launch (opt-in; see its docstring): one launch fewer, eager
-        # (host time included) and from a graph (the second kernel's start and run on the GPU only)
+        # split tiles merged by their last chunk in the same launch (opt-in; see its docstring): one launch fewer,
+        # eager (host time included) and from a graph (the second kernel's start and run on the GPU only)
         fused = lambda: bsa_kernel.block_sparse_attention(q, k, v, layout, fused_merge=True)  # noqa: E731
         res[2:2] = [("irforge Triton, split tiles merged in the kernel (fused_merge=True)", untried(fused)),
                     ("irforge Triton, fused_merge=True, replayed from a CUDA graph", untried(fused, graph_bench))]

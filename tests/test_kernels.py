@@ -860,6 +860,8 @@ def test_segment_sums_add_each_segments_keys_and_repeat_bit_for_bit():
         empty = torch.as_tensor(np.diff(layout.cu_seqlens) == 0)
         assert torch.equal(got[empty.to(DEVICE)].cpu(), torch.zeros(4, 3, dtype=dtype))  # 4 empty segments
         assert torch.equal(segment_sums(mass, layout), got)
+    with pytest.raises(ValueError, match="layout's tokens"):  # (the sum reads the layout's T rows unchecked)
+        segment_sums(mass[:-1], layout)
     rows = torch.arange(layout.total_tokens - 200, layout.total_tokens, device=DEVICE)  # the last two prompts' ends
     q, k = (torch.randn(n, 2, 16, generator=gen).to(DEVICE) for n in (len(rows), layout.total_tokens))
     per_key = attention_mass(q, rows, k, layout, backend="torch").double().cpu()

@@ -104,6 +104,10 @@ def segment_sums(mass: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
     segment's pieces. ``piece`` is the square root of the longest segment (at least 64), so neither step loops
     over more than about that many values. The tables (piece boundaries, each segment's first piece) are built
     once per layout and device."""
+    if mass.dim() != 2 or mass.shape[0] != layout.total_tokens:
+        raise ValueError(f"mass must be [T, H] with T = {layout.total_tokens}, the layout's tokens; got "
+                         f"{tuple(mass.shape)}")  # (segment_reduce below reads up to T rows unchecked)
+
     def tables():
         lengths = np.diff(layout.cu_seqlens)
         piece = max(64, int(np.ceil(np.sqrt(lengths.max(initial=0)))))
