@@ -557,8 +557,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     (0.207 and 0.216 ms against 0.205 and 0.214) and 3% longer to 1% shorter at 100k (1.430 and 1.422 against
     1.384 and 1.432); eagerly it was faster in three of four timings (0.251 and 0.209 ms against 0.339 and 0.221
     at 16k, 1.403 and 1.384 against 1.396 and 1.443 at 100k), but the default's were the first timings of their
-    runs (bench_kernels.py now warms up and times the default again). The
-    merge adds registers to the kernel: the Hopper default holds its 168 without spills (143 without the
+    runs (bench_kernels.py now warms up and times the default again); the first run's probe, which timed the
+    default three times first, gave 0.206 against 0.210-0.213 ms at 16k and 1.522 against 1.415-1.435 at 100k.
+    The merge adds registers to the kernel: the Hopper default holds its 168 without spills (143 without the
     merge), and at D 256 on sm_90 ptxas spills 228 bytes (tests/test_kernels_compile.py).
     ``launch_order``: "segments" (the default) runs the long programs longest first, then the short ones (a
     document's tiles, in practice) grouped by segment, so that a document's keys and values are read from
