@@ -31,9 +31,13 @@ from irforge.kernels import SegmentLayout, attention_mass, block_sparse_attentio
 
 def flex_setup(layout: SegmentLayout, device, compiled: bool = False):
     """FlexAttention's BlockMask construction for ``layout``, as a function to time. ``compiled``: through
-    create_block_mask's compiled path, which never materialises the T x T mask (at 100k tokens the eager path
-    asked for 74.8 GiB at once, more than an H100 had free)."""
+    ``torch.compile(create_block_mask)``, which never materialises the T x T mask (at 100k tokens the eager path
+    asked for 74.8 GiB at once, more than an H100 had free). (To 20a7a82 the bench asked create_block_mask for
+    it with ``_compile=True``, which torch 2.11 deprecates and which wraps the function in torch.compile anew
+    on every call.)"""
     from torch.nn.attention.flex_attention import create_block_mask
+
+    make = torch.compile(create_block_mask) if compiled else create_block_mask
 
     r = torch.as_tensor(layout.row_ranges(), device=device)
     ps, pe, cs = r[:, 0].contiguous(), r[:, 1].contiguous(), r[:, 2].contiguous()
@@ -42,7 +46,7 @@ def flex_setup(layout: SegmentLayout, device, compiled: bool = False):
         return ((kv_idx >= ps[q_idx]) & (kv_idx < pe[q_idx])) | ((kv_idx >= cs[q_idx]) & (kv_idx <= q_idx))
 
     T = layout.total_tokens
-    return lambda: create_block_mask(mask_mod, 1, 1, T, T, device=device, _compile=compiled)
+    return lambda: make(mask_mod, 1, 1, T, T, device=device)
 
 
 def failed(e: Exception) -> str:
