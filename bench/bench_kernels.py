@@ -18,6 +18,7 @@ query rows against materialising their weights; then the same for 20 documents o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -56,8 +57,6 @@ def masked_sdpa_setup(q, k, v, layout: SegmentLayout, efficient: bool = True):
     ``efficient=False`` leaves the backend to SDPA (the CPU has no memory-efficient one: the check of this
     function off a GPU). Memory at its peak: about 4 T x T bytes (layout.dense_mask's boolean temporaries; then
     the additive mask with the copy SDPA pads to 16 keys), and the repeated key/value heads."""
-    import contextlib
-
     T, Hq = q.shape[:2]
     allowed = layout.dense_mask(device=q.device)
     bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(allowed.logical_not_(), float("-inf"))
