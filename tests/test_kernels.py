@@ -1393,7 +1393,7 @@ CPU_FORMS = {
 
 
 @pytest.mark.parametrize("form", list(CPU_FORMS))
-@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES + [(torch.bfloat16, 2e-2, 2e-2)])  # (the CPU path runs bf16)
 def test_cpu_path_forms_match_the_reference(monkeypatch, form, dtype, atol, rtol):
     """The CPU path's chunked calls (views or gathers, padded chunks) and its merged two-part calls each match
     the reference, and each layout takes the forms it is meant to (so neither form goes untested)."""
@@ -1413,6 +1413,41 @@ def test_cpu_path_forms_match_the_reference(monkeypatch, form, dtype, atol, rtol
     assert o.shape == q.shape and o.dtype == dtype and o.is_contiguous() and l.shape == q.shape[:2]
     close(o, ref_o, atol, rtol, f"{form} out")
     close(l, ref_l, atol, rtol, f"{form} lse")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_path_runs_bfloat16_natively_where_the_cpu_multiplies_it(monkeypatch, native):
+    """bfloat16 inputs reach PyTorch's flash op as they are where the CPU multiplies bfloat16 natively (AVX512-BF16
+    or AMX), and as float32 copies elsewhere, or where a gradient is wanted; float16 always as float32 copies.
+    Either way, in both forms, the results match the reference within bfloat16's precision."""
+    from irforge.kernels.block_sparse_attention import cpu
+
+    real = cpu._flash_op()
+    seen = []
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(cpu, "_flash_op", lambda: spy)
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    layout = SegmentLayout.from_lengths(CPU_FORMS["chunks, gathered"][0] + CPU_FORMS["long document"][0])
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g) for h in (6, 2, 2))
+    for dtype, want in ((torch.bfloat16, torch.bfloat16 if native else torch.float32),
+                        (torch.float16, torch.float32)):
+        qd, kd, vd = (x.to(dtype) for x in (q, k, v))
+        ref_o, ref_l = block_sparse_attention(qd, kd, vd, layout, backend="naive")
+        seen.clear()
+        o, l = block_sparse_attention(qd, kd, vd, layout, backend="torch")
+        assert seen and set(seen) == {(want, want, want)}, (dtype, native, set(seen))
+        assert o.dtype == dtype and l.dtype == torch.float32
+        close(o, ref_o, 2e-2, 2e-2, f"{dtype} out, native {native}")
+        close(l, ref_l, 2e-2, 2e-2, f"{dtype} lse, native {native}")
+    qg = q.to(torch.bfloat16).requires_grad_()
+    seen.clear()
+    o, _ = block_sparse_attention(qg, k.to(torch.bfloat16), v.to(torch.bfloat16), layout, backend="torch")
+    assert not seen and o.dtype == torch.bfloat16  # the explicit float32 softmax, which passes gradients
 
 
 @pytest.mark.parametrize("layout_name", ["odd", "three_prompts", "long_instruction", "two parts", "chunks, gathered"])

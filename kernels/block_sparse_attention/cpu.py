@@ -21,6 +21,10 @@ them on 2 CPU cores (bench/RESULTS.md, kernel notes). Memory follows the allowed
 the flash op is unavailable, or gradients are wanted (the flash op has none for its log-sum-exp), an explicit
 float32 softmax does the same.
 
+The calls take float32 copies of the inputs, except bfloat16 inputs on a CPU that multiplies bfloat16 natively
+(AVX512-BF16 or AMX): those go to the flash op as they are, which multiplies them with float32 sums and rounds
+the probabilities to bfloat16 before their product with the values, as the Triton kernel does on a GPU.
+
 Same signature as naive.block_sparse_attention: q [T, Hq, D], k and v [T, Hkv, D]; returns out [T, Hq, D]
 (q's dtype) and lse [T, Hq] (float32, natural log).
 """
@@ -123,26 +127,47 @@ class _Rows:
             dst.index_copy_(0, self.to[:live, cols].flatten(), x.flatten(0, 1).to(dst.dtype))
 
 
-def _heads(x):
-    """[n, length, heads, D] -> [n, heads, length, D] float32 (a view where x is float32)."""
-    return x.float().transpose(1, 2)
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles), so that PyTorch's flash op runs
+    bfloat16 inputs faster than their float32 copies (2-4x per pair on a Sapphire Rapids core,
+    bench/RESULTS.md); elsewhere it would convert them itself."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
 
 
-def _two_parts(q, k, v, rows, prefix, scale, out, lse):
-    """Segments of one length and prefix: one batched call per part (the causal square, the prefix), merged."""
-    qs = _heads(rows.read(q))
-    o, m = _flash(qs, _heads(rows.read(k)), _heads(rows.read(v)), True, scale)
+def _work_dtype(q, k, v) -> torch.dtype:
+    """What the flash op's calls take: bfloat16 inputs as they are where the CPU multiplies them natively and no
+    gradient is wanted (the op then multiplies in bfloat16 with float32 sums, as the Triton kernel does), float32
+    otherwise (float16, whose products no CPU here runs faster than float32's; and the explicit softmax)."""
+    if (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and not wants_grad(q, k, v)
+            and _flash_op() is not None and native_bf16()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _heads(x, dtype=torch.float32):
+    """[n, length, heads, D] -> [n, heads, length, D] in dtype (a view where x is of it)."""
+    return x.to(dtype).transpose(1, 2)
+
+
+def _two_parts(q, k, v, rows, prefix, scale, out, lse, dtype):
+    """Segments of one length and prefix: one batched call per part (the causal square, the prefix), merged (in
+    float32, whatever dtype the calls take)."""
+    qs = _heads(rows.read(q), dtype)
+    o, m = _flash(qs, _heads(rows.read(k), dtype), _heads(rows.read(v), dtype), True, scale)
     p0, p1 = prefix
     if p1 > p0:
         n = rows.n
-        kp = _heads(k[p0:p1][None]).expand(n, -1, -1, -1)
-        vp = _heads(v[p0:p1][None]).expand(n, -1, -1, -1)
-        o, m = _merge(o, m, *_flash(qs, kp, vp, False, scale))
+        kp = _heads(k[p0:p1][None], dtype).expand(n, -1, -1, -1)
+        vp = _heads(v[p0:p1][None], dtype).expand(n, -1, -1, -1)
+        oa, ma = _flash(qs, kp, vp, False, scale)
+        o, m = _merge(o.float(), m, oa.float(), ma)
     rows.write(out, o.transpose(1, 2))
     rows.write(lse, m.transpose(1, 2))
 
 
-def _chunks(q, k, v, rows, prefix, scale, out, lse):
+def _chunks(q, k, v, rows, prefix, scale, out, lse, dtype):
     """Segments of one prefix, longest first, in chunks of CHUNK rows: chunk c of every segment that reaches it
     in one call over the keys [prefix | the segment's tokens up to the chunk's end], with the chunk's upper
     triangle masked. The keys are gathered once, as [prefix | own tokens], and each chunk's are a leading slice
@@ -150,15 +175,15 @@ def _chunks(q, k, v, rows, prefix, scale, out, lse):
     p0, p1 = prefix
     n, width, P, dev = rows.n, rows.width, p1 - p0, q.device
     at = torch.cat([torch.arange(p0, p1, device=dev).expand(n, -1), rows.index], 1).flatten()
-    keys, values = (_heads(x.index_select(0, at).unflatten(0, (n, P + width))) for x in (k, v))
+    keys, values = (_heads(x.index_select(0, at).unflatten(0, (n, P + width)), dtype) for x in (k, v))
     for c in range(0, width, CHUNK):
         live = sum(1 for x in rows.lengths if x > c)  # the segments that reach this chunk: the first `live`
         w = min(CHUNK, width - c)
         mask = torch.zeros(w, P + c + w, dtype=torch.float32, device=dev)
         mask[:, P + c:].masked_fill_(torch.ones(w, w, dtype=torch.bool, device=dev).triu(1), float("-inf"))
         cols = slice(c, c + w)
-        o, m = _flash(_heads(rows.read(q, live, cols)), keys[:live, :, :P + c + w], values[:live, :, :P + c + w],
-                      False, scale, mask[None, None])
+        o, m = _flash(_heads(rows.read(q, live, cols), dtype), keys[:live, :, :P + c + w],
+                      values[:live, :, :P + c + w], False, scale, mask[None, None])
         rows.write(out, o.transpose(1, 2), live, cols)
         rows.write(lse, m.transpose(1, 2), live, cols)
 
@@ -170,6 +195,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # PyTorch's CPU flash op, called directly, reads each row of D values as contiguous: SDPA's own checks, which
     # copy other strides, are bypassed. (A view with another stride there, such as a transpose, gave garbage.)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    dtype = _work_dtype(q, k, v)
     out = torch.empty(T + 1, Hq, D, dtype=q.dtype, device=q.device)  # row T: padding rows' scratch
     lse = torch.empty(T + 1, Hq, dtype=torch.float32, device=q.device)
     chunked: dict[tuple, list] = {}  # (prefix start, prefix end) -> [(segment start, length)]
@@ -190,11 +216,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         for c in range(0, len(segs), step):
             batch = segs[c:c + step]
             rows = _Rows([s for s, _ in batch], [n for _, n in batch], batch[0][1], T, q.device)
-            _chunks(q, k, v, rows, (p0, p1), scale, out, lse)
+            _chunks(q, k, v, rows, (p0, p1), scale, out, lse, dtype)
     for (p0, p1, length), starts in split.items():
         step = max(1, BATCH_ELEMENTS // (Hq * length * (p1 - p0 + length)))
         for c in range(0, len(starts), step):
             batch = starts[c:c + step]
             rows = _Rows(batch, [length] * len(batch), length, T, q.device)
-            _two_parts(q, k, v, rows, (p0, p1), scale, out, lse)
+            _two_parts(q, k, v, rows, (p0, p1), scale, out, lse, dtype)
     return out[:T], lse[:T]
