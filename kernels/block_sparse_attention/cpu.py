@@ -5,12 +5,12 @@ before the query segment; instruction rows: nothing) and a causal square over th
 to compute that, both through PyTorch's CPU flash attention, which returns the log-sum-exp:
 
 - Segments of at most CHUNKED_MAX_LEN tokens whose prefix is at most 2 x length + 128 tokens (documents, in
-  practice) go in chunks of CHUNK rows, the CPU flash op's query block at these sizes. Chunk c of every
-  segment of one prefix is one call over the keys [prefix | the segment's tokens up to the chunk's end], with
-  an additive mask that cuts the chunk's upper triangle, shared by the call's segments. Segments shorter than
-  the longest are padded, and a valid row never sees a padded key (its own keys end at the row itself). This
-  visits what the flash op's causal mode would, without merging two parts, and segments of any lengths share
-  a call.
+  practice) go in chunks of CHUNK rows (CHUNK_BF16 in bfloat16 calls). Chunk c of every segment of one prefix
+  is one call over the keys [prefix | the segment's tokens up to the chunk's end], with an additive mask that
+  cuts the chunk's upper triangle, shared by the call's segments. Segments shorter than the longest are padded,
+  and a valid row never sees a padded key (its own keys end at the row itself). The calls visit the causal
+  square's lower half and the chunks' diagonal triangles, nothing is merged, and segments of any lengths share
+  a call. (The flash op's causal mode costs the whole square up to 512 keys.)
 - Other segments (long ones, and query segments with a long prefix) take one call per part, and the two are
   merged: lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse). Segments of
   equal length and prefix go through in one batch.
@@ -41,6 +41,7 @@ from ..layout import DOCUMENT, SegmentLayout
 BATCH_ELEMENTS = 1 << 24  # score elements per batched call, and gathered key elements per batch of chunks
 CHUNKED_MAX_LEN = 512  # segments up to this length (and a prefix up to 2 x length + 128) go in chunks
 CHUNK = 32  # rows per chunk: the CPU flash op's query block below 192 rows
+CHUNK_BF16 = 64  # rows per chunk of bfloat16 calls: 8-23% faster than 32 with AMX (bench/RESULTS.md, kernel notes)
 
 
 def _repeat_heads(q, k, v):
@@ -167,8 +168,8 @@ def _two_parts(q, k, v, rows, prefix, scale, out, lse, dtype):
     rows.write(lse, m.transpose(1, 2))
 
 
-def _chunks(q, k, v, rows, prefix, scale, out, lse, dtype):
-    """Segments of one prefix, longest first, in chunks of CHUNK rows: chunk c of every segment that reaches it
+def _chunks(q, k, v, rows, prefix, scale, out, lse, dtype, chunk):
+    """Segments of one prefix, longest first, in chunks of `chunk` rows: chunk c of every segment that reaches it
     in one call over the keys [prefix | the segment's tokens up to the chunk's end], with the chunk's upper
     triangle masked. The keys are gathered once, as [prefix | own tokens], and each chunk's are a leading slice
     of them. A valid row never sees a padded key: its own keys end at the row itself."""
@@ -176,9 +177,9 @@ def _chunks(q, k, v, rows, prefix, scale, out, lse, dtype):
     n, width, P, dev = rows.n, rows.width, p1 - p0, q.device
     at = torch.cat([torch.arange(p0, p1, device=dev).expand(n, -1), rows.index], 1).flatten()
     keys, values = (_heads(x.index_select(0, at).unflatten(0, (n, P + width)), dtype) for x in (k, v))
-    for c in range(0, width, CHUNK):
+    for c in range(0, width, chunk):
         live = sum(1 for x in rows.lengths if x > c)  # the segments that reach this chunk: the first `live`
-        w = min(CHUNK, width - c)
+        w = min(chunk, width - c)
         mask = torch.zeros(w, P + c + w, dtype=torch.float32, device=dev)
         mask[:, P + c:].masked_fill_(torch.ones(w, w, dtype=torch.bool, device=dev).triu(1), float("-inf"))
         cols = slice(c, c + w)
@@ -196,6 +197,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     # copy other strides, are bypassed. (A view with another stride there, such as a transpose, gave garbage.)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     dtype = _work_dtype(q, k, v)
+    chunk = CHUNK_BF16 if dtype == torch.bfloat16 else CHUNK
     out = torch.empty(T + 1, Hq, D, dtype=q.dtype, device=q.device)  # row T: padding rows' scratch
     lse = torch.empty(T + 1, Hq, dtype=torch.float32, device=q.device)
     chunked: dict[tuple, list] = {}  # (prefix start, prefix end) -> [(segment start, length)]
@@ -212,11 +214,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     Hkv = k.shape[1]
     for (p0, p1), segs in chunked.items():
         segs.sort(key=lambda x: -x[1])  # longest first (stable: equal lengths keep their order)
-        step = max(1, BATCH_ELEMENTS // (max(Hq * min(CHUNK, segs[0][1]), Hkv * D) * (p1 - p0 + segs[0][1])))
+        step = max(1, BATCH_ELEMENTS // (max(Hq * min(chunk, segs[0][1]), Hkv * D) * (p1 - p0 + segs[0][1])))
         for c in range(0, len(segs), step):
             batch = segs[c:c + step]
             rows = _Rows([s for s, _ in batch], [n for _, n in batch], batch[0][1], T, q.device)
-            _chunks(q, k, v, rows, (p0, p1), scale, out, lse, dtype)
+            _chunks(q, k, v, rows, (p0, p1), scale, out, lse, dtype, chunk)
     for (p0, p1, length), starts in split.items():
         step = max(1, BATCH_ELEMENTS // (Hq * length * (p1 - p0 + length)))
         for c in range(0, len(starts), step):
