@@ -130,7 +130,7 @@ class _Rows:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles), so that PyTorch's flash op runs
-    bfloat16 inputs faster than their float32 copies (2-4x per pair on a Sapphire Rapids core,
+    bfloat16 inputs faster than their float32 copies (1.9-2.6x per pair on one core of an AMX-capable Xeon,
     bench/RESULTS.md); elsewhere it would convert them itself."""
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
@@ -139,15 +139,16 @@ def native_bf16() -> bool:
 
 def _work_dtype(q, k, v) -> torch.dtype:
     """What the flash op's calls take: bfloat16 inputs as they are where the CPU multiplies them natively and no
-    gradient is wanted (the op then multiplies in bfloat16 with float32 sums, as the Triton kernel does), float32
-    otherwise (float16, whose products no CPU here runs faster than float32's; and the explicit softmax)."""
+    gradient is wanted (the op then multiplies in bfloat16 with float32 sums, as the Triton kernel does); float32
+    otherwise: float16 (as slow as float32 in the op on a CPU without AMX-FP16, where it was measured), and the
+    explicit softmax, which gradients take."""
     if (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and not wants_grad(q, k, v)
             and _flash_op() is not None and native_bf16()):
         return torch.bfloat16
     return torch.float32
 
 
-def _heads(x, dtype=torch.float32):
+def _heads(x, dtype):
     """[n, length, heads, D] -> [n, heads, length, D] in dtype (a view where x is of it)."""
     return x.to(dtype).transpose(1, 2)
 
