@@ -1378,6 +1378,29 @@ def test_cpu_path_fallback_without_the_flash_op(monkeypatch):
     close(l, ref_l, 2e-5, 1e-4, "fallback lse")
 
 
+def test_cpu_path_bfloat16_calls_the_flash_op_rejects_fall_back_to_float32(monkeypatch):
+    """A torch build whose CPU flash op refuses bfloat16 (where the CPU multiplies it natively) gets the explicit
+    softmax in float32: the log-sum-exps as exact as with float32 copies, not rounded to bfloat16."""
+    from irforge.kernels.block_sparse_attention import cpu
+
+    real = cpu._flash_op()
+
+    def no_bf16(q, k, v, *args, **kwargs):
+        if q.dtype == torch.bfloat16:
+            raise RuntimeError("bfloat16 is not supported")
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(cpu, "_flash_op", lambda: no_bf16)
+    monkeypatch.setattr(cpu, "native_bf16", lambda: True)
+    layout = SegmentLayout.from_lengths(CPU_FORMS["chunks, gathered"][0] + CPU_FORMS["long document"][0])
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g).to(torch.bfloat16) for h in (4, 2, 2))
+    ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
+    o, l = block_sparse_attention(q, k, v, layout, backend="torch")
+    close(o, ref_o, 2e-2, 2e-2, "out")
+    close(l, ref_l, 1e-5, 1e-5, "lse")
+
+
 # layouts for the CPU path's two forms (kernels/block_sparse_attention/cpu.py), with the forms each must take
 CPU_FORMS = {
     # documents of differing lengths: gathered, padded, up to 3 chunks (the query, its prefix over 2 x 40 + 128:

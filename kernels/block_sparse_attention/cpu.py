@@ -51,6 +51,8 @@ def _repeat_heads(q, k, v):
 
 
 def _explicit(q, k, v, causal, scale, mask=None):
+    """The flash op's result by an explicit float32 softmax (bfloat16 calls whose op raised come here too)."""
+    q, k, v = q.float(), k.float(), v.float()
     k, v = _repeat_heads(q, k, v)
     s = torch.einsum("bhld,bhmd->bhlm", q, k) * scale
     if causal:
