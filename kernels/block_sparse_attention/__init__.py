@@ -32,6 +32,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     -------
     out : [T, Hq, D] in q's dtype; lse : [T, Hq] float32, each row's log-sum-exp (natural log) of its scaled scores.
 
+    Precision: 16-bit inputs are multiplied with float32 sums, and the probabilities are rounded to the inputs'
+    dtype before their product with the values (the Triton kernel; the PyTorch path on bfloat16 inputs where the
+    CPU multiplies bfloat16 natively, AVX512-BF16 or AMX). The PyTorch path computes other inputs, and any whose
+    gradient is wanted, in float32.
+
     Called from code under torch.compile, it runs as it does eagerly (a graph break): TorchDynamo does not trace
     its host-side tables (NumPy) and Triton launches.
     """
