@@ -1392,7 +1392,8 @@ def test_cpu_path_bfloat16_calls_the_flash_op_rejects_fall_back_to_float32(monke
 
     monkeypatch.setattr(cpu, "_flash_op", lambda: no_bf16)
     monkeypatch.setattr(cpu, "native_bf16", lambda: True)
-    layout = SegmentLayout.from_lengths(CPU_FORMS["chunks, gathered"][0] + CPU_FORMS["long document"][0])
+    layout = SegmentLayout.from_lengths([p for form in ("chunks, gathered", "stacked", "long document")
+                                         for p in CPU_FORMS[form][0]])
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g).to(torch.bfloat16) for h in (4, 2, 2))
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
@@ -1408,8 +1409,9 @@ CPU_FORMS = {
     "chunks, gathered": ([(6, [33, 70, 5, 64, 64], 40)], {"_chunks", "_two_parts"}),
     # equal documents back to back: read and written as views; two prompts, each with its own prefix
     "chunks, views": ([(6, [64, 64, 64], 4), (3, [32, 32], 2)], {"_chunks", "_two_parts"}),
-    # prefixes longer than 2 x length + 128: the two parts, merged
-    "two parts": ([(200, [9, 9, 30], 5)], {"_two_parts"}),
+    # documents after an instruction longer than 2 x length + 128: their own parts in chunks over copies of their
+    # rows (gathered, padded), the instruction part of all of them in one call, merged; the query's two parts
+    "stacked": ([(200, [9, 9, 30, 1, 17], 5), (150, [3, 70], 2)], {"_stacked", "_chunks", "_two_parts"}),
     # a document longer than CHUNKED_MAX_LEN
     "long document": ([(4, [600], 3)], {"_two_parts"}),
 }
@@ -1424,7 +1426,7 @@ def test_cpu_path_forms_match_the_reference(monkeypatch, form, dtype, atol, rtol
 
     spec, forms = CPU_FORMS[form]
     taken = set()
-    for name in ("_chunks", "_two_parts"):
+    for name in ("_chunks", "_two_parts", "_stacked"):
         real = getattr(cpu, name)
         monkeypatch.setattr(cpu, name, lambda *a, _f=real, _n=name: (taken.add(_n), _f(*a))[1])
     layout = SegmentLayout.from_lengths(spec)
@@ -1454,7 +1456,8 @@ def test_cpu_path_runs_bfloat16_natively_where_the_cpu_multiplies_it(monkeypatch
 
     monkeypatch.setattr(cpu, "_flash_op", lambda: spy)
     monkeypatch.setattr(cpu, "native_bf16", lambda: native)
-    layout = SegmentLayout.from_lengths(CPU_FORMS["chunks, gathered"][0] + CPU_FORMS["long document"][0])
+    layout = SegmentLayout.from_lengths([p for form in ("chunks, gathered", "stacked", "long document")
+                                         for p in CPU_FORMS[form][0]])
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g) for h in (6, 2, 2))
     for dtype, want in ((torch.bfloat16, torch.bfloat16 if native else torch.float32),
@@ -1473,12 +1476,13 @@ def test_cpu_path_runs_bfloat16_natively_where_the_cpu_multiplies_it(monkeypatch
     assert not seen and o.dtype == torch.bfloat16  # the explicit float32 softmax, which passes gradients
 
 
-@pytest.mark.parametrize("layout_name", ["odd", "three_prompts", "long_instruction", "two parts", "chunks, gathered"])
+@pytest.mark.parametrize("layout_name", ["odd", "three_prompts", "long_instruction", "stacked", "long document",
+                                         "chunks, gathered"])
 def test_cpu_path_gradients_match_the_reference(layout_name):
     """Fine-tuning (BlockRank's loss) differentiates the torch paths: their gradients for q, k and v, through
     both the output and the log-sum-exp, equal the float64 reference's. PyTorch's CPU flash op passes no
-    gradient through its log-sum-exp, which the merge of a document's prefix and own part needs. The last two
-    layouts take the CPU path's merged two-part form and its gathered, padded chunks."""
+    gradient through its log-sum-exp, which the merge of a document's prefix and own part needs. The last three
+    layouts take the CPU path's stacked form, its merged two-part form and its gathered, padded chunks."""
     if layout_name in CPU_FORMS:
         layout = SegmentLayout.from_lengths(CPU_FORMS[layout_name][0])
         g = torch.Generator().manual_seed(3)

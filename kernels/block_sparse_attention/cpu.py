@@ -1,7 +1,7 @@
 """CPU path for block-sparse in-context attention in PyTorch, without the [T, T] mask.
 
 Every segment's rows attend two parts: an unmasked prefix (documents: the instruction; query rows: everything
-before the query segment; instruction rows: nothing) and a causal square over the segment's own tokens. Two ways
+before the query segment; instruction rows: nothing) and a causal square over the segment's own tokens. Three ways
 to compute that, both through PyTorch's CPU flash attention, which returns the log-sum-exp:
 
 - Segments of at most CHUNKED_MAX_LEN tokens whose prefix is at most 2 x length + 128 tokens (documents, in
@@ -11,9 +11,14 @@ to compute that, both through PyTorch's CPU flash attention, which returns the l
   and a valid row never sees a padded key (its own keys end at the row itself). The calls visit the causal
   square's lower half and the chunks' diagonal triangles, nothing is merged, and segments of any lengths share
   a call. (The flash op's causal mode costs the whole square up to 512 keys.)
-- Other segments (long ones, and query segments with a long prefix) take one call per part, and the two are
-  merged: lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse). Segments of
-  equal length and prefix go through in one batch.
+- Documents of at most CHUNKED_MAX_LEN tokens after a longer instruction (over 2 x length + 128 tokens) take
+  their own squares in chunks as above, without the instruction, over copies of their rows laid back to back;
+  then the instruction part of all of them in one call, whose long query gets the flash op's large query blocks;
+  and the two parts are merged in float32: lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b
+  * exp(lse_b - lse).
+- Other segments (long ones, query segments with a long prefix, instructions) take one call per part,
+  merged the same way.
+  Segments of equal length and prefix go through in one batch.
 
 Equal-length segments that lie back to back are read and written as views; others are gathered, and padding
 rows are written to a scratch row past the output's end. The forms and their thresholds were chosen by timing
@@ -30,6 +35,7 @@ Same signature as naive.block_sparse_attention: q [T, Hq, D], k and v [T, Hkv, D
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional
 
@@ -192,6 +198,46 @@ def _chunks(q, k, v, rows, prefix, scale, out, lse, dtype, chunk):
         rows.write(lse, m.transpose(1, 2), live, cols)
 
 
+def _chunked(q, k, v, segs, prefix, scale, out, lse, dtype, chunk):
+    """Segments [(start, length)] of one prefix through _chunks, longest first, in batches whose gathered keys and
+    scores stay within BATCH_ELEMENTS."""
+    p0, p1 = prefix
+    T, Hq, D = q.shape
+    segs = sorted(segs, key=lambda x: -x[1])  # longest first (stable: equal lengths keep their order)
+    step = max(1, BATCH_ELEMENTS // (max(Hq * min(chunk, segs[0][1]), k.shape[1] * D) * (p1 - p0 + segs[0][1])))
+    for c in range(0, len(segs), step):
+        batch = segs[c:c + step]
+        rows = _Rows([s for s, _ in batch], [n for _, n in batch], batch[0][1], T, q.device)
+        _chunks(q, k, v, rows, prefix, scale, out, lse, dtype, chunk)
+
+
+def _stacked(q, k, v, segs, prefix, scale, out, lse, dtype, chunk):
+    """Documents [(start, length)] whose instruction (prefix) is longer than 2 x their length + 128: their own
+    causal squares in chunks over copies of their rows laid back to back (no prefix), then the instruction part
+    of all their rows in one call per BATCH_ELEMENTS scores, merged with the first in float32. The rows of
+    documents of any lengths make one long query there, for which the flash op takes its large query blocks; the
+    chunks would read the long instruction again in every call."""
+    T, Hq, D = q.shape
+    segs = sorted(segs, key=lambda x: -x[1])
+    lengths = [n for _, n in segs]
+    idx = torch.cat([torch.arange(a, a + n, device=q.device) for a, n in segs])
+    N = len(idx)
+    qg, kg, vg = (x.index_select(0, idx) for x in (q, k, v))
+    og = torch.empty(N + 1, Hq, D, dtype=torch.float32, device=q.device)  # row N: padding rows' scratch
+    lg = torch.empty(N + 1, Hq, dtype=torch.float32, device=q.device)
+    starts = [0, *itertools.accumulate(lengths[:-1])]
+    _chunked(qg, kg, vg, list(zip(starts, lengths)), (0, 0), scale, og, lg, dtype, chunk)
+    p0, p1 = prefix
+    kp, vp = (_heads(x[p0:p1][None], dtype) for x in (k, v))
+    step = max(1, BATCH_ELEMENTS // (Hq * (p1 - p0)))
+    for r in range(0, N, step):
+        rs = slice(r, min(N, r + step))
+        oa, ma = _flash(_heads(qg[rs][None], dtype), kp, vp, False, scale)
+        o, m = _merge(og[rs].transpose(0, 1)[None], lg[rs].transpose(0, 1)[None], oa.float(), ma)
+        out.index_copy_(0, idx[rs], o[0].transpose(0, 1).to(out.dtype))
+        lse.index_copy_(0, idx[rs], m[0].transpose(0, 1))
+
+
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout,
                            scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     T, Hq, D = q.shape
@@ -204,6 +250,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     out = torch.empty(T + 1, Hq, D, dtype=q.dtype, device=q.device)  # row T: padding rows' scratch
     lse = torch.empty(T + 1, Hq, dtype=torch.float32, device=q.device)
     chunked: dict[tuple, list] = {}  # (prefix start, prefix end) -> [(segment start, length)]
+    stacked: dict[tuple, list] = {}  # the same, for documents whose instruction is long beside them
     split: dict[tuple, list[int]] = {}  # (prefix start, prefix end, length) -> segment starts
     for a, b, kind, p0, i1 in layout.segments():
         if b == a:
@@ -212,16 +259,14 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         P, L = prefix[1] - prefix[0], b - a
         if 0 < P <= 2 * L + 128 and L <= CHUNKED_MAX_LEN:
             chunked.setdefault(prefix, []).append((a, L))
+        elif P > 0 and L <= CHUNKED_MAX_LEN and kind == DOCUMENT:
+            stacked.setdefault(prefix, []).append((a, L))
         else:
             split.setdefault((*prefix, L), []).append(a)
-    Hkv = k.shape[1]
-    for (p0, p1), segs in chunked.items():
-        segs.sort(key=lambda x: -x[1])  # longest first (stable: equal lengths keep their order)
-        step = max(1, BATCH_ELEMENTS // (max(Hq * min(chunk, segs[0][1]), Hkv * D) * (p1 - p0 + segs[0][1])))
-        for c in range(0, len(segs), step):
-            batch = segs[c:c + step]
-            rows = _Rows([s for s, _ in batch], [n for _, n in batch], batch[0][1], T, q.device)
-            _chunks(q, k, v, rows, (p0, p1), scale, out, lse, dtype, chunk)
+    for prefix, segs in chunked.items():
+        _chunked(q, k, v, segs, prefix, scale, out, lse, dtype, chunk)
+    for prefix, segs in stacked.items():
+        _stacked(q, k, v, segs, prefix, scale, out, lse, dtype, chunk)
     for (p0, p1, length), starts in split.items():
         step = max(1, BATCH_ELEMENTS // (Hq * length * (p1 - p0 + length)))
         for c in range(0, len(starts), step):
