@@ -1378,6 +1378,19 @@ def test_cpu_path_fallback_without_the_flash_op(monkeypatch):
     close(l, ref_l, 2e-5, 1e-4, "fallback lse")
 
 
+def cpu_path_case(monkeypatch, op, native: bool, hq: int, seed: int):
+    """The CPU path with its flash op replaced by ``op`` and native bfloat16 as given; float32 inputs q [T, hq, 64],
+    k and v [T, 2, 64] over a layout that takes all three of its forms (CPU_FORMS below)."""
+    from irforge.kernels.block_sparse_attention import cpu
+
+    monkeypatch.setattr(cpu, "_flash_op", lambda: op)
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    layout = SegmentLayout.from_lengths([p for form in ("chunks, gathered", "stacked", "long document")
+                                         for p in CPU_FORMS[form][0]])
+    g = torch.Generator().manual_seed(seed)
+    return (layout, *(torch.randn(layout.total_tokens, h, 64, generator=g) for h in (hq, 2, 2)))
+
+
 def test_cpu_path_bfloat16_calls_the_flash_op_rejects_fall_back_to_float32(monkeypatch):
     """A torch build whose CPU flash op refuses bfloat16 (where the CPU multiplies it natively) gets the explicit
     softmax in float32: the log-sum-exps as exact as with float32 copies, not rounded to bfloat16."""
@@ -1390,19 +1403,15 @@ def test_cpu_path_bfloat16_calls_the_flash_op_rejects_fall_back_to_float32(monke
             raise RuntimeError("bfloat16 is not supported")
         return real(q, k, v, *args, **kwargs)
 
-    monkeypatch.setattr(cpu, "_flash_op", lambda: no_bf16)
-    monkeypatch.setattr(cpu, "native_bf16", lambda: True)
-    layout = SegmentLayout.from_lengths([p for form in ("chunks, gathered", "stacked", "long document")
-                                         for p in CPU_FORMS[form][0]])
-    g = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g).to(torch.bfloat16) for h in (4, 2, 2))
+    layout, *qkv = cpu_path_case(monkeypatch, no_bf16, True, 4, seed=4)
+    q, k, v = (x.to(torch.bfloat16) for x in qkv)
     ref_o, ref_l = block_sparse_attention(q, k, v, layout, backend="naive")
     o, l = block_sparse_attention(q, k, v, layout, backend="torch")
     close(o, ref_o, 2e-2, 2e-2, "out")
     close(l, ref_l, 1e-5, 1e-5, "lse")
 
 
-# layouts for the CPU path's two forms (kernels/block_sparse_attention/cpu.py), with the forms each must take
+# layouts for the CPU path's three forms (kernels/block_sparse_attention/cpu.py), with the forms each must take
 CPU_FORMS = {
     # documents of differing lengths: gathered, padded, up to 3 chunks (the query, its prefix over 2 x 40 + 128:
     # two parts, merged)
@@ -1420,8 +1429,8 @@ CPU_FORMS = {
 @pytest.mark.parametrize("form", list(CPU_FORMS))
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES + [(torch.bfloat16, 2e-2, 2e-2)])  # (the CPU path runs bf16)
 def test_cpu_path_forms_match_the_reference(monkeypatch, form, dtype, atol, rtol):
-    """The CPU path's chunked calls (views or gathers, padded chunks) and its merged two-part calls each match
-    the reference, and each layout takes the forms it is meant to (so neither form goes untested)."""
+    """The CPU path's chunked calls (views or gathers, padded chunks), its stacked form and its merged two-part
+    calls each match the reference, and each layout takes the forms it is meant to (so no form goes untested)."""
     from irforge.kernels.block_sparse_attention import cpu
 
     spec, forms = CPU_FORMS[form]
@@ -1454,12 +1463,7 @@ def test_cpu_path_runs_bfloat16_natively_where_the_cpu_multiplies_it(monkeypatch
         seen.append((q.dtype, k.dtype, v.dtype))
         return real(q, k, v, *args, **kwargs)
 
-    monkeypatch.setattr(cpu, "_flash_op", lambda: spy)
-    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
-    layout = SegmentLayout.from_lengths([p for form in ("chunks, gathered", "stacked", "long document")
-                                         for p in CPU_FORMS[form][0]])
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(layout.total_tokens, h, 64, generator=g) for h in (6, 2, 2))
+    layout, q, k, v = cpu_path_case(monkeypatch, spy, native, 6, seed=3)
     for dtype, want in ((torch.bfloat16, torch.bfloat16 if native else torch.float32),
                         (torch.float16, torch.float32)):
         qd, kd, vd = (x.to(dtype) for x in (q, k, v))

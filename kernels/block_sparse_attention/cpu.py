@@ -2,7 +2,7 @@
 
 Every segment's rows attend two parts: an unmasked prefix (documents: the instruction; query rows: everything
 before the query segment; instruction rows: nothing) and a causal square over the segment's own tokens. Three ways
-to compute that, both through PyTorch's CPU flash attention, which returns the log-sum-exp:
+to compute that, all through PyTorch's CPU flash attention, which returns the log-sum-exp:
 
 - Segments of at most CHUNKED_MAX_LEN tokens whose prefix is at most 2 x length + 128 tokens (documents, in
   practice) go in chunks of CHUNK rows (CHUNK_BF16 in bfloat16 calls). Chunk c of every segment of one prefix
@@ -16,9 +16,8 @@ to compute that, both through PyTorch's CPU flash attention, which returns the l
   then the instruction part of all of them in one call, whose long query gets the flash op's large query blocks;
   and the two parts are merged in float32: lse = logaddexp(lse_a, lse_b), out = out_a * exp(lse_a - lse) + out_b
   * exp(lse_b - lse).
-- Other segments (long ones, query segments with a long prefix, instructions) take one call per part,
-  merged the same way.
-  Segments of equal length and prefix go through in one batch.
+- Other segments (long ones, query segments with a long prefix, instructions) take one call per part, merged
+  the same way. Segments of equal length and prefix go through in one batch.
 
 Equal-length segments that lie back to back are read and written as views; others are gathered, and padding
 rows are written to a scratch row past the output's end. The forms and their thresholds were chosen by timing
@@ -217,7 +216,7 @@ def _stacked(q, k, v, segs, prefix, scale, out, lse, dtype, chunk):
     of all their rows in one call per BATCH_ELEMENTS scores, merged with the first in float32. The rows of
     documents of any lengths make one long query there, for which the flash op takes its large query blocks; the
     chunks would read the long instruction again in every call."""
-    T, Hq, D = q.shape
+    _, Hq, D = q.shape
     segs = sorted(segs, key=lambda x: -x[1])
     lengths = [n for _, n in segs]
     idx = torch.cat([torch.arange(a, a + n, device=q.device) for a, n in segs])
