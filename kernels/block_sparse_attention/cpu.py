@@ -93,7 +93,9 @@ def _flash(q, k, v, causal, scale, mask=None):
 
 
 def _merge(o, m, oa, ma):
-    """Merge two parts' outputs and log-sum-exps (in place into o when no gradient is wanted)."""
+    """Merge two parts' outputs and log-sum-exps in float32, whatever dtype the parts' calls took (in place into
+    o when it is float32 and no gradient is wanted)."""
+    o, oa = o.float(), oa.float()
     mm = torch.logaddexp(ma, m)
     wa, wb = torch.exp(ma - mm)[..., None], torch.exp(m - mm)[..., None]
     if wants_grad(o, oa):
@@ -171,7 +173,7 @@ def _two_parts(q, k, v, rows, prefix, scale, out, lse, dtype):
         kp = _heads(k[p0:p1][None], dtype).expand(n, -1, -1, -1)
         vp = _heads(v[p0:p1][None], dtype).expand(n, -1, -1, -1)
         oa, ma = _flash(qs, kp, vp, False, scale)
-        o, m = _merge(o.float(), m, oa.float(), ma)
+        o, m = _merge(o, m, oa, ma)
     rows.write(out, o.transpose(1, 2))
     rows.write(lse, m.transpose(1, 2))
 
@@ -232,7 +234,7 @@ def _stacked(q, k, v, segs, prefix, scale, out, lse, dtype, chunk):
     for r in range(0, N, step):
         rs = slice(r, min(N, r + step))
         oa, ma = _flash(_heads(qg[rs][None], dtype), kp, vp, False, scale)
-        o, m = _merge(og[rs].transpose(0, 1)[None], lg[rs].transpose(0, 1)[None], oa.float(), ma)
+        o, m = _merge(og[rs].transpose(0, 1)[None], lg[rs].transpose(0, 1)[None], oa, ma)
         out.index_copy_(0, idx[rs], o[0].transpose(0, 1).to(out.dtype))
         lse.index_copy_(0, idx[rs], m[0].transpose(0, 1))
 
