@@ -1527,6 +1527,30 @@ def test_cpu_mass_key_chunks_match_the_reference(monkeypatch, chunk, mode, windo
         close(got, ref, 1e-6, 1e-4, f"chunk {chunk}, lse given: {given is not None}")
 
 
+@pytest.mark.parametrize("mode, window, kept, masked", [("causal", None, 8, [(61, 68)]), ("documents", None, 8, []),
+                                                         ("causal", 5, 8, [(56, 68)]), ("documents", 5, 4, [(56, 59)])])
+def test_cpu_mass_masks_only_the_columns_where_the_rows_ranges_differ(mode, window, kept, masked):
+    """Each row covers one contiguous key range. The CPU path masks only the columns where its rows' ranges start
+    or end apart: the query segment's own keys in "causal" mode, none in "documents" mode (every query row covers
+    all of its prompt's documents), the window's edges under a window. Rows covering no key (past the documents'
+    window) are left out. Its chunks and masks allow exactly the reference's pairs."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+    from irforge.kernels.attention_mass.naive import allowed_keys
+
+    layout = SegmentLayout.from_lengths([(10, [20, 30], 8)])  # documents 10-59, query 60-67
+    rows = torch.arange(60, 68)
+    [(sel, chunks, masks)] = mass_cpu._prompts(layout, rows, mode, torch.device("cpu"), 4, window)
+    assert sel.tolist() == list(range(kept))
+    allowed, columns = torch.zeros(8, 68, dtype=torch.bool), []
+    for c0, c1 in chunks:
+        allowed[sel, c0:c1] = True
+        for j0, j1, m in masks(c0, c1):
+            allowed[sel, c0 + j0:c0 + j1] &= ~m
+            columns.append((c0 + j0, c0 + j1))
+    assert columns == masked
+    assert torch.equal(allowed, allowed_keys(layout, rows, mode, "cpu", window))
+
+
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("window", [None, 9])
 def test_cpu_mass_gradients_match_the_reference(mode, window):

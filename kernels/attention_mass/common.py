@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._checks import DTYPES, check_scale
-from ..layout import DOCUMENT, SegmentLayout
+from ..layout import DOCUMENT, INSTRUCTION, QUERY, SegmentLayout
 
 MODES = ("causal", "documents")
 
@@ -87,6 +87,24 @@ def first_keys(pos: np.ndarray, prompt_start: np.ndarray, window: Optional[int])
     keys (a row at p sees keys j with p - j < window, as transformers' sliding-window masks), the later of
     that and p - window + 1. Rows in position order keep these in ascending order."""
     return prompt_start if window is None else np.maximum(prompt_start, pos - window + 1)
+
+
+def key_ranges(layout: SegmentLayout, pos: np.ndarray, prompt_start: np.ndarray, mode: str,
+               window: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The contiguous key range [first, end) each selected row's softmax covers (first >= end: none). A prompt's
+    documents lie back to back between its instruction and its query, so in "documents" mode a row's range is
+    its causal range cut to them."""
+    first, end = first_keys(pos, prompt_start, window), pos + 1
+    if mode == "documents" and pos.size:
+        def tables():  # per segment: its prompt's first document token and its prompt's query start
+            cu, kinds = layout.cu_seqlens, layout.kinds
+            prompt = np.cumsum(kinds == INSTRUCTION) - 1
+            return cu[1:][kinds == INSTRUCTION][prompt], cu[:-1][kinds == QUERY][prompt]
+
+        doc0, doc1 = layout.memo("document_ranges", tables)
+        seg = np.searchsorted(layout.cu_seqlens, pos, side="right") - 1  # the (non-empty) segment holding pos
+        first, end = np.maximum(first, doc0[seg]), np.minimum(end, doc1[seg])
+    return first, end
 
 
 def document_keys(layout: SegmentLayout, device: torch.device) -> torch.Tensor:
