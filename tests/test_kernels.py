@@ -1551,9 +1551,15 @@ def test_cpu_mass_masks_only_the_columns_where_the_rows_ranges_differ(mode, wind
     assert torch.equal(allowed, allowed_keys(layout, rows, mode, "cpu", window))
 
 
+@pytest.mark.parametrize("chunk", [7, 10_000])
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("window", [None, 9])
-def test_cpu_mass_gradients_match_the_reference(mode, window):
+def test_cpu_mass_gradients_match_the_reference(monkeypatch, chunk, mode, window):
+    """Through the one-pass form, and through 7-key chunks with the normaliser's own pass first."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    monkeypatch.setattr(mass_cpu, "KEY_CHUNK", chunk)
+    monkeypatch.setattr(mass_cpu, "SCORE_ELEMENTS", 1)
     layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=5)
     rows = torch.tensor([33, 34, 35, 36, 37, 45, 47, 55, 92, 97])  # query rows of each prompt and a document row
     w = torch.randn(layout.total_tokens, 4, generator=torch.Generator().manual_seed(6)).to(DEVICE)
