@@ -1527,8 +1527,9 @@ def test_cpu_mass_key_chunks_match_the_reference(monkeypatch, chunk, mode, windo
         close(got, ref, 1e-6, 1e-4, f"chunk {chunk}, lse given: {given is not None}")
 
 
-@pytest.mark.parametrize("mode, window, kept, masked", [("causal", None, 8, [(61, 68)]), ("documents", None, 8, []),
-                                                         ("causal", 5, 8, [(56, 68)]), ("documents", 5, 4, [(56, 59)])])
+@pytest.mark.parametrize("mode, window, kept, masked", [
+    ("causal", None, 8, [(61, 68)]), ("documents", None, 8, []), ("causal", 5, 8, [(56, 68)]),
+    ("documents", 5, 4, [(56, 59)])])
 def test_cpu_mass_masks_only_the_columns_where_the_rows_ranges_differ(mode, window, kept, masked):
     """Each row covers one contiguous key range. The CPU path masks only the columns where its rows' ranges start
     or end apart: the query segment's own keys in "causal" mode, none in "documents" mode (every query row covers

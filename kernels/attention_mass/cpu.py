@@ -17,7 +17,8 @@ SCORE_ELEMENTS = 1 << 22  # scores per chunk (rows x query heads x keys): longer
 
 def _prompts(layout, rows, mode, device, heads, window=None):
     """For each prompt holding selected rows that cover any key: (those rows' indices, the key chunks [(c0, c1)]
-    from their first covered key to their last, masks(c0, c1) -> [(j0, j1, masked [rows, j1 - j0])]). Each row
+    from their first covered key to their last, masks(c0, c1) -> [(j0, j1, masked [rows, j1 - j0])] with j0, j1
+    column offsets in the chunk and masked True where a row does not cover the key). Each row
     covers one contiguous key range (common.key_ranges), so only the columns where the rows' ranges start and
     end apart need a mask; the columns every row covers take none. Rows meet only their own prompt's keys (and,
     under a sliding window, only their window's), so packed prompts cost what they would alone. A chunk holds
