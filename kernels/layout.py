@@ -113,21 +113,22 @@ class SegmentLayout:
             cache[key] = build()
         return cache[key]
 
-    def _segment_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per segment: start, end, start of its prompt, end of its prompt's instruction."""
+    def _segment_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per segment: start, end, start of its prompt, end of its prompt's instruction, start of its prompt's
+        query."""
         a, b = self.cu_seqlens[:-1], self.cu_seqlens[1:]
         inst = np.flatnonzero(self.kinds == INSTRUCTION)
         prompt = np.cumsum(self.kinds == INSTRUCTION) - 1
-        return a, b, a[inst][prompt], b[inst][prompt]
+        return a, b, a[inst][prompt], b[inst][prompt], a[self.kinds == QUERY][prompt]
 
     def segments(self):
         """(start, end, kind, prompt start, instruction end) per segment."""
-        a, b, p0, i1 = self._segment_arrays()
+        a, b, p0, i1, _ = self._segment_arrays()
         return zip(a.tolist(), b.tolist(), self.kinds.tolist(), p0.tolist(), i1.tolist())
 
     def _segment_ranges(self) -> np.ndarray:
         """Per segment: [prefix start, prefix end, causal start], int64 [S, 3]."""
-        a, _, p0, i1 = self._segment_arrays()
+        a, _, p0, i1, _ = self._segment_arrays()
         doc = self.kinds == DOCUMENT
         return np.stack([np.where(doc, p0, 0), np.where(doc, i1, 0), np.where(self.kinds == QUERY, p0, a)], 1)
 
@@ -135,6 +136,12 @@ class SegmentLayout:
         """Per token: [prefix start, prefix end, causal start], int64 [T, 3]; the row attends
         [prefix start, prefix end) and [causal start, row]."""
         return self._segment_ranges()[self.segment_ids()]
+
+    def document_ranges(self) -> np.ndarray:
+        """Per segment: its prompt's documents as one token range [start, end), int64 [S, 2]. They lie back to
+        back between the prompt's instruction and its query."""
+        _, _, _, i1, q0 = self._segment_arrays()
+        return np.stack([i1, q0], 1)
 
     def prompt_starts(self) -> np.ndarray:
         """Per token: the first token of its prompt, int64 [T]."""

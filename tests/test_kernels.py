@@ -1504,6 +1504,15 @@ def test_cpu_path_gradients_match_the_reference(layout_name):
         close(got, want, 1e-4, 1e-4, f"d{name}")
 
 
+def cpu_mass_in_chunks(monkeypatch, chunk: int):
+    """The CPU mass path's module, with key chunks of ``chunk`` keys however few the rows."""
+    from irforge.kernels.attention_mass import cpu as mass_cpu
+
+    monkeypatch.setattr(mass_cpu, "KEY_CHUNK", chunk)
+    monkeypatch.setattr(mass_cpu, "SCORE_ELEMENTS", 1)
+    return mass_cpu
+
+
 @pytest.mark.parametrize("chunk", [7, 10_000])
 @pytest.mark.parametrize("mode", ["causal", "documents"])
 @pytest.mark.parametrize("window", [None, 9])
@@ -1511,10 +1520,7 @@ def test_cpu_mass_key_chunks_match_the_reference(monkeypatch, chunk, mode, windo
     """The CPU path's forms: a prompt whose keys fit one chunk takes one pass (its normaliser from the same
     scores); 7-key chunks force the first pass for the normaliser; a given log-sum-exp takes neither. Rows of
     three prompts, one with no document key before it in "documents" mode (it must contribute nothing)."""
-    from irforge.kernels.attention_mass import cpu as mass_cpu
-
-    monkeypatch.setattr(mass_cpu, "KEY_CHUNK", chunk)
-    monkeypatch.setattr(mass_cpu, "SCORE_ELEMENTS", 1)
+    mass_cpu = cpu_mass_in_chunks(monkeypatch, chunk)
     layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=8)
     rows = torch.tensor([1, 33, 34, 37, 45, 47, 55, 92, 97])  # row 1: an instruction row, no document before it
     w = torch.rand(len(rows), generator=torch.Generator().manual_seed(9)).to(DEVICE)
@@ -1557,10 +1563,7 @@ def test_cpu_mass_masks_only_the_columns_where_the_rows_ranges_differ(mode, wind
 @pytest.mark.parametrize("window", [None, 9])
 def test_cpu_mass_gradients_match_the_reference(monkeypatch, chunk, mode, window):
     """Through the one-pass form, and through 7-key chunks with the normaliser's own pass first."""
-    from irforge.kernels.attention_mass import cpu as mass_cpu
-
-    monkeypatch.setattr(mass_cpu, "KEY_CHUNK", chunk)
-    monkeypatch.setattr(mass_cpu, "SCORE_ELEMENTS", 1)
+    cpu_mass_in_chunks(monkeypatch, chunk)
     layout, q, k, _ = make("three_prompts", 64, 4, 2, torch.float32, seed=5)
     rows = torch.tensor([33, 34, 35, 36, 37, 45, 47, 55, 92, 97])  # query rows of each prompt and a document row
     w = torch.randn(layout.total_tokens, 4, generator=torch.Generator().manual_seed(6)).to(DEVICE)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._checks import DTYPES, check_scale
-from ..layout import DOCUMENT, INSTRUCTION, QUERY, SegmentLayout
+from ..layout import DOCUMENT, SegmentLayout
 
 MODES = ("causal", "documents")
 
@@ -96,14 +96,9 @@ def key_ranges(layout: SegmentLayout, pos: np.ndarray, prompt_start: np.ndarray,
     its causal range cut to them."""
     first, end = first_keys(pos, prompt_start, window), pos + 1
     if mode == "documents" and pos.size:
-        def tables():  # per segment: its prompt's first document token and its prompt's query start
-            cu, kinds = layout.cu_seqlens, layout.kinds
-            prompt = np.cumsum(kinds == INSTRUCTION) - 1
-            return cu[1:][kinds == INSTRUCTION][prompt], cu[:-1][kinds == QUERY][prompt]
-
-        doc0, doc1 = layout.memo("document_ranges", tables)
+        docs = layout.memo("document_ranges", layout.document_ranges)
         seg = np.searchsorted(layout.cu_seqlens, pos, side="right") - 1  # the (non-empty) segment holding pos
-        first, end = np.maximum(first, doc0[seg]), np.minimum(end, doc1[seg])
+        first, end = np.maximum(first, docs[seg, 0]), np.minimum(end, docs[seg, 1])
     return first, end
 
 

@@ -172,8 +172,7 @@ def _two_parts(q, k, v, rows, prefix, scale, out, lse, dtype):
         n = rows.n
         kp = _heads(k[p0:p1][None], dtype).expand(n, -1, -1, -1)
         vp = _heads(v[p0:p1][None], dtype).expand(n, -1, -1, -1)
-        oa, ma = _flash(qs, kp, vp, False, scale)
-        o, m = _merge(o, m, oa, ma)
+        o, m = _merge(o, m, *_flash(qs, kp, vp, False, scale))
     rows.write(out, o.transpose(1, 2))
     rows.write(lse, m.transpose(1, 2))
 
