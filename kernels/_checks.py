@@ -90,6 +90,13 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """torch.cuda.get_device_capability of a tensor's device (one with an index), kept per device: torch reads the
+    device's properties anew at every call, host time that bounds the wrappers' small calls."""
+    return torch.cuda.get_device_capability(device)
+
+
 def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
                  grad: bool = False) -> str:
     """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. The Triton kernels are forward only:
@@ -114,7 +121,7 @@ def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype
         raise ValueError("the Triton kernels have no backward pass: for gradients use backend='torch' (or "
                          "'auto', which picks it), or call under torch.no_grad() or torch.inference_mode()")
     if which == "triton" and dtype == torch.bfloat16 and device.type == "cuda":
-        cc = torch.cuda.get_device_capability(device)
+        cc = cuda_capability(device)
         if cc < (8, 0):
             raise TypeError(f"bfloat16 needs a GPU of compute capability 8.0 or newer for the Triton kernels; "
                             f"this one has {cc[0]}.{cc[1]}: use float16")

@@ -950,17 +950,20 @@ def test_bfloat16_on_gpus_without_it_names_float16(monkeypatch):
     """Triton's bfloat16 products need compute capability 8.0: on an older GPU (T4: 7.5) the dispatch says so and
     names float16, and the CLI's --dtype auto picks float16 there (a fake capability: no GPU here)."""
     from irforge.cli import auto_dtype
-    from irforge.kernels._checks import pick_backend
+    from irforge.kernels._checks import cuda_capability, pick_backend
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    cuda_capability.cache_clear()  # (kept per device: a GPU's capability never changes, but this one is faked)
     with pytest.raises(TypeError, match="use float16"):
         pick_backend("auto", cuda, torch.bfloat16)
     assert pick_backend("auto", cuda, torch.float16) == "triton"
     assert pick_backend("torch", cuda, torch.bfloat16) == "torch"
     assert auto_dtype(cuda) == "float16"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda_capability.cache_clear()
     assert pick_backend("auto", cuda, torch.bfloat16) == "triton" and auto_dtype(cuda) == "bfloat16"
+    cuda_capability.cache_clear()  # the real GPU's, for the tests after this one
     assert auto_dtype(torch.device("cpu")) == "float32"
 
 

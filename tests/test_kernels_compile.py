@@ -51,12 +51,12 @@ SCRIPT = textwrap.dedent(r"""
         mass_consts = dict(GROUP=grp, GP=max(16 if head_dot else 1, next_pow2(grp)), ROWS=max(1, mass_m // grp),
                            DOCS_ONLY=docs, D=D, BLOCK_D=block_d, BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide,
                            PREC=prec, HEAD_DOT=head_dot, WHOLE=False)
-        mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", POS="*i64", P0="*i64", DOC="*i1",
-                         ROW_LO="*i64", ROW_HI="*i64", WHOLE_LO="*i64", WHOLE_HI="*i64", MASS="*fp32")
+        doc = "*i1" if docs else "*fp32"  # (outside "documents" mode the wrapper passes the output there, unread)
+        mass_ptrs = dict(Q="*" + dt, K="*" + dt, LSE="*fp32", W="*fp32", TABLES="*i64", DOC=doc, MASS="*fp32")
         lse_consts = dict(GROUP=grp, ROWS=max(1, mass_m // grp), DOCS_ONLY=docs, D=D, BLOCK_D=block_d,
                           BLOCK_M=mass_m, BLOCK_N=mass_n, WIDE=wide, PREC=prec, FINAL=not docs,  # both forms
                           FUSED=False)
-        lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC="*i1", OUT="*fp32", PM="*fp32",
+        lse_ptrs = dict(Q="*" + dt, K="*" + dt, POS="*i64", P0="*i64", DOC=doc, OUT="*fp32", PM="*fp32",
                         PL="*fp32", COUNT="*i64")
         lse_merge = (_lse_merge, dict(PM="*fp32", PL="*fp32", OUT="*fp32"),
                      dict(GROUP=grp, ROWS=max(1, mass_m // grp), BLOCK_M=mass_m, WIDE=wide), dict(num_warps=1))

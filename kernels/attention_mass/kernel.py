@@ -80,12 +80,27 @@ def _mass_rows(Q, LSE, W, POS, P0, r0, r_hi, offs_i, head, offs_d, d_mask, k, of
     return acc
 
 
-@triton.jit
-def _mass_kernel(Q, K, LSE, W, POS, P0, DOC, ROW_LO, ROW_HI, WHOLE_LO, WHOLE_HI, MASS, T, HKV, stride_qr,
-                 stride_qh, stride_kt, stride_kh, stride_lr, stride_lh, stride_mt, stride_mh, qk_scale,
+@triton.jit(do_not_specialize=["R"])
+def _mass_kernel(Q, K, LSE, W, TABLES, DOC, MASS, T, R, HKV, qk_scale,
                  GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, DOCS_ONLY: tl.constexpr,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  WIDE: tl.constexpr, PREC: tl.constexpr, HEAD_DOT: tl.constexpr, WHOLE: tl.constexpr):
+    """Q [R, Hq, D], K [T, HKV, D], LSE [R, Hq], MASS [T, Hq], all contiguous (the wrapper makes them so): their
+    strides follow from the shapes and are not passed. TABLES: the rows' tables of :func:`_row_tables`, back to
+    back from the positions on: positions, first covered keys (R each), then per key block row_lo, row_hi,
+    whole_lo and whole_hi. One pointer and no strides, where there were six and eight: each argument costs the
+    host time at every launch (Triton specialises and packs it), and at 16k tokens the call is bound by the
+    host's time. R is not specialised: the query span's length does not compile a kernel of its own."""
+    HQ = HKV * GROUP
+    stride_qr, stride_qh, stride_kt, stride_kh = HQ * D, D, HKV * D, D
+    stride_lr, stride_lh, stride_mt, stride_mh = HQ, 1, HQ, 1
+    nbs = tl.cdiv(T, BLOCK_N)
+    POS = TABLES
+    P0 = POS + R
+    ROW_LO = P0 + R
+    ROW_HI = ROW_LO + nbs
+    WHOLE_LO = ROW_HI + nbs
+    WHOLE_HI = WHOLE_LO + nbs
     pid = tl.program_id(0)
     nb = pid // HKV  # key/value heads fastest: neighbouring programs share the key block's rows in L2
     kvh = pid % HKV
@@ -358,7 +373,9 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
     rows that see all of it, weights in that order) on ``dev``. Rows in position order have ascending first
     keys too; per key block [a, b) the rows that can see it are those at or after a whose first key is before
     b: one run of the sorted rows. Those that see all of it are those at or after b - 1 whose first key is at
-    or before a (none for a last block cut short by the end of the keys): another run. The tables
+    or before a (none for a last block cut short by the end of the keys): another run. The tables from the
+    positions to whole_hi are views of one int64 array, back to back in that order (after the order), which the
+    mass kernel reads from the positions' address on. The tables
     for the last rows and host weights seen are kept on the layout: a model passes the same rows in every layer,
     and then no table is rebuilt or copied."""
     pos = rows.detach().cpu().numpy().astype(np.int64)  # a synchronisation only for rows on a GPU
@@ -448,9 +465,9 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     if num_stages is not None:
         cfg["num_stages"] = num_stages
     k = k.contiguous()
-    # which keys are document tokens: read only in "documents" mode
-    doc = document_keys(layout, dev) if mode == "documents" else torch.empty(0, dtype=torch.bool, device=dev)
     mass = torch.empty(T, Hq, dtype=torch.float32, device=dev) if out is None else out
+    # which keys are document tokens: read only in "documents" mode (else any tensor stands in, unread)
+    doc = document_keys(layout, dev) if mode == "documents" else mass
     wide = check_wide(wide, q_rows, k, mass)
     group = Hq // Hkv
     head_dot = head_sum == "dot" if head_sum is not None else prec != "ieee"
@@ -459,8 +476,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     def run(cfg: dict) -> None:
         block_m, block_n = cfg["block_m"], cfg["block_n"]
         opts = {o: cfg[o] for o in ("num_warps", "num_stages") if o in cfg}
-        order_t, pos_t, p0_t, row_lo_t, row_hi_t, whole_lo_t, whole_hi_t, w = _row_tables(layout, rows, weights, T,
-                                                                                         block_n, dev, window)
+        order_t, pos_t, p0_t, *_, w = _row_tables(layout, rows, weights, T, block_n, dev, window)  # (the mass
+        # kernel reads all the tables from pos_t's address on)
         q, row_lse = q_rows, lse
         if order_t is not None:  # rows not in position order: sort them on the device
             q = q[order_t]
@@ -475,13 +492,10 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
         row_lse = row_lse.float().contiguous()
         rows_per, product_m = product_rows(block_m, group)  # selected rows per product, rows of the product
         _mass_kernel[(cdiv(T, block_n) * Hkv,)](
-            q, k, row_lse, w, pos_t, p0_t, doc, row_lo_t, row_hi_t, whole_lo_t, whole_hi_t, mass, T, Hkv,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), row_lse.stride(0), row_lse.stride(1), mass.stride(0),
-            mass.stride(1),
-            scale * LOG2E, GROUP=group, GP=max(16 if head_dot else 1, next_pow2(group)), ROWS=rows_per,
-            DOCS_ONLY=(mode == "documents"), D=D, BLOCK_D=block_d,
-            BLOCK_M=product_m, BLOCK_N=block_n, PREC=prec, WIDE=wide,
-            HEAD_DOT=head_dot, WHOLE=bool(whole_blocks), **opts, **COMPILE_OPTIONS)
+            q, k, row_lse, w, pos_t, doc, mass, T, R, Hkv, scale * LOG2E, GROUP=group,
+            GP=max(16 if head_dot else 1, next_pow2(group)), ROWS=rows_per, DOCS_ONLY=(mode == "documents"), D=D,
+            BLOCK_D=block_d, BLOCK_M=product_m, BLOCK_N=block_n, PREC=prec, WIDE=wide, HEAD_DOT=head_dot,
+            WHOLE=bool(whole_blocks), **opts, **COMPILE_OPTIONS)
 
     # a configuration the caller set is launched as given; the default falls back to smaller ones where the
     # GPU's shared memory is too small for it (kernels/_shared_memory.py)

@@ -45,7 +45,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import COMPILE_OPTIONS, check_launch, check_output, check_qkv, check_scale, padded_d, product_rows
+from .._checks import (COMPILE_OPTIONS, check_launch, check_output, check_qkv, check_scale, cuda_capability,
+                       padded_d, product_rows)
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..layout import SegmentLayout
@@ -591,7 +592,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(T, Hq, dtype=torch.float32, device=q.device) if lse is None else lse
     block_d = padded_d(D)
-    capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
+    capability = cuda_capability(q.device) if q.is_cuda else None
     one_loop = tiles_per_program > 1 or (default_one_loop(q.dtype, block_d, capability) if one_loop is None
                                          else bool(one_loop))
     if tma is None:
