@@ -7,7 +7,9 @@
 # their limit, kernels 65, probe 33, sweep-one-loop 25, kernel tests 81). There the kernel test file ran on 8
 # processes with pytest-xdist, which the GPU image holds: 379 tests in 74 s (serially, 339 tests took 179 s at
 # ea1b624, bound by the host's Triton compiles). The GPU-marked tests ran serially there and reached their limit
-# of 90 s after 11 tests; on 8 processes they took 41 s at 06aa860 (16 tests). Earlier step times: on an H200,
+# of 90 s after 11 tests; on 8 processes they took 41 s at 06aa860 (16 tests). On an H200 at d786c64 the default
+# steps took 277 s (install 34, tests 47, kernels 61, probe 30, sweep-one-loop 22, kernel tests 82; 384 kernel
+# tests). Earlier step times: on an H200,
 # all but the profile took 280 s with the build (build 30, tests 25, kernels 30, sweep 30 with 9 configurations,
 # rerank 100, kernel tests 65); on an H100 (8265aa6, 158d652) rerank 118 and profile 38. Each step has its own
 # time limit (a step that runs out is reported and the next one starts); a second call on the still-warm machine
