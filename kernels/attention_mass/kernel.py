@@ -375,9 +375,8 @@ def _row_tables(layout: SegmentLayout, rows: torch.Tensor, weights: Optional[tor
     b: one run of the sorted rows. Those that see all of it are those at or after b - 1 whose first key is at
     or before a (none for a last block cut short by the end of the keys): another run. The tables from the
     positions to whole_hi are views of one int64 array, back to back in that order (after the order), which the
-    mass kernel reads from the positions' address on. The tables
-    for the last rows and host weights seen are kept on the layout: a model passes the same rows in every layer,
-    and then no table is rebuilt or copied."""
+    mass kernel reads from the positions' address on. The tables for the last rows and host weights seen are
+    kept on the layout: a model passes the same rows in every layer, and then no table is rebuilt or copied."""
     pos = rows.detach().cpu().numpy().astype(np.int64)  # a synchronisation only for rows on a GPU
     w_host = weights.detach().float().numpy() if weights is not None and weights.device.type == "cpu" else None
     sig = (pos.tobytes(), window, None if weights is None else (w_host.tobytes() if w_host is not None else "device"))
@@ -476,8 +475,8 @@ def attention_mass(q_rows: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, la
     def run(cfg: dict) -> None:
         block_m, block_n = cfg["block_m"], cfg["block_n"]
         opts = {o: cfg[o] for o in ("num_warps", "num_stages") if o in cfg}
-        order_t, pos_t, p0_t, *_, w = _row_tables(layout, rows, weights, T, block_n, dev, window)  # (the mass
-        # kernel reads all the tables from pos_t's address on)
+        # (the mass kernel reads all the row tables from pos_t's address on)
+        order_t, pos_t, p0_t, *_, w = _row_tables(layout, rows, weights, T, block_n, dev, window)
         q, row_lse = q_rows, lse
         if order_t is not None:  # rows not in position order: sort them on the device
             q = q[order_t]
