@@ -97,6 +97,13 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_sm_count(device: torch.device) -> int:
+    """The multiprocessor count of a tensor's CUDA device (one with an index), kept per device as
+    :func:`cuda_capability` is."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def pick_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
                  grad: bool = False) -> str:
     """The backend that runs: "auto" is Triton on CUDA, PyTorch otherwise. The Triton kernels are forward only:

@@ -32,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import COMPILE_OPTIONS, cdiv, check_launch, check_output, next_pow2, padded_d, product_rows
+from .._checks import (COMPILE_OPTIONS, cdiv, check_launch, check_output, cuda_sm_count, next_pow2, padded_d,
+                       product_rows)
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..block_sparse_attention.kernel import _last_arrival, check_wide, dot_precision
@@ -346,7 +347,7 @@ def _row_lse(q_rows: torch.Tensor, k: torch.Tensor, pos_t: torch.Tensor, p0_t: t
     if R == 0:
         return lse
     if splits is None:
-        sms = torch.cuda.get_device_properties(q_rows.device).multi_processor_count if q_rows.is_cuda else 4
+        sms = cuda_sm_count(q_rows.device) if q_rows.is_cuda else 4
         splits = lse_splits(cdiv(k.shape[0], block_n), n_rb * Hkv, sms)
     final = splits == 1
     part = torch.empty(0 if final else 2 * n_rb * splits * Hkv * bm, dtype=torch.float32, device=q_rows.device)

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from .._checks import (COMPILE_OPTIONS, check_launch, check_output, check_qkv, check_scale, cuda_capability,
-                       padded_d, product_rows)
+                       cuda_sm_count, padded_d, product_rows)
 from .._shared_memory import launch_fitting
 from .._tickets import tickets
 from ..layout import SegmentLayout
@@ -494,7 +494,7 @@ def auto_max_blocks(tiles: np.ndarray, block_n: int, heads: int, device: torch.d
     (:func:`programs_per_sm`). 0 (no split) off CUDA."""
     if device.type != "cuda":
         return 0
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = cuda_sm_count(device)
     return split_threshold(total_key_blocks(tiles, block_n), heads, sms, per_sm)
 
 
